@@ -1,0 +1,141 @@
+"""The experiment's configuration and its validation (no JAX, no data: fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from jax_vae.data import SOURCES, TFDS_DATASETS
+from jax_vae.models import MODEL_NAMES
+from jax_vae.scoring import VAE_SCORES
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of one run; field names are the runner's flag names."""
+
+    beta: float = 1.0
+    normal_digit: int = 0
+    latent_dim: int = 20
+    hidden_dims: tuple[int, ...] = (400,)
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.1
+    anomaly_fraction: float | None = None
+    threshold_percentile: float = 95.0
+    models: tuple[str, ...] = MODEL_NAMES
+    data_source: str = "bundled"
+    data_dir: str | None = None
+    dataset: str = "mnist"
+    output_dir: str | None = None
+    vae_score: str = "mean"
+    mc_samples: int = 10
+    chunk_size: int = 2048
+
+
+def _finite(name: str, value: float) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"--{name} must be a finite number, got {value}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_output_dir(path: str) -> None:
+    """Checks that ``path`` can hold a new run: absent or an empty, writable folder.
+
+    Raises:
+      ConfigError: It is a file, holds a previous run, or cannot be created.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"--output_dir {path} exists and is not a directory")
+        if os.listdir(path):
+            raise ConfigError(
+                f"--output_dir {path} already holds files (a previous run?); "
+                "choose a new folder, results are never overwritten"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"--output_dir {path} is not writable")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--output_dir {path} cannot be created ({parent} is not a writable folder)"
+        )
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Checks every setting; raises ConfigError naming the first bad flag."""
+    _finite("beta", config.beta)
+    if config.beta < 0:
+        raise ConfigError(f"--beta must be >= 0, got {config.beta}")
+    if not 0 <= config.normal_digit <= 9:
+        raise ConfigError(f"--normal_digit must be a digit 0-9, got {config.normal_digit}")
+    if config.latent_dim < 1:
+        raise ConfigError(f"--latent_dim must be >= 1, got {config.latent_dim}")
+    if not config.hidden_dims or any(h < 1 for h in config.hidden_dims):
+        raise ConfigError(
+            f"--hidden_dims must be a comma list of positive widths, got {list(config.hidden_dims)}"
+        )
+    if config.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {config.batch_size}")
+    _finite("learning_rate", config.learning_rate)
+    if config.learning_rate <= 0:
+        raise ConfigError(f"--learning_rate must be > 0, got {config.learning_rate}")
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2**32), got {config.seed}")
+    _finite("val_fraction", config.val_fraction)
+    if not 0 < config.val_fraction < 1:
+        raise ConfigError(
+            f"--val_fraction must be in (0, 1) (the held-out normals set the threshold), "
+            f"got {config.val_fraction}"
+        )
+    if config.anomaly_fraction is not None:
+        _finite("anomaly_fraction", config.anomaly_fraction)
+        if not 0 < config.anomaly_fraction < 1:
+            raise ConfigError(
+                f"--anomaly_fraction must be in (0, 1), got {config.anomaly_fraction}"
+            )
+    _finite("threshold_percentile", config.threshold_percentile)
+    if not 0 < config.threshold_percentile <= 100:
+        raise ConfigError(
+            f"--threshold_percentile must be in (0, 100], got {config.threshold_percentile}"
+        )
+    if not config.models:
+        raise ConfigError(f"--models must name at least one of {', '.join(MODEL_NAMES)}")
+    for name in config.models:
+        _choice("models", name, MODEL_NAMES)
+    if len(set(config.models)) != len(config.models):
+        raise ConfigError(f"--models lists a model twice: {','.join(config.models)}")
+    _choice("data_source", config.data_source, SOURCES)
+    _choice("dataset", config.dataset, TFDS_DATASETS)
+    if config.data_source == "bundled" and config.dataset != "mnist":
+        raise ConfigError(
+            f"--dataset={config.dataset} needs --data_source=tfds or idx (only mnist is bundled)"
+        )
+    if config.data_source == "idx" and not config.data_dir:
+        raise ConfigError("--data_source=idx needs --data_dir with the four IDX files")
+    if config.data_dir and config.data_source == "idx" and not os.path.isdir(config.data_dir):
+        raise ConfigError(f"--data_dir {config.data_dir} is not a directory")
+    _choice("vae_score", config.vae_score, VAE_SCORES)
+    if config.mc_samples < 1:
+        raise ConfigError(f"--mc_samples must be >= 1, got {config.mc_samples}")
+    if config.chunk_size < 1:
+        raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
+    if config.output_dir is not None:
+        check_output_dir(config.output_dir)

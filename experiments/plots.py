@@ -1,0 +1,121 @@
+"""PNG plots of a run. Each function returns a matplotlib Figure; :func:`save` writes it."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # Headless: runs on clusters and CI without a display.
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from experiments.files import atomic_write_bytes  # noqa: E402
+
+
+def save(fig: Figure, path: str) -> None:
+    """Writes a figure as PNG atomically and closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def roc_curves(
+    labels: np.ndarray, scores: dict[str, np.ndarray], aurocs: dict[str, float]
+) -> Figure:
+    """ROC curves of every model on one axis."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(fpr, tpr, label=f"{name.upper()} (AUROC {aurocs[name]:.4f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC, test set")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def score_histograms(
+    labels: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float]
+) -> Figure:
+    """Per model: score histograms of normals and anomalies, threshold marked."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.6), squeeze=False)
+    for ax, (name, s) in zip(axes[0], scores.items(), strict=True):
+        bins = np.geomspace(max(s.min(), 1e-6), s.max(), 60)
+        ax.hist(s[labels == 0], bins=bins, alpha=0.6, density=True, label="normal")
+        ax.hist(s[labels == 1], bins=bins, alpha=0.6, density=True, label="anomaly")
+        ax.axvline(thresholds[name], color="black", linestyle="--", label="threshold")
+        ax.set(xscale="log", xlabel="anomaly score", title=name.upper())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_grid(
+    inputs: np.ndarray, reconstructions: dict[str, np.ndarray], titles: list[str]
+) -> Figure:
+    """Rows: inputs, then each model's reconstructions; one column per image."""
+    rows = [("input", inputs), *reconstructions.items()]
+    n = inputs.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n, 1.0 * len(rows)), squeeze=False)
+    for r, (row_name, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_name.upper() if row_name != "input" else "input", fontsize=8)
+            if r == 0:
+                ax.set_title(titles[c], fontsize=7)
+    fig.suptitle("test images and reconstructions (normal | anomalous)", fontsize=9)
+    return fig
+
+
+def training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
+    """Per-epoch reconstruction error (all models) and KL (models that have it)."""
+    fig, (ax_rec, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, h in histories.items():
+        epochs = np.arange(1, len(h["reconstruction"]) + 1)
+        ax_rec.plot(epochs, h["reconstruction"], label=name.upper())
+        if np.any(np.asarray(h["kl"]) != 0):
+            ax_kl.plot(epochs, h["kl"], label=name.upper())
+    ax_rec.set(xlabel="epoch", ylabel="squared error per image", title="reconstruction")
+    ax_kl.set(xlabel="epoch", ylabel="KL per image (nats)", title="KL(q(z|x) || N(0, I))")
+    ax_rec.legend()
+    if ax_kl.lines:
+        ax_kl.legend()
+    fig.tight_layout()
+    return fig
+
+
+def latent_scatter(means: np.ndarray, digits: np.ndarray, normal_digit: int) -> Figure:
+    """Latent means in 2-D (the first two principal components when wider), by digit."""
+    if means.shape[1] > 2:
+        centred = means - means.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points, axis_name = centred @ vt[:2].T, "PC"
+    else:
+        points, axis_name = np.pad(means, ((0, 0), (0, 2 - means.shape[1]))), "z"
+    fig, ax = plt.subplots(figsize=(6, 5))
+    cmap = plt.get_cmap("tab10")
+    # The normal digit last, so it is drawn on top of the anomalies.
+    for d in sorted(range(10), key=lambda d: d == normal_digit):
+        sel = digits == d
+        if np.any(sel):
+            ax.scatter(
+                points[sel, 0],
+                points[sel, 1],
+                s=4 if d != normal_digit else 8,
+                alpha=0.6,
+                color=cmap(d),
+                label=f"{d}{' (normal)' if d == normal_digit else ''}",
+            )
+    ax.set(xlabel=f"{axis_name} 1", ylabel=f"{axis_name} 2", title="VAE latent means, test images")
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    return fig

@@ -1,0 +1,274 @@
+"""The main experiment as a library function: train, score, report, write files.
+
+``experiments.main`` only parses flags into an :class:`ExperimentConfig` and
+calls :func:`run_experiment`; tests and notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+from absl import logging
+
+from experiments import plots
+from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
+from experiments.files import atomic_write_bytes, write_json, write_npz
+from jax_vae.data import OneClassSplit, load_dataset, one_class_split
+from jax_vae.metrics import detection_metrics, threshold_from_normals
+from jax_vae.models import MODEL_NAMES, VAE, make_model
+from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
+from jax_vae.train import train
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
+GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
+LATENT_POINTS = 5000  # Test images in the latent scatter plot.
+
+
+def load_split(config: ExperimentConfig) -> OneClassSplit:
+    """Loads the configured data source and builds the one-class split."""
+    dataset = load_dataset(config.data_source, dataset=config.dataset, data_dir=config.data_dir)
+    try:
+        return one_class_split(
+            dataset,
+            normal_digit=config.normal_digit,
+            val_fraction=config.val_fraction,
+            anomaly_fraction=config.anomaly_fraction,
+            seed=config.seed,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def default_output_dir(config: ExperimentConfig, *, root: str = "runs") -> str:
+    """A new folder ``runs/<time>_digit<d>_beta<b>`` that does not exist yet."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(root, f"{stamp}_digit{config.normal_digit}_beta{config.beta:g}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def _claim_output_dir(path: str, config_record: dict[str, Any]) -> None:
+    """Creates the run folder and claims it by linking ``config.json`` into it.
+
+    ``os.link`` fails if the file exists, so two runs started on the same
+    folder cannot both claim it.
+    """
+    check_output_dir(path)
+    os.makedirs(path, exist_ok=True)
+    staged = os.path.join(path, ".config.json.staged")
+    write_json(staged, config_record)
+    try:
+        os.link(staged, os.path.join(path, "config.json"))
+    except FileExistsError:
+        raise ConfigError(f"--output_dir {path} was claimed by another run") from None
+    finally:
+        os.unlink(staged)
+
+
+def environment_record() -> dict[str, Any]:
+    """Package versions and devices, for reproducibility."""
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "versions": versions,
+        "devices": [f"{d.platform}:{d.device_kind}:{d.id}" for d in jax.devices()],
+        "backend": jax.default_backend(),
+    }
+
+
+def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> dict[str, Any]:
+    """Trains the configured models, scores the test set and writes the results.
+
+    Args:
+      config: The run's settings.
+      out: Where the results table goes (stdout when None).
+
+    Returns:
+      The content of ``metrics.json``, plus ``output_dir``.
+
+    Raises:
+      ConfigError: A bad setting (checked before any training).
+      DataError: Missing or corrupt data.
+      NonFiniteLossError: Training diverged (nothing is written but config.json).
+    """
+    validate(config)
+    split = load_split(config)
+    n_train = split.train_images.shape[0]
+    if config.batch_size > n_train:
+        raise ConfigError(
+            f"--batch_size {config.batch_size} is larger than the training set ({n_train} images)"
+        )
+    output_dir = config.output_dir or default_output_dir(config)
+    record = {
+        **dataclasses.asdict(config),
+        "output_dir": output_dir,
+        **environment_record(),
+        "data": {
+            "train": n_train,
+            "val": int(split.val_images.shape[0]),
+            "test": int(split.test_images.shape[0]),
+            "test_anomalies": int(split.test_labels.sum()),
+        },
+    }
+    _claim_output_dir(output_dir, record)
+    logging.info("run folder %s; %s", output_dir, record["data"])
+
+    root_key = jax.random.key(config.seed)
+    model_results: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
+    params_by_model, models = {}, {}
+    for name in config.models:
+        # One stream per model, independent of which other models run.
+        train_key, score_key = jax.random.split(
+            jax.random.fold_in(root_key, MODEL_NAMES.index(name))
+        )
+        model = make_model(name, hidden_dims=config.hidden_dims, latent_dim=config.latent_dim)
+        logging.info(
+            "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",
+            name,
+            config.hidden_dims,
+            config.latent_dim,
+            config.beta,
+            config.epochs,
+            n_train,
+        )
+        result = train(
+            train_key,
+            split.train_images,
+            model=model,
+            beta=config.beta,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            name=name,
+        )
+        score_fn = make_score_fn(model, vae_score=config.vae_score, mc_samples=config.mc_samples)
+        val_key, test_key = jax.random.split(score_key)
+        val_scores = score(
+            result.params,
+            split.val_images,
+            score_fn=score_fn,
+            key=val_key,
+            chunk_size=config.chunk_size,
+        )
+        test_scores = score(
+            result.params,
+            split.test_images,
+            score_fn=score_fn,
+            key=test_key,
+            chunk_size=config.chunk_size,
+        )
+        threshold = threshold_from_normals(val_scores, percentile=config.threshold_percentile)
+        metrics = detection_metrics(split.test_labels, test_scores, threshold=threshold)
+        model_results[name] = {
+            **metrics._asdict(),
+            "train_seconds": result.train_seconds,
+            "compile_seconds": result.compile_seconds,
+            "images_per_second": config.epochs * n_train / result.train_seconds,
+            "history": {
+                k: [float(v) for v in vals] for k, vals in result.history._asdict().items()
+            },
+        }
+        arrays[f"{name}_test"] = test_scores
+        arrays[f"{name}_val"] = val_scores
+        params_by_model[name], models[name] = result.params, model
+
+    write_npz(os.path.join(output_dir, "scores.npz"), arrays)
+    _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model)
+    metrics_record = {"config": record, "models": model_results}
+    write_json(os.path.join(output_dir, "metrics.json"), metrics_record)  # Last: marks completion.
+    table = format_table(model_results)
+    (out or sys.stdout).write(table)
+    atomic_write_bytes(os.path.join(output_dir, "results.txt"), table.encode())
+    logging.info("results in %s", output_dir)
+    return {**metrics_record, "output_dir": output_dir}
+
+
+def _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model) -> None:
+    labels = split.test_labels
+    scores = {name: arrays[f"{name}_test"] for name in models}
+    plots.save(
+        plots.roc_curves(labels, scores, {n: r["auroc"] for n, r in model_results.items()}),
+        os.path.join(output_dir, "roc.png"),
+    )
+    plots.save(
+        plots.score_histograms(
+            labels, scores, {n: r["threshold"] for n, r in model_results.items()}
+        ),
+        os.path.join(output_dir, "score_histograms.png"),
+    )
+    rng = np.random.default_rng(config.seed)
+    picks = np.concatenate(
+        [
+            rng.choice(
+                np.flatnonzero(labels == 0),
+                size=min(GRID_IMAGES, int((labels == 0).sum())),
+                replace=False,
+            ),
+            rng.choice(
+                np.flatnonzero(labels == 1), size=min(GRID_IMAGES, int(labels.sum())), replace=False
+            ),
+        ]
+    )
+    inputs = split.test_images[picks]
+    reconstructions = {
+        name: np.asarray(
+            jax.jit(jax.vmap(make_reconstruct_fn(m), in_axes=(None, 0)))(
+                params_by_model[name], inputs
+            )
+        )
+        for name, m in models.items()
+    }
+    titles = [
+        f"{d}{' (A)' if lab else ''}"
+        for d, lab in zip(split.test_digits[picks], labels[picks], strict=True)
+    ]
+    plots.save(
+        plots.reconstruction_grid(inputs, reconstructions, titles),
+        os.path.join(output_dir, "reconstructions.png"),
+    )
+    plots.save(
+        plots.training_curves({n: r["history"] for n, r in model_results.items()}),
+        os.path.join(output_dir, "training_curves.png"),
+    )
+    if "vae" in models:
+        subset = rng.permutation(labels.size)[:LATENT_POINTS]
+        vae = models["vae"]
+        means = map_chunked(
+            lambda p, x, k: vae.apply(p, x, method=VAE.encode)[0],
+            params_by_model["vae"],
+            split.test_images[subset],
+            chunk_size=config.chunk_size,
+        )
+        plots.save(
+            plots.latent_scatter(means, split.test_digits[subset], config.normal_digit),
+            os.path.join(output_dir, "latent.png"),
+        )
+
+
+def format_table(model_results: dict[str, dict[str, Any]]) -> str:
+    """The side-by-side results table, one row per model."""
+    columns = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold", "train_seconds")
+    header = f"{'model':<6}" + "".join(f"{c:>15}" for c in columns)
+    lines = [header, "-" * len(header)]
+    for name, r in model_results.items():
+        cells = "".join(
+            f"{r[c]:>15.2f}" if c == "train_seconds" else f"{r[c]:>15.4f}" for c in columns
+        )
+        lines.append(f"{name.upper():<6}{cells}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,367 @@
+"""MNIST-style data: loading (bundled, tfds, IDX files) and the one-class split.
+
+The loaders return raw ``uint8`` arrays; :func:`one_class_split` turns them into
+the float32 arrays the models train on. Everything here is NumPy and pure: the
+same arguments always give the same arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import socket
+import struct
+from importlib import resources
+from typing import NamedTuple
+
+import numpy as np
+
+SOURCES = ("bundled", "tfds", "idx")
+TFDS_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+IMAGE_SHAPE = (28, 28)
+NUM_PIXELS = 28 * 28
+
+# Official file names and the MD5 of their *decompressed* content.
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+_IDX_UBYTE = 0x08
+# tfds downloads MNIST from this host; it is only probed (one TCP connect,
+# seconds) so that an offline machine fails fast instead of retrying for minutes.
+_TFDS_PROBE_HOST = ("storage.googleapis.com", 443)
+
+
+class DataError(Exception):
+    """A data file or data source is missing, corrupt or unusable."""
+
+
+class Dataset(NamedTuple):
+    """Raw images (uint8, [N, 28, 28]) and digit labels (uint8, [N])."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+class OneClassSplit(NamedTuple):
+    """A one-class anomaly-detection split.
+
+    Images are float32 in [0, 1], flattened to 784. ``test_labels`` is 1 for an
+    anomaly and 0 for a normal image; ``test_digits`` keeps the original class.
+    """
+
+    normal_digit: int
+    train_images: np.ndarray
+    val_images: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    test_digits: np.ndarray
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def parse_idx(data: bytes, *, name: str) -> np.ndarray:
+    """Parses the bytes of an (uncompressed) IDX file of unsigned bytes.
+
+    Args:
+      data: The whole file content.
+      name: The file's name, used in error messages.
+
+    Returns:
+      A uint8 array with the shape given in the file's header.
+
+    Raises:
+      DataError: The header is malformed or the size does not match it.
+    """
+    if len(data) < 4:
+        raise DataError(f"{name}: not an IDX file (only {len(data)} bytes)")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != _IDX_UBYTE or not 1 <= ndim <= 3:
+        raise DataError(f"{name}: not an IDX file of unsigned bytes (bad magic number)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise DataError(
+            f"{name}: size {len(data)} bytes does not match its header "
+            f"(shape {shape} needs {expected}); the file is truncated or corrupt"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _read_maybe_gzip(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+    return raw
+
+
+def _find_idx_file(directory: str, stem: str) -> str:
+    for candidate in (stem + ".gz", stem):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    raise DataError(f"missing data file {os.path.join(directory, stem)}[.gz]")
+
+
+def _load_idx_file(directory: str, stem: str, *, verify_md5: bool) -> np.ndarray:
+    path = _find_idx_file(directory, stem)
+    data = _read_maybe_gzip(path)
+    if verify_md5:
+        digest = hashlib.md5(data).hexdigest()
+        if digest != MNIST_MD5[stem]:
+            raise DataError(
+                f"{path}: MD5 of the decompressed content is {digest}, expected "
+                f"{MNIST_MD5[stem]} (official MNIST); the file is corrupt"
+            )
+    return parse_idx(data, name=path)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, *, split: str) -> None:
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{split} images have shape {images.shape}, expected [N, 28, 28]")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{split} labels have shape {labels.shape}, expected [{images.shape[0]}]")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{split} labels must be digits 0-9, found {labels.max()}")
+
+
+def load_idx(directory: str, *, verify_md5: bool = False) -> Dataset:
+    """Loads the four MNIST-format IDX files (``.gz`` or raw) from a directory.
+
+    Args:
+      directory: Folder with ``train-images-idx3-ubyte[.gz]``,
+        ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]`` and
+        ``t10k-labels-idx1-ubyte[.gz]``.
+      verify_md5: Check the decompressed content against the official MNIST
+        MD5s (use it for MNIST; Fashion-MNIST and KMNIST have other sums).
+
+    Returns:
+      The raw dataset.
+
+    Raises:
+      DataError: A file is missing, truncated, corrupt or of the wrong shape.
+    """
+    if not os.path.isdir(directory):
+        raise DataError(f"data directory {directory} does not exist")
+    arrays = {
+        key: _load_idx_file(directory, stem, verify_md5=verify_md5)
+        for key, stem in MNIST_FILES.items()
+    }
+    dataset = Dataset(**arrays)
+    _check_pair(dataset.train_images, dataset.train_labels, split="train")
+    _check_pair(dataset.test_images, dataset.test_labels, split="test")
+    return dataset
+
+
+def bundled_data_dir() -> str:
+    """The folder of the MNIST files shipped inside the package."""
+    return str(resources.files("jax_vae") / "mnist")
+
+
+# -------------------------------------------------------------------------- tfds
+
+
+def _network_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(_TFDS_PROBE_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _tfds_split_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    # Iterate in batches: `as_dataset(batch_size=-1)` aborts the process under
+    # `tfds.testing.mock_data` (tensorflow-cpu 2.21).
+    images, labels = [], []
+    for batch in tfds.as_numpy(builder.as_dataset(split=split).batch(8192)):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    image_array = np.concatenate(images).astype(np.uint8)
+    if image_array.ndim == 4 and image_array.shape[-1] == 1:
+        image_array = image_array[..., 0]
+    return image_array, np.concatenate(labels).astype(np.uint8)
+
+
+def load_tfds(name: str = "mnist", *, data_dir: str | None = None) -> Dataset:
+    """Loads a 28x28 grayscale dataset through tensorflow-datasets.
+
+    Uses prepared data in ``data_dir`` (tfds' default folder when None) and
+    downloads it where the network allows.
+
+    Args:
+      name: A tfds builder name: ``mnist``, ``fashion_mnist`` or ``kmnist``.
+      data_dir: The tfds data directory.
+
+    Returns:
+      The raw dataset.
+
+    Raises:
+      DataError: tfds is not installed, the dataset is not prepared and cannot
+        be downloaded, or it is not 28x28 grayscale with 10 classes.
+    """
+    if name not in TFDS_DATASETS:
+        raise DataError(f"unknown tfds dataset {name!r}; choose one of {', '.join(TFDS_DATASETS)}")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(
+            "the tfds source needs tensorflow-datasets and tensorflow: pip install 'jax-vae[tfds]'"
+        ) from None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        features = builder.info.features
+        if tuple(features["image"].shape) != (*IMAGE_SHAPE, 1):
+            raise DataError(f"tfds dataset {name} is not 28x28 grayscale")
+        if not builder.is_prepared():
+            if not _network_reachable():
+                raise DataError(
+                    f"tfds dataset {name} is not prepared in "
+                    f"{data_dir or 'the default tfds data dir'} and there is no network "
+                    "to download it; use --data_source=bundled (MNIST shipped with the "
+                    "package), --data_source=idx --data_dir=DIR (your IDX files), or "
+                    "--data_dir pointing at prepared tfds data"
+                )
+            builder.download_and_prepare()
+        train = _tfds_split_arrays(builder, "train")
+        test = _tfds_split_arrays(builder, "test")
+    except DataError:
+        raise
+    except Exception as e:  # tfds raises many types; report them in one line.
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"tfds could not load {name}: {first_line}") from None
+    dataset = Dataset(*train, *test)
+    _check_pair(dataset.train_images, dataset.train_labels, split="train")
+    _check_pair(dataset.test_images, dataset.test_labels, split="test")
+    return dataset
+
+
+# ----------------------------------------------------------------------- dispatch
+
+
+def load_dataset(
+    source: str = "bundled", *, dataset: str = "mnist", data_dir: str | None = None
+) -> Dataset:
+    """Loads raw images and labels from one of the supported sources.
+
+    Args:
+      source: ``bundled`` (MNIST shipped with the package, offline, no
+        TensorFlow), ``tfds`` (tensorflow-datasets) or ``idx`` (a folder of
+        IDX files).
+      dataset: The dataset name. ``bundled`` only has ``mnist``; ``idx`` checks
+        the official MD5s when it is ``mnist``.
+      data_dir: The tfds data dir (``tfds``) or the IDX folder (``idx``).
+
+    Returns:
+      The raw dataset.
+
+    Raises:
+      DataError: Any problem with the source or its files.
+    """
+    if source == "bundled":
+        if dataset != "mnist":
+            raise DataError(
+                f"the bundled source only has mnist, not {dataset}; use --data_source=tfds"
+            )
+        return load_idx(bundled_data_dir(), verify_md5=True)
+    if source == "idx":
+        if not data_dir:
+            raise DataError("the idx source needs --data_dir with the four IDX files")
+        return load_idx(data_dir, verify_md5=dataset == "mnist")
+    if source == "tfds":
+        return load_tfds(dataset, data_dir=data_dir)
+    raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+# -------------------------------------------------------------------------- split
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+    return (images.reshape(images.shape[0], NUM_PIXELS) / np.float32(255.0)).astype(np.float32)
+
+
+def one_class_split(
+    dataset: Dataset,
+    *,
+    normal_digit: int = 0,
+    val_fraction: float = 0.1,
+    anomaly_fraction: float | None = None,
+    seed: int = 0,
+) -> OneClassSplit:
+    """Builds the one-class split: train and validate on normals, test on a mix.
+
+    Args:
+      dataset: Raw images and labels.
+      normal_digit: The class treated as normal (0-9).
+      val_fraction: Fraction of the normal training images held out to
+        calibrate the threshold, in [0, 1).
+      anomaly_fraction: None for the full test set (all other digits are
+        anomalies); otherwise all test normals plus anomalies sampled from the
+        other digits so that they make up this fraction, in (0, 1).
+      seed: Seed of the hold-out and anomaly sampling.
+
+    Returns:
+      The split, with test images in their original order.
+
+    Raises:
+      ValueError: An argument is out of range, or the test set does not have
+        enough anomalies for ``anomaly_fraction``.
+    """
+    if not 0 <= normal_digit <= 9:
+        raise ValueError(f"normal_digit must be 0-9, got {normal_digit}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if anomaly_fraction is not None and not 0 < anomaly_fraction < 1:
+        raise ValueError(f"anomaly_fraction must be in (0, 1), got {anomaly_fraction}")
+    rng = np.random.default_rng(seed)
+
+    normal_idx = np.flatnonzero(dataset.train_labels == normal_digit)
+    normal_idx = rng.permutation(normal_idx)
+    n_val = int(round(val_fraction * normal_idx.size))
+    val_idx, train_idx = np.sort(normal_idx[:n_val]), np.sort(normal_idx[n_val:])
+
+    test_normal = np.flatnonzero(dataset.test_labels == normal_digit)
+    test_anomaly = np.flatnonzero(dataset.test_labels != normal_digit)
+    if anomaly_fraction is not None:
+        n_anomalies = int(round(test_normal.size * anomaly_fraction / (1 - anomaly_fraction)))
+        if n_anomalies > test_anomaly.size:
+            raise ValueError(
+                f"anomaly_fraction {anomaly_fraction} needs {n_anomalies} anomalies, "
+                f"the test set has {test_anomaly.size}"
+            )
+        test_anomaly = rng.choice(test_anomaly, size=n_anomalies, replace=False)
+    test_idx = np.sort(np.concatenate([test_normal, test_anomaly]))
+    digits = dataset.test_labels[test_idx].astype(np.int32)
+
+    return OneClassSplit(
+        normal_digit=normal_digit,
+        train_images=_to_float(dataset.train_images[train_idx]),
+        val_images=_to_float(dataset.train_images[val_idx]),
+        test_images=_to_float(dataset.test_images[test_idx]),
+        test_labels=(digits != normal_digit).astype(np.int32),
+        test_digits=digits,
+    )

@@ -1,0 +1,73 @@
+"""Detection metrics from scores: threshold on validation normals, scikit-learn metrics."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+class DetectionMetrics(NamedTuple):
+    """Threshold-free (AUROC, AUPRC) and thresholded metrics; anomaly = positive."""
+
+    auroc: float
+    auprc: float
+    f1: float
+    precision: float
+    recall: float
+    fpr: float
+    threshold: float
+
+
+def threshold_from_normals(normal_scores: np.ndarray, *, percentile: float = 95.0) -> float:
+    """The ``percentile``-th percentile of held-out normal scores.
+
+    Args:
+      normal_scores: Scores of normal images not used for training.
+      percentile: In (0, 100]; 95 flags about 5% of normals.
+
+    Returns:
+      The threshold: a score strictly above it is flagged as an anomaly.
+    """
+    normal_scores = np.asarray(normal_scores)
+    if normal_scores.size == 0:
+        raise ValueError("need at least one held-out normal score to set a threshold")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    return float(np.percentile(normal_scores, percentile))
+
+
+def detection_metrics(
+    labels: np.ndarray, scores: np.ndarray, *, threshold: float
+) -> DetectionMetrics:
+    """Metrics of anomaly scores against labels (1 = anomaly).
+
+    Args:
+      labels: [N] binary labels with both classes present.
+      scores: [N] scores; higher = more anomalous.
+      threshold: Scores above it are predicted anomalous.
+
+    Returns:
+      AUROC, AUPRC (average precision), F1, precision, recall and the
+      false-positive rate at the threshold.
+    """
+    labels = np.asarray(labels).astype(np.int32)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(
+            f"labels {labels.shape} and scores {scores.shape} must be equal 1-D shapes"
+        )
+    if np.unique(labels).size != 2:
+        raise ValueError("labels need both normals (0) and anomalies (1)")
+    predicted = (scores > threshold).astype(np.int32)
+    tn, fp, _, _ = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    return DetectionMetrics(
+        auroc=float(skm.roc_auc_score(labels, scores)),
+        auprc=float(skm.average_precision_score(labels, scores)),
+        f1=float(skm.f1_score(labels, predicted, zero_division=0)),
+        precision=float(skm.precision_score(labels, predicted, zero_division=0)),
+        recall=float(skm.recall_score(labels, predicted, zero_division=0)),
+        fpr=float(fp / (fp + tn)),
+        threshold=float(threshold),
+    )

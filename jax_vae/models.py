@@ -1,0 +1,167 @@
+"""Flax Linen MLP autoencoder and VAE, used only through pure ``init``/``apply``.
+
+Both models take flattened images ``[..., 784]`` in [0, 1] and decode through a
+sigmoid. Use the methods with ``model.apply(params, x, method=Model.encode)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_vae.data import NUM_PIXELS
+
+
+class MLP(nn.Module):
+    """Dense layers with ReLU between them and no activation after the last."""
+
+    features: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.features):
+            x = nn.Dense(width, name=f"dense_{i}")(x)
+            if i < len(self.features) - 1:
+                x = nn.relu(x)
+        return x
+
+
+class Decoder(nn.Module):
+    """Latent -> hidden dims (reversed, ReLU) -> 784 logits."""
+
+    hidden_dims: Sequence[int]
+    output_dim: int = NUM_PIXELS
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return MLP((*reversed(self.hidden_dims), self.output_dim), name="mlp")(z)
+
+
+class AutoEncoder(nn.Module):
+    """Deterministic autoencoder: 784 -> hidden (ReLU) -> latent -> mirror -> sigmoid.
+
+    Attributes:
+      hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
+      latent_dim: Size of the code.
+    """
+
+    hidden_dims: Sequence[int] = (400,)
+    latent_dim: int = 20
+
+    def setup(self):
+        # ReLU also after the last hidden layer, none on the code itself.
+        self.encoder = MLP((*self.hidden_dims, self.latent_dim))
+        self.decoder = Decoder(self.hidden_dims)
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """Returns the code of ``x``."""
+        return self.encoder(x)
+
+    def decode_logits(self, z: jax.Array) -> jax.Array:
+        """Returns the decoder's pre-sigmoid output."""
+        return self.decoder(z)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Returns the reconstruction in [0, 1]."""
+        return nn.sigmoid(self.decoder(z))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.decode(self.encode(x))
+
+
+class VAEOutput(NamedTuple):
+    """A VAE forward pass: reconstruction and the posterior's parameters."""
+
+    reconstruction: jax.Array
+    mean: jax.Array
+    logvar: jax.Array
+
+
+def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """Draws ``z = mean + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``.
+
+    Args:
+      key: A PRNG key, used once.
+      mean: Posterior mean.
+      logvar: Posterior log-variance, same shape as ``mean``.
+
+    Returns:
+      One sample of z per entry of ``mean``.
+    """
+    chex.assert_equal_shape([mean, logvar])
+    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    return mean + jnp.exp(0.5 * logvar) * eps
+
+
+class VAE(nn.Module):
+    """Gaussian VAE: the encoder gives mean and log-variance of q(z|x).
+
+    Attributes:
+      hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
+      latent_dim: Size of z.
+    """
+
+    hidden_dims: Sequence[int] = (400,)
+    latent_dim: int = 20
+
+    def setup(self):
+        self.trunk = MLP(tuple(self.hidden_dims))
+        self.mean_head = nn.Dense(self.latent_dim)
+        self.logvar_head = nn.Dense(self.latent_dim)
+        self.decoder = Decoder(self.hidden_dims)
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Returns the mean and log-variance of q(z|x)."""
+        h = nn.relu(self.trunk(x))
+        return self.mean_head(h), self.logvar_head(h)
+
+    def decode_logits(self, z: jax.Array) -> jax.Array:
+        """Returns the decoder's pre-sigmoid output."""
+        return self.decoder(z)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Returns the reconstruction in [0, 1]."""
+        return nn.sigmoid(self.decoder(z))
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> VAEOutput:
+        """Encodes, samples z with ``key`` and decodes."""
+        mean, logvar = self.encode(x)
+        z = reparameterize(key, mean, logvar)
+        return VAEOutput(self.decode(z), mean, logvar)
+
+
+MODEL_NAMES = ("ae", "vae")
+
+
+def make_model(
+    name: str, *, hidden_dims: Sequence[int] = (400,), latent_dim: int = 20
+) -> nn.Module:
+    """Builds a model by name (``ae`` or ``vae``)."""
+    if name == "ae":
+        return AutoEncoder(hidden_dims=tuple(hidden_dims), latent_dim=latent_dim)
+    if name == "vae":
+        return VAE(hidden_dims=tuple(hidden_dims), latent_dim=latent_dim)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def init_params(model: nn.Module, key: jax.Array, x: jax.Array) -> dict:
+    """Initializes a model's parameters from one key and an example input.
+
+    Args:
+      model: An ``AutoEncoder`` or ``VAE`` (or any module called as
+        ``model(x)`` or, for a ``VAE``, ``model(x, key)``).
+      key: A PRNG key, consumed here.
+      x: An example input, e.g. ``[784]`` or ``[batch, 784]``.
+
+    Returns:
+      The parameter tree.
+    """
+    if isinstance(model, VAE):
+        param_key, sample_key = jax.random.split(key)
+        return model.init(param_key, x, sample_key)
+    return model.init(key, x)
