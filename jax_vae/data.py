@@ -7,6 +7,7 @@ same arguments always give the same arrays.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -16,6 +17,7 @@ from importlib import resources
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
 
 SOURCES = ("bundled", "tfds", "idx")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "kmnist")
@@ -192,6 +194,16 @@ def _network_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _absl_errors_only():
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def _tfds_split_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
@@ -233,11 +245,13 @@ def load_tfds(name: str = "mnist", *, data_dir: str | None = None) -> Dataset:
             "the tfds source needs tensorflow-datasets and tensorflow: pip install 'jax-vae[tfds]'"
         ) from None
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        features = builder.info.features
+        with _absl_errors_only():  # tfds warns about half-made folders while probing.
+            builder = tfds.builder(name, data_dir=data_dir)
+            features = builder.info.features
+            prepared = builder.is_prepared()
         if tuple(features["image"].shape) != (*IMAGE_SHAPE, 1):
             raise DataError(f"tfds dataset {name} is not 28x28 grayscale")
-        if not builder.is_prepared():
+        if not prepared:
             if not _network_reachable():
                 raise DataError(
                     f"tfds dataset {name} is not prepared in "

@@ -1,0 +1,113 @@
+"""Models, reparameterization and per-example losses against NumPy references."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_vae import losses, models
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_model_shapes_and_output_range(name):
+    model = models.make_model(name, hidden_dims=(64, 32), latent_dim=5)
+    x = jax.random.uniform(jax.random.key(0), (7, 784))
+    params = models.init_params(model, jax.random.key(1), x)
+    if name == "ae":
+        out = model.apply(params, x)
+        chex.assert_shape(model.apply(params, x, method=models.AutoEncoder.encode), (7, 5))
+    else:
+        result = model.apply(params, x, jax.random.key(2))
+        chex.assert_shape([result.mean, result.logvar], (7, 5))
+        out = result.reconstruction
+    chex.assert_shape(out, (7, 784))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # Layer widths: 784 -> 64 -> 32 -> latent -> 32 -> 64 -> 784.
+    kernels = [k.shape for k in jax.tree.leaves(params) if k.ndim == 2]
+    assert (784, 64) in kernels and (64, 32) in kernels and (32, 784) not in kernels
+    assert (64, 784) in kernels
+
+
+def test_default_architecture_is_784_400_20():
+    model = models.make_model("vae")
+    params = models.init_params(model, jax.random.key(0), jnp.zeros(784))
+    shapes = jax.tree.map(lambda a: a.shape, params["params"])
+    assert shapes["trunk"]["dense_0"]["kernel"] == (784, 400)
+    assert shapes["mean_head"]["kernel"] == (400, 20)
+    assert shapes["logvar_head"]["kernel"] == (400, 20)
+    assert shapes["decoder"]["mlp"]["dense_0"]["kernel"] == (20, 400)
+    assert shapes["decoder"]["mlp"]["dense_1"]["kernel"] == (400, 784)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.make_model("gan")
+
+
+def test_reparameterize_statistics():
+    mean = jnp.array([1.0, -2.0, 0.5])
+    logvar = jnp.log(jnp.array([0.25, 4.0, 1.0]))
+    keys = jax.random.split(jax.random.key(0), 20000)
+    z = jax.vmap(models.reparameterize, in_axes=(0, None, None))(keys, mean, logvar)
+    np.testing.assert_allclose(z.mean(axis=0), mean, atol=0.05)
+    np.testing.assert_allclose(z.std(axis=0), jnp.exp(0.5 * logvar), rtol=0.03)
+    # Different keys give different draws; the same key the same draw.
+    assert not np.allclose(z[0], z[1])
+    np.testing.assert_array_equal(
+        models.reparameterize(keys[3], mean, logvar), models.reparameterize(keys[3], mean, logvar)
+    )
+
+
+def test_reparameterize_rejects_shape_mismatch():
+    with pytest.raises(AssertionError):
+        models.reparameterize(jax.random.key(0), jnp.zeros(3), jnp.zeros(4))
+
+
+def _np_kl(mean, logvar):
+    return 0.5 * np.sum(np.exp(logvar) + mean**2 - 1 - logvar, axis=-1)
+
+
+def test_losses_match_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 784)).astype(np.float32)
+    x_hat = rng.uniform(size=(6, 784)).astype(np.float32)
+    mean = rng.normal(size=(6, 20)).astype(np.float32)
+    logvar = rng.normal(size=(6, 20)).astype(np.float32)
+    np.testing.assert_allclose(
+        losses.batched_squared_error(x, x_hat), np.sum((x - x_hat) ** 2, axis=-1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        losses.batched_kl_divergence(mean, logvar), _np_kl(mean, logvar), rtol=1e-5
+    )
+    terms = losses.batched_beta_vae_loss(x, x_hat, mean, logvar, 2.5)
+    np.testing.assert_allclose(
+        terms.total, np.sum((x - x_hat) ** 2, axis=-1) + 2.5 * _np_kl(mean, logvar), rtol=1e-5
+    )
+    chex.assert_shape(terms, (6,))
+
+
+def test_kl_is_zero_for_standard_normal_posterior():
+    assert float(losses.kl_divergence(jnp.zeros(20), jnp.zeros(20))) == 0.0
+    assert float(losses.kl_divergence(jnp.ones(20), jnp.zeros(20))) > 0.0
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_example_loss_matches_model(name):
+    model = models.make_model(name, hidden_dims=(16,), latent_dim=3)
+    x = jax.random.uniform(jax.random.key(0), (784,))
+    params = models.init_params(model, jax.random.key(1), x)
+    key = jax.random.key(2)
+    terms = losses.make_example_loss(model)(params, x, key, 3.0)
+    if name == "ae":
+        expected_recon = np.sum((np.asarray(x) - np.asarray(model.apply(params, x))) ** 2)
+        np.testing.assert_allclose(terms.reconstruction, expected_recon, rtol=1e-5)
+        assert float(terms.kl) == 0.0 and float(terms.total) == float(terms.reconstruction)
+    else:
+        out = model.apply(params, x, key)
+        kl = _np_kl(np.asarray(out.mean), np.asarray(out.logvar))
+        recon = np.sum((np.asarray(x) - np.asarray(out.reconstruction)) ** 2)
+        np.testing.assert_allclose(terms.kl, kl, rtol=1e-5)
+        np.testing.assert_allclose(terms.total, recon + 3.0 * kl, rtol=1e-5)
