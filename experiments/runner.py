@@ -261,14 +261,23 @@ def _write_plots(output_dir, config, split, model_results, arrays, models, param
         )
 
 
+TABLE_COLUMNS = (
+    ("AUROC", "auroc", ".4f"),
+    ("AUPRC", "auprc", ".4f"),
+    ("F1", "f1", ".4f"),
+    ("precision", "precision", ".4f"),
+    ("recall", "recall", ".4f"),
+    ("FPR", "fpr", ".4f"),
+    ("threshold", "threshold", ".5f"),
+    ("train s", "train_seconds", ".2f"),
+)
+
+
 def format_table(model_results: dict[str, dict[str, Any]]) -> str:
     """The side-by-side results table, one row per model."""
-    columns = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold", "train_seconds")
-    header = f"{'model':<6}" + "".join(f"{c:>15}" for c in columns)
+    header = f"{'model':<6}" + "".join(f"{title:>11}" for title, _, _ in TABLE_COLUMNS)
     lines = [header, "-" * len(header)]
     for name, r in model_results.items():
-        cells = "".join(
-            f"{r[c]:>15.2f}" if c == "train_seconds" else f"{r[c]:>15.4f}" for c in columns
-        )
+        cells = "".join(f"{r[key]:>11{fmt}}" for _, key, fmt in TABLE_COLUMNS)
         lines.append(f"{name.upper():<6}{cells}")
     return "\n".join(lines) + "\n"

@@ -134,3 +134,21 @@ def test_rejects_bad_batch_size_and_mismatched_batch():
             epochs=1,
             batch_size=5,
         )
+
+
+def test_epoch_is_traced_once_not_per_epoch():
+    traces = []
+
+    def counting_loss(params, x, key, beta):
+        traces.append(1)  # Runs only while JAX traces, never when compiled code runs.
+        return losses.make_example_loss(models.make_model("ae", **SMALL))(params, x, key, beta)
+
+    train.train(
+        jax.random.key(0),
+        _images(64),
+        model=models.make_model("ae", **SMALL),
+        epochs=4,
+        batch_size=32,
+        loss_fn=counting_loss,
+    )
+    assert len(traces) == 1

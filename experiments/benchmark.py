@@ -1,0 +1,127 @@
+"""Training throughput against the device's measured matmul peak, and sweep cost.
+
+  python -m experiments.benchmark                 # default model, digit 0
+  python -m experiments.benchmark --sweep_sizes=1,4,16 --epochs=3
+
+Prints, per model: FLOPs per training image (from XLA's cost analysis of one
+compiled training step), compile time, images/s, achieved GFLOP/s, the peak of
+a large float32 matmul on the same device, their ratio, and the 30-epoch time
+against its FLOP floor (FLOPs / peak). Then the cost of training K models as
+one vmapped program relative to K single trainings.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app, flags
+
+from jax_vae.data import load_dataset, one_class_split
+from jax_vae.losses import make_example_loss
+from jax_vae.models import make_model
+from jax_vae.train import init_state, train, train_epoch
+
+flags.DEFINE_list("models", ["ae", "vae"], "Models to benchmark.")
+flags.DEFINE_integer("normal_digit", 0, "Digit whose training images are used.")
+flags.DEFINE_integer("epochs", 5, "Timed epochs per measurement (after compilation).")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_list("sweep_sizes", ["1", "4", "16"], "K values for the K-model sweep cost.")
+flags.DEFINE_integer("matmul_size", 0, "Side of the peak-matmul probe; 0 picks by backend.")
+FLAGS = flags.FLAGS
+
+
+def matmul_peak_gflops(size: int, *, repeats: int = 10) -> float:
+    """Measured float32 GFLOP/s of a ``size`` x ``size`` matmul on the default device."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):  # Best of three batches of calls: the least disturbed.
+        t = time.perf_counter()
+        for _ in range(repeats):
+            out = f(a)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return 2 * size**3 / best / 1e9
+
+
+def step_flops_per_image(model, images: jax.Array, batch_size: int) -> float:
+    """FLOPs of one compiled training step (forward, backward, Adam), per image."""
+    optimizer = optax.adam(1e-3)
+    state = init_state(jax.random.key(0), images[0], model=model, optimizer=optimizer)
+    # An epoch over exactly one batch: the scan body runs once.
+    epoch = functools.partial(
+        train_epoch, loss_fn=make_example_loss(model), optimizer=optimizer, batch_size=batch_size
+    )
+    cost = (
+        jax.jit(epoch).lower(state, images[:batch_size], jnp.float32(1.0)).compile().cost_analysis()
+    )
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"]) / batch_size
+
+
+def time_training(
+    model, images, *, epochs: int, batch_size: int, k: int = 1
+) -> tuple[float, float]:
+    """(seconds per epoch for all k models, compile seconds) of the training driver."""
+    key = jax.random.key(0)
+    if k > 1:
+        key, beta = jax.random.split(key, k), jnp.linspace(0.5, 4.0, k)
+    else:
+        beta = 1.0
+    result = train(key, images, model=model, beta=beta, epochs=epochs, batch_size=batch_size)
+    return result.train_seconds / epochs, result.compile_seconds
+
+
+def main(argv):
+    del argv
+    backend = jax.default_backend()
+    size = FLAGS.matmul_size or (4096 if backend == "cpu" else 8192)
+    split = one_class_split(load_dataset(), normal_digit=FLAGS.normal_digit)
+    images = jax.device_put(split.train_images)
+    n = images.shape[0]
+    peak = matmul_peak_gflops(size)
+    out = sys.stdout
+    out.write(
+        f"device: {jax.devices()[0].device_kind} ({backend}), {len(jax.devices())} device(s)\n"
+    )
+    out.write(f"float32 matmul peak ({size}x{size}): {peak:.1f} GFLOP/s\n")
+    out.write(f"training set: {n} images, batch {FLAGS.batch_size}\n\n")
+    header = (
+        f"{'model':<6}{'MFLOP/img':>10}{'compile s':>10}{'img/s':>10}{'GFLOP/s':>9}"
+        f"{'of peak':>8}{'30 ep s':>9}{'floor s':>9}{'x floor':>8}\n"
+    )
+    out.write(header + "-" * (len(header) - 1) + "\n")
+    for name in FLAGS.models:
+        model = make_model(name)
+        flops = step_flops_per_image(model, images, FLAGS.batch_size)
+        epoch_s, compile_s = time_training(
+            model, images, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size
+        )
+        rate = n / epoch_s
+        gflops = rate * flops / 1e9
+        floor = 30 * n * flops / (peak * 1e9)
+        out.write(
+            f"{name.upper():<6}{flops / 1e6:>10.2f}{compile_s:>10.2f}{rate:>10.0f}{gflops:>9.1f}"
+            f"{gflops / peak:>8.2f}{30 * epoch_s:>9.2f}{floor:>9.2f}{30 * epoch_s / floor:>8.2f}\n"
+        )
+
+    out.write("\nK models in one vmapped program (VAE, betas 0.5..4) vs K single trainings\n")
+    header = f"{'K':>4}{'epoch s':>10}{'K x single':>12}{'ratio':>8}\n"
+    out.write(header + "-" * (len(header) - 1) + "\n")
+    model = make_model("vae")
+    single, _ = time_training(model, images, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size)
+    for k in (int(s) for s in FLAGS.sweep_sizes):
+        epoch_s, _ = time_training(
+            model, images, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, k=k
+        )
+        out.write(f"{k:>4}{epoch_s:>10.3f}{k * single:>12.3f}{epoch_s / (k * single):>8.2f}\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
