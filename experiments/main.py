@@ -8,6 +8,7 @@ Invalid settings exit with code 1 and one line on stderr, before any training.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import app, flags, logging
@@ -80,34 +81,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def config_from_flags() -> ExperimentConfig:
-    """Builds the config from parsed flags; ConfigError for malformed lists."""
+    """Builds the config from parsed flags (one flag per config field)."""
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(ExperimentConfig)}
     try:
-        hidden_dims = tuple(int(h) for h in FLAGS.hidden_dims)
+        values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])
     except ValueError:
         raise ConfigError(
             f"--hidden_dims must be a comma list of integers, got {','.join(FLAGS.hidden_dims)}"
         ) from None
-    return ExperimentConfig(
-        beta=FLAGS.beta,
-        normal_digit=FLAGS.normal_digit,
-        latent_dim=FLAGS.latent_dim,
-        hidden_dims=hidden_dims,
-        epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
-        seed=FLAGS.seed,
-        val_fraction=FLAGS.val_fraction,
-        anomaly_fraction=FLAGS.anomaly_fraction,
-        threshold_percentile=FLAGS.threshold_percentile,
-        models=tuple(m.strip().lower() for m in FLAGS.models),
-        data_source=FLAGS.data_source,
-        data_dir=FLAGS.data_dir,
-        dataset=FLAGS.dataset,
-        output_dir=FLAGS.output_dir,
-        vae_score=FLAGS.vae_score,
-        mc_samples=FLAGS.mc_samples,
-        chunk_size=FLAGS.chunk_size,
-    )
+    values["models"] = tuple(m.strip().lower() for m in values["models"])
+    return ExperimentConfig(**values)
 
 
 def main(argv: list[str]) -> None:

@@ -137,6 +137,37 @@ def train_epoch(
     return new_state, means
 
 
+def make_train_fns(
+    *,
+    model: nn.Module,
+    batch_size: int,
+    learning_rate: float,
+    loss_fn: ExampleLoss | None = None,
+) -> tuple[
+    Callable[[jax.Array, jax.Array], TrainState], Callable[..., tuple[TrainState, LossTerms]]
+]:
+    """The pure ``init(key, example)`` and ``epoch(state, images, beta)`` of a run.
+
+    Args:
+      model: The model.
+      batch_size: Examples per step.
+      learning_rate: Adam step size.
+      loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
+
+    Returns:
+      The two functions, ready for ``jax.jit`` and ``jax.vmap``.
+    """
+    optimizer = optax.adam(learning_rate)
+    init_fn = functools.partial(init_state, model=model, optimizer=optimizer)
+    epoch_fn = functools.partial(
+        train_epoch,
+        loss_fn=loss_fn or make_example_loss(model),
+        optimizer=optimizer,
+        batch_size=batch_size,
+    )
+    return init_fn, epoch_fn
+
+
 def _check_args(images: jax.Array, batch_size: int, epochs: int) -> None:
     if images.ndim != 2:
         raise ValueError(f"images must be [N, features], got shape {images.shape}")
@@ -179,14 +210,10 @@ def train_scan(
       The trained parameters, per-epoch history [epochs] and final state.
     """
     _check_args(images, batch_size, epochs)
-    optimizer = optax.adam(learning_rate)
-    epoch_fn = functools.partial(
-        train_epoch,
-        loss_fn=loss_fn or make_example_loss(model),
-        optimizer=optimizer,
-        batch_size=batch_size,
+    init_fn, epoch_fn = make_train_fns(
+        model=model, batch_size=batch_size, learning_rate=learning_rate, loss_fn=loss_fn
     )
-    state = init_state(key, images[0], model=model, optimizer=optimizer)
+    state = init_fn(key, images[0])
     beta = jnp.asarray(beta, images.dtype)
     state, history = jax.lax.scan(lambda s, _: epoch_fn(s, images, beta), state, length=epochs)
     return TrainResult(state.params, history, state)
@@ -244,14 +271,9 @@ def train(
         raise ValueError(
             f"key {jnp.shape(key)} and beta {beta.shape} must both be scalars or both [K]"
         )
-    optimizer = optax.adam(learning_rate)
-    epoch_fn = functools.partial(
-        train_epoch,
-        loss_fn=loss_fn or make_example_loss(model),
-        optimizer=optimizer,
-        batch_size=batch_size,
+    init_fn, epoch_fn = make_train_fns(
+        model=model, batch_size=batch_size, learning_rate=learning_rate, loss_fn=loss_fn
     )
-    init_fn = functools.partial(init_state, model=model, optimizer=optimizer)
     if batched:
         epoch_fn = jax.vmap(epoch_fn, in_axes=(0, None, 0))
         init_fn = jax.vmap(init_fn, in_axes=(0, None))
