@@ -47,6 +47,18 @@ def load_split(config: ExperimentConfig) -> OneClassSplit:
         raise ConfigError(str(e)) from None
 
 
+def model_keys(seed: int, name: str) -> tuple[jax.Array, jax.Array]:
+    """The (training, scoring) keys of model ``name`` in a run with ``seed``.
+
+    One stream per model, independent of which other models run, so a sweep
+    that vmaps many seeds reproduces each seed's single run.
+    """
+    train_key, score_key = jax.random.split(
+        jax.random.fold_in(jax.random.key(seed), MODEL_NAMES.index(name))
+    )
+    return train_key, score_key
+
+
 def default_output_dir(config: ExperimentConfig, *, root: str = "runs") -> str:
     """A new folder ``runs/<time>_digit<d>_beta<b>`` that does not exist yet."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -128,15 +140,11 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
     _claim_output_dir(output_dir, record)
     logging.info("run folder %s; %s", output_dir, record["data"])
 
-    root_key = jax.random.key(config.seed)
     model_results: dict[str, dict[str, Any]] = {}
     arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
     params_by_model, models = {}, {}
     for name in config.models:
-        # One stream per model, independent of which other models run.
-        train_key, score_key = jax.random.split(
-            jax.random.fold_in(root_key, MODEL_NAMES.index(name))
-        )
+        train_key, score_key = model_keys(config.seed, name)
         model = make_model(name, hidden_dims=config.hidden_dims, latent_dim=config.latent_dim)
         logging.info(
             "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",

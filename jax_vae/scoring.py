@@ -92,15 +92,16 @@ def make_score_fn(model: nn.Module, *, vae_score: str = "mean", mc_samples: int 
 
 
 @functools.lru_cache(maxsize=64)
-def _chunk_runner(fn: Callable) -> Callable:
+def _chunk_runner(fn: Callable, stacked: bool) -> Callable:
     # One jitted program per per-example function, reused across calls (e.g.
     # the validation and the test set), so each chunk shape compiles once.
-    @jax.jit
     def run_chunk(params, chunk, chunk_key):
         keys = jax.random.split(chunk_key, chunk.shape[0])
         return jax.vmap(fn, in_axes=(None, 0, 0))(params, chunk, keys)
 
-    return run_chunk
+    if stacked:  # K models: stacked params and one key per model.
+        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, 0))
+    return jax.jit(run_chunk)
 
 
 def map_chunked(
@@ -110,36 +111,50 @@ def map_chunked(
     *,
     key: jax.Array | None = None,
     chunk_size: int = 2048,
+    stacked: bool = False,
 ) -> Any:
     """Applies a per-example function to every image, in fixed-size chunks.
 
     Args:
       fn: ``fn(params, x, key) -> pytree`` for one image.
-      params: Model parameters.
+      params: Model parameters; with ``stacked``, K models' parameters stacked
+        on a leading axis.
       images: [N, 784] images (host or device).
       key: Typed PRNG key; each image gets its own key derived from it. A
-        fixed key is used when None (deterministic functions ignore it).
+        fixed key is used when None (deterministic functions ignore it). With
+        ``stacked``, [K] keys: model k sees exactly the keys it would alone.
       chunk_size: Images per compiled call; bounds the memory of one call.
+      stacked: Evaluate K models at once (vmapped over the model axis).
 
     Returns:
-      The outputs stacked over the N images, as NumPy arrays.
+      The outputs stacked over the N images ([K, N, ...] when ``stacked``), as
+      NumPy arrays.
     """
     n = images.shape[0]
     if n == 0:
         raise ValueError("map_chunked needs at least one image")
-    key = jax.random.key(0) if key is None else key
+    if key is None:
+        key = jax.random.key(0)
+        if stacked:
+            key = jnp.stack([key] * jax.tree.leaves(params)[0].shape[0])
     chunk_size = min(chunk_size, n)
+    run_chunk = _chunk_runner(fn, stacked)
+    fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if stacked else jax.random.fold_in
+    axis = 1 if stacked else 0
 
-    run_chunk = _chunk_runner(fn)
     outputs = []
     for index, start in enumerate(range(0, n, chunk_size)):
         chunk = images[start : start + chunk_size]
         real = chunk.shape[0]
         if real < chunk_size:  # Pad so every call has the one compiled shape.
             chunk = np.pad(np.asarray(chunk), ((0, chunk_size - real), (0, 0)))
-        out = run_chunk(params, chunk, jax.random.fold_in(key, index))
-        outputs.append(jax.tree.map(lambda a, r=real: a[:r], out))
-    return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
+        out = run_chunk(params, chunk, fold_in(key, index))
+        outputs.append(
+            jax.tree.map(lambda a, r=real: jax.lax.slice_in_dim(a, 0, r, axis=axis), out)
+        )
+    return jax.tree.map(
+        lambda *parts: np.concatenate([np.asarray(p) for p in parts], axis=axis), *outputs
+    )
 
 
 def score(
@@ -149,6 +164,7 @@ def score(
     score_fn: ScoreFn,
     key: jax.Array | None = None,
     chunk_size: int = 2048,
+    stacked: bool = False,
 ) -> np.ndarray:
-    """Per-image anomaly scores [N] (float32), via :func:`map_chunked`."""
-    return map_chunked(score_fn, params, images, key=key, chunk_size=chunk_size)
+    """Per-image anomaly scores [N] (or [K, N] when ``stacked``), via :func:`map_chunked`."""
+    return map_chunked(score_fn, params, images, key=key, chunk_size=chunk_size, stacked=stacked)

@@ -222,6 +222,43 @@ def train_scan(
 EpochCallback = Callable[[int, LossTerms, float], None]
 
 
+def default_group_size(backend: str | None = None) -> int | None:
+    """Models vmapped together by default: all on accelerators, pairs on CPU.
+
+    On a GPU or TPU one small model leaves the chip idle, so vmapping all K
+    fills it. On a CPU the matmuls are already compute-bound and K models'
+    weights and Adam moments stop fitting in cache: measured on a 2-core CPU,
+    vmapping all 16 costs 1.3x 16 single trainings, pairs 1.0x.
+    """
+    return 2 if (backend or jax.default_backend()) == "cpu" else None
+
+
+def vmap_models(epoch_fn: Callable, *, group_size: int | None = None) -> Callable:
+    """Lifts ``epoch(state, images, beta)`` to K stacked states and betas.
+
+    Args:
+      epoch_fn: The single-model epoch function.
+      group_size: Models vmapped together (``jax.lax.map`` runs the groups in
+        sequence); None picks :func:`default_group_size`, 0 vmaps all.
+
+    Returns:
+      ``epoch(states[K], images, betas[K]) -> (states[K], LossTerms[K])``.
+    """
+    vmapped = jax.vmap(epoch_fn, in_axes=(0, None, 0))
+    group_size = default_group_size() if group_size is None else group_size
+    if not group_size:
+        return vmapped
+
+    def grouped(states, images, betas):
+        if group_size >= betas.shape[0]:
+            return vmapped(states, images, betas)
+        return jax.lax.map(
+            lambda sb: epoch_fn(sb[0], images, sb[1]), (states, betas), batch_size=group_size
+        )
+
+    return grouped
+
+
 def train(
     key: jax.Array,
     images: jax.Array | np.ndarray,
@@ -234,6 +271,7 @@ def train(
     loss_fn: ExampleLoss | None = None,
     name: str = "model",
     callback: EpochCallback | None = None,
+    group_size: int | None = None,
 ) -> TrainResult:
     """Trains a model (or a batch of models) with per-epoch logging.
 
@@ -254,6 +292,8 @@ def train(
       name: Name used in log lines and errors.
       callback: Called after each epoch as ``callback(epoch, means, seconds)``
         with host (NumPy) means.
+      group_size: With K models, how many are vmapped together; groups run one
+        after another in the same program. None: :func:`default_group_size`.
 
     Returns:
       Parameters, history [([K,] epochs)], final state, training seconds
@@ -275,7 +315,7 @@ def train(
         model=model, batch_size=batch_size, learning_rate=learning_rate, loss_fn=loss_fn
     )
     if batched:
-        epoch_fn = jax.vmap(epoch_fn, in_axes=(0, None, 0))
+        epoch_fn = vmap_models(epoch_fn, group_size=group_size)
         init_fn = jax.vmap(init_fn, in_axes=(0, None))
 
     t0 = time.perf_counter()

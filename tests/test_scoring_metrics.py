@@ -104,3 +104,25 @@ def test_threshold_is_percentile_of_normals():
 def test_metrics_need_both_classes():
     with pytest.raises(ValueError, match="both"):
         metrics.detection_metrics(np.zeros(4), np.arange(4.0), threshold=1.0)
+
+
+def test_stacked_scores_equal_each_model_alone():
+    model = models.make_model("vae", hidden_dims=(32,), latent_dim=4)
+    keys = jax.random.split(jax.random.key(0), 3)
+    stacked_params = jax.vmap(lambda k: models.init_params(model, k, jnp.zeros(784)))(keys)
+    images = np.asarray(jax.random.uniform(jax.random.key(1), (30, 784)))
+    score_fn = scoring.make_score_fn(model, vae_score="mc", mc_samples=2)
+    score_keys = jax.random.split(jax.random.key(7), 3)
+    got = scoring.score(
+        stacked_params, images, score_fn=score_fn, key=score_keys, chunk_size=8, stacked=True
+    )
+    assert got.shape == (3, 30)
+    for k in range(3):
+        alone = scoring.score(
+            jax.tree.map(lambda a, k=k: a[k], stacked_params),
+            images,
+            score_fn=score_fn,
+            key=score_keys[k],
+            chunk_size=8,
+        )
+        np.testing.assert_allclose(got[k], alone, rtol=1e-5, atol=1e-7)

@@ -85,12 +85,15 @@ def test_vmap_over_betas_equals_separate_runs():
     assert not np.allclose(vmapped.history.kl[0], vmapped.history.kl[1])
 
 
-def test_batched_driver_equals_separate_runs():
+@pytest.mark.parametrize("group_size", [0, 2])  # All vmapped; pairs plus a remainder.
+def test_batched_driver_equals_separate_runs(group_size):
     images = _images()
     model = models.make_model("vae", **SMALL)
     keys = jax.random.split(jax.random.key(1), 3)
     betas = jnp.array([1.0, 2.0, 8.0])
-    batched = train.train(keys, images, model=model, beta=betas, epochs=2, batch_size=64)
+    batched = train.train(
+        keys, images, model=model, beta=betas, epochs=2, batch_size=64, group_size=group_size
+    )
     chex.assert_shape(batched.history.total, (3, 2))
     for i in range(3):
         single = train.train(

@@ -1,0 +1,138 @@
+"""Flags shared by the runner and the sweep, and their one-line error handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+from absl import flags, logging
+
+from experiments.config import ConfigError, ExperimentConfig
+from jax_vae.data import SOURCES, TFDS_DATASETS, DataError
+from jax_vae.models import MODEL_NAMES
+from jax_vae.scoring import VAE_SCORES
+from jax_vae.train import NonFiniteLossError
+
+FLAGS = flags.FLAGS
+_D = ExperimentConfig()
+
+# Errors that end a run with one line on stderr and exit code 1.
+USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
+
+
+def _define_all() -> dict[str, Callable[[], Any]]:
+    """Flag definers, one per ExperimentConfig field."""
+    return {
+        "beta": lambda: flags.DEFINE_float(
+            "beta", _D.beta, "KL weight of the beta-VAE (relative to the summed squared error)."
+        ),
+        "normal_digit": lambda: flags.DEFINE_integer(
+            "normal_digit", _D.normal_digit, "The digit treated as normal (0-9)."
+        ),
+        "latent_dim": lambda: flags.DEFINE_integer(
+            "latent_dim", _D.latent_dim, "Latent size of both models."
+        ),
+        "hidden_dims": lambda: flags.DEFINE_list(
+            "hidden_dims",
+            [str(h) for h in _D.hidden_dims],
+            "Encoder hidden widths; the decoder mirrors them.",
+        ),
+        "epochs": lambda: flags.DEFINE_integer("epochs", _D.epochs, "Training epochs."),
+        "batch_size": lambda: flags.DEFINE_integer(
+            "batch_size", _D.batch_size, "Training batch size."
+        ),
+        "learning_rate": lambda: flags.DEFINE_float(
+            "learning_rate", _D.learning_rate, "Adam learning rate."
+        ),
+        "seed": lambda: flags.DEFINE_integer(
+            "seed", _D.seed, "Seed of the split, initialization, shuffling and sampling."
+        ),
+        "val_fraction": lambda: flags.DEFINE_float(
+            "val_fraction",
+            _D.val_fraction,
+            "Fraction of normal training images held out for the threshold.",
+        ),
+        "anomaly_fraction": lambda: flags.DEFINE_float(
+            "anomaly_fraction", None, "Anomaly share of the test set; unset = full test set."
+        ),
+        "threshold_percentile": lambda: flags.DEFINE_float(
+            "threshold_percentile",
+            _D.threshold_percentile,
+            "Percentile of held-out normal scores used as threshold.",
+        ),
+        "models": lambda: flags.DEFINE_list(
+            "models", list(_D.models), f"Models to train: {', '.join(MODEL_NAMES)}."
+        ),
+        "data_source": lambda: flags.DEFINE_string(
+            "data_source", _D.data_source, f"One of {', '.join(SOURCES)}."
+        ),
+        "data_dir": lambda: flags.DEFINE_string(
+            "data_dir", None, "tfds data dir (tfds) or folder of IDX files (idx)."
+        ),
+        "dataset": lambda: flags.DEFINE_string(
+            "dataset", _D.dataset, f"One of {', '.join(TFDS_DATASETS)} (bundled: mnist only)."
+        ),
+        "output_dir": lambda: flags.DEFINE_string(
+            "output_dir", None, "New folder for the results; default: a new folder under runs/."
+        ),
+        "vae_score": lambda: flags.DEFINE_string(
+            "vae_score", _D.vae_score, f"VAE anomaly score: {', '.join(VAE_SCORES)}."
+        ),
+        "mc_samples": lambda: flags.DEFINE_integer(
+            "mc_samples", _D.mc_samples, "Draws for --vae_score=mc or elbo."
+        ),
+        "chunk_size": lambda: flags.DEFINE_integer(
+            "chunk_size", _D.chunk_size, "Images per compiled scoring call (bounds memory)."
+        ),
+    }
+
+
+def define_experiment_flags(*, exclude: Iterable[str] = ()) -> None:
+    """Defines one flag per ExperimentConfig field, except those excluded."""
+    definers = _define_all()
+    assert set(definers) == {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for name, define in definers.items():
+        if name not in exclude:
+            define()
+
+
+def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
+    """An ExperimentConfig from the parsed flags; fields without a flag from ``overrides``."""
+    values = {}
+    for field in dataclasses.fields(ExperimentConfig):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif field.name in FLAGS:
+            values[field.name] = FLAGS[field.name].value
+    try:
+        values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])
+    except ValueError:
+        raise ConfigError(
+            f"--hidden_dims must be a comma list of integers, got {','.join(FLAGS.hidden_dims)}"
+        ) from None
+    values["models"] = tuple(m.strip().lower() for m in values["models"])
+    return ExperimentConfig(**values)
+
+
+def fail(message: str) -> NoReturn:
+    """Ends the program with one line on stderr and exit code 1."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose errors are one line and exit code 1 (not a usage block)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+
+
+def start(argv: list[str]) -> None:
+    """Common start of a command: no positional arguments; INFO logging by default."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)  # Per-epoch progress is the point of a long run.
