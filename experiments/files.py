@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -9,6 +10,8 @@ import tempfile
 from typing import Any
 
 import numpy as np
+
+from experiments.config import ConfigError, check_output_dir
 
 
 def _umask() -> int:
@@ -44,3 +47,35 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def new_run_dir(label: str, *, root: str = "runs") -> str:
+    """A folder ``<root>/<time>_<label>`` that does not exist yet (not created)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(root, f"{stamp}_{label}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def claim_output_dir(path: str, config_record: dict[str, Any]) -> None:
+    """Creates a run folder and claims it by linking ``config.json`` into it.
+
+    ``os.link`` fails if the file exists, so two runs started on the same
+    folder cannot both claim it.
+
+    Raises:
+      ConfigError: The folder holds files, cannot be created, or was claimed.
+    """
+    check_output_dir(path)
+    os.makedirs(path, exist_ok=True)
+    staged = os.path.join(path, ".config.json.staged")
+    write_json(staged, config_record)
+    try:
+        os.link(staged, os.path.join(path, "config.json"))
+    except FileExistsError:
+        raise ConfigError(f"--output_dir {path} was claimed by another run") from None
+    finally:
+        os.unlink(staged)

@@ -122,3 +122,69 @@ def latent_scatter(means: np.ndarray, digits: np.ndarray, normal_digit: int) -> 
     ax.set(xlabel=f"{axis_name} 1", ylabel=f"{axis_name} 2", title="VAE latent means, test images")
     ax.legend(markerscale=3, fontsize=7, loc="best")
     return fig
+
+
+def auroc_vs_beta(summary: dict[str, dict]) -> Figure:
+    """One panel per digit: beta-VAE AUROC (mean +- std over seeds) against beta; AE dashed."""
+    vae = sorted((s["beta"], s) for s in summary.values() if s["model"] == "vae")
+    ae = next((s for s in summary.values() if s["model"] == "ae"), None)
+    digits = sorted({d for s in summary.values() for d in s["digits"]})
+    cols = min(5, len(digits))
+    rows = -(-len(digits) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False, sharex=True)
+    for ax, d in zip(axes.flat, digits, strict=False):
+        if vae:
+            betas = [b for b, _ in vae]
+            means = np.array([s["digits"][d][0] for _, s in vae])
+            stds = np.array([s["digits"][d][1] for _, s in vae])
+            ax.errorbar(betas, means, yerr=stds, marker="o", capsize=3, label="beta-VAE")
+            ax.set_xscale("log")
+            ax.set_xticks(betas, [f"{b:g}" for b in betas])
+            ax.minorticks_off()
+        if ae is not None:
+            mean, std = ae["digits"][d]
+            ax.axhline(mean, color="black", linestyle="--", linewidth=1, label="AE")
+            ax.axhspan(mean - std, mean + std, color="grey", alpha=0.2)
+        ax.set_title(f"digit {d}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(digits) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("beta")
+    fig.supylabel("test AUROC (mean +- std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def best_per_digit(summary: dict[str, dict]) -> Figure:
+    """Per-digit AUROC bars of the best AE and the best beta-VAE (by mean over digits)."""
+    best = {}
+    for model in ("ae", "vae"):
+        candidates = [(s["mean"][0], label) for label, s in summary.items() if s["model"] == model]
+        if candidates:
+            best[max(candidates)[1]] = summary[max(candidates)[1]]
+    digits = sorted({d for s in summary.values() for d in s["digits"]})
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(digits) + 2), 3.6))
+    width = 0.8 / max(1, len(best))
+    x = np.arange(len(digits))
+    for i, (label, s) in enumerate(best.items()):
+        means = [s["digits"][d][0] for d in digits]
+        stds = [s["digits"][d][1] for d in digits]
+        ax.bar(
+            x + i * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=2,
+            label=f"{label} (mean {s['mean'][0]:.4f})",
+        )
+    ax.set_xticks(x + width * (len(best) - 1) / 2, [str(d) for d in digits])
+    lows = [s["digits"][d][0] for s in best.values() for d in digits]
+    ax.set(
+        xlabel="normal digit",
+        ylabel="test AUROC",
+        ylim=(max(0.0, min(lows) - 0.05), 1.0),
+        title="best AE and best beta-VAE (chosen by mean test AUROC over digits)",
+    )
+    ax.legend(fontsize=8, loc="lower left")
+    return fig

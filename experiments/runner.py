@@ -7,7 +7,6 @@ calls :func:`run_experiment`; tests and notebooks call it directly.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import importlib.metadata
 import os
 import platform
@@ -19,8 +18,14 @@ import numpy as np
 from absl import logging
 
 from experiments import plots
-from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
-from experiments.files import atomic_write_bytes, write_json, write_npz
+from experiments.config import ConfigError, ExperimentConfig, validate
+from experiments.files import (
+    atomic_write_bytes,
+    claim_output_dir,
+    new_run_dir,
+    write_json,
+    write_npz,
+)
 from jax_vae.data import OneClassSplit, load_dataset, one_class_split
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import MODEL_NAMES, VAE, make_model
@@ -61,31 +66,7 @@ def model_keys(seed: int, name: str) -> tuple[jax.Array, jax.Array]:
 
 def default_output_dir(config: ExperimentConfig, *, root: str = "runs") -> str:
     """A new folder ``runs/<time>_digit<d>_beta<b>`` that does not exist yet."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(root, f"{stamp}_digit{config.normal_digit}_beta{config.beta:g}")
-    path, n = base, 1
-    while os.path.exists(path):
-        n += 1
-        path = f"{base}-{n}"
-    return path
-
-
-def _claim_output_dir(path: str, config_record: dict[str, Any]) -> None:
-    """Creates the run folder and claims it by linking ``config.json`` into it.
-
-    ``os.link`` fails if the file exists, so two runs started on the same
-    folder cannot both claim it.
-    """
-    check_output_dir(path)
-    os.makedirs(path, exist_ok=True)
-    staged = os.path.join(path, ".config.json.staged")
-    write_json(staged, config_record)
-    try:
-        os.link(staged, os.path.join(path, "config.json"))
-    except FileExistsError:
-        raise ConfigError(f"--output_dir {path} was claimed by another run") from None
-    finally:
-        os.unlink(staged)
+    return new_run_dir(f"digit{config.normal_digit}_beta{config.beta:g}", root=root)
 
 
 def environment_record() -> dict[str, Any]:
@@ -137,7 +118,7 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
             "test_anomalies": int(split.test_labels.sum()),
         },
     }
-    _claim_output_dir(output_dir, record)
+    claim_output_dir(output_dir, record)
     logging.info("run folder %s; %s", output_dir, record["data"])
 
     model_results: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,278 @@
+"""Sweeps: every (beta, seed) model of a digit trained as one compiled, vmapped program.
+
+``experiments.sweep`` parses flags into a :class:`SweepConfig` and calls
+:func:`run_sweep`. Per digit, the beta-VAEs of all (beta, seed) pairs train
+together (keys and betas are vmapped arrays), and so do the AEs of all seeds;
+digits run one after another (their training sets differ in size). The split
+is held fixed by ``split_seed`` so that seeds vary only the models' randomness;
+model (beta, seed) uses the same keys as ``experiments.main --seed=seed``, so
+with ``split_seed == seed`` it reproduces that single run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import sys
+from typing import Any, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from experiments import plots
+from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
+from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir, write_json
+from experiments.runner import environment_record, model_keys
+from jax_vae.data import Dataset, load_dataset, one_class_split
+from jax_vae.metrics import detection_metrics, threshold_from_normals
+from jax_vae.models import make_model
+from jax_vae.scoring import make_score_fn, score
+from jax_vae.train import train
+
+CSV_FIELDS = (
+    "model", "beta", "seed", "digit", "auroc", "auprc", "f1",
+    "precision", "recall", "fpr", "threshold",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A grid of runs: ``base`` settings for every model, swept over these axes."""
+
+    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    digits: tuple[int, ...] = tuple(range(10))
+    split_seed: int = 0
+    group_size: int | None = None  # Models vmapped together; None: backend default.
+    base: ExperimentConfig = ExperimentConfig()
+
+
+def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
+    """Parses ``0-9`` or ``0,3,5`` or ``2-4,7`` into integers (in order, no repeats)."""
+    values: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                values.extend(range(int(lo), int(hi) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--{name} must be integers or ranges like 0-9, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--{name} lists a value twice: {text}")
+    return tuple(values)
+
+
+def parse_float_list(text: str, *, name: str) -> tuple[float, ...]:
+    """Parses ``0.5,1,2`` into floats (no repeats)."""
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma list of numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--{name} lists a value twice: {text}")
+    return values
+
+
+def validate_sweep(config: SweepConfig) -> None:
+    """Checks every grid point with the runner's rules; ConfigError names the flag."""
+    if not config.betas or not config.seeds or not config.digits:
+        raise ConfigError("--betas, --seeds and --digits each need at least one value")
+    for beta in config.betas:
+        if not math.isfinite(beta) or beta < 0:
+            raise ConfigError(f"--betas must be finite numbers >= 0, got {beta}")
+    for seed in (*config.seeds, config.split_seed):
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"--seeds and --split_seed must be in [0, 2**32), got {seed}")
+    for digit in config.digits:
+        if not 0 <= digit <= 9:
+            raise ConfigError(f"--digits must be digits 0-9, got {digit}")
+    if config.group_size is not None and config.group_size < 0:
+        raise ConfigError(f"--group_size must be >= 0, got {config.group_size}")
+    validate(dataclasses.replace(config.base, output_dir=None))
+    if config.base.output_dir is not None:
+        check_output_dir(config.base.output_dir)
+
+
+def _check_training_sizes(dataset: Dataset, config: SweepConfig) -> None:
+    """The batch must fit every digit's training set; checked before any training."""
+    for digit in config.digits:
+        n_normal = int((dataset.train_labels == digit).sum())
+        n_train = n_normal - int(round(config.base.val_fraction * n_normal))
+        if config.base.batch_size > n_train:
+            raise ConfigError(
+                f"--batch_size {config.base.batch_size} is larger than the training set of "
+                f"digit {digit} ({n_train} images)"
+            )
+
+
+def _grid(config: SweepConfig, name: str) -> list[tuple[float | None, int]]:
+    """(beta, seed) of every model of one kind; the AE has no beta."""
+    if name == "ae":
+        return [(None, seed) for seed in config.seeds]
+    return [(beta, seed) for beta in config.betas for seed in config.seeds]
+
+
+def train_and_score_digit(
+    dataset: Dataset, config: SweepConfig, digit: int, name: str
+) -> list[dict[str, Any]]:
+    """Trains all models of one kind for one digit together; one result row each."""
+    base = config.base
+    try:
+        split = one_class_split(
+            dataset,
+            normal_digit=digit,
+            val_fraction=base.val_fraction,
+            anomaly_fraction=base.anomaly_fraction,
+            seed=config.split_seed,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    grid = _grid(config, name)
+    keys = [model_keys(seed, name) for _, seed in grid]
+    train_keys = jnp.stack([train_key for train_key, _ in keys])
+    # As the runner: each model's scoring key splits into its validation and test keys.
+    score_keys = jax.vmap(jax.random.split)(jnp.stack([score_key for _, score_key in keys]))
+    val_keys, test_keys = score_keys[:, 0], score_keys[:, 1]
+    betas = jnp.array([base.beta if beta is None else beta for beta, _ in grid], jnp.float32)
+    model = make_model(name, hidden_dims=base.hidden_dims, latent_dim=base.latent_dim)
+    logging.info("digit %d: training %d %s models together", digit, len(grid), name)
+    result = train(
+        train_keys,
+        split.train_images,
+        model=model,
+        beta=betas,
+        epochs=base.epochs,
+        batch_size=base.batch_size,
+        learning_rate=base.learning_rate,
+        name=f"{name} digit {digit}",
+        group_size=config.group_size,
+    )
+    score_fn = make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples)
+    kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
+    val_scores = score(result.params, split.val_images, key=val_keys, **kwargs)
+    test_scores = score(result.params, split.test_images, key=test_keys, **kwargs)
+    rows = []
+    for k, (beta, seed) in enumerate(grid):
+        threshold = threshold_from_normals(val_scores[k], percentile=base.threshold_percentile)
+        metrics = detection_metrics(split.test_labels, test_scores[k], threshold=threshold)
+        rows.append(
+            {"model": name, "beta": beta, "seed": seed, "digit": digit, **metrics._asdict()}
+        )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str, dict[str, Any]]:
+    """Mean and std over seeds per configuration and digit, plus the mean over digits.
+
+    The std of the digit mean is over seeds of each seed's mean over digits.
+
+    Returns:
+      ``{label: {"digits": {d: (mean, std)}, "mean": (mean, std), "model", "beta"}}``
+      with labels ``AE`` and ``VAE b=<beta>``.
+    """
+    configs: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        label = "AE" if r["model"] == "ae" else f"VAE b={r['beta']:g}"
+        entry = configs.setdefault(label, {"model": r["model"], "beta": r["beta"], "values": {}})
+        entry["values"].setdefault(r["digit"], {})[r["seed"]] = r[metric]
+    summary = {}
+    for label, entry in configs.items():
+        values = entry["values"]
+        digits = sorted(values)
+        per_digit = {}
+        for d in digits:
+            by_seed = list(values[d].values())
+            per_digit[d] = (float(np.mean(by_seed)), float(np.std(by_seed)))
+        seeds = sorted(set.intersection(*(set(values[d]) for d in digits)))
+        seed_means = [np.mean([values[d][s] for d in digits]) for s in seeds]
+        summary[label] = {
+            "model": entry["model"],
+            "beta": entry["beta"],
+            "digits": per_digit,
+            "mean": (float(np.mean(seed_means)), float(np.std(seed_means))),
+        }
+    return summary
+
+
+def format_summary(summary: dict[str, dict[str, Any]], *, metric: str = "AUROC") -> str:
+    """The summary as a table: one row per configuration, one column per digit."""
+    digits = sorted({d for s in summary.values() for d in s["digits"]})
+    header = f"{metric + ' mean+-std':<13}" + "".join(f"{d:>16}" for d in digits) + f"{'mean':>16}"
+    lines = [header, "-" * len(header)]
+    for label, s in summary.items():
+        cells = "".join(f"{_pm(*s['digits'][d]):>16}" for d in digits)
+        lines.append(f"{label:<13}{cells}{_pm(*s['mean']):>16}")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f}+-{std:.4f}"
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """One CSV line per model, beta, seed and digit (empty beta for the AE)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+    return buffer.getvalue()
+
+
+def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, Any]:
+    """Runs the grid and writes ``sweep.json``, ``sweep.csv``, ``summary.txt`` and plots.
+
+    Args:
+      config: The grid and the shared settings.
+      out: Where the summary table goes (stdout when None).
+
+    Returns:
+      The content of ``sweep.json``, plus ``output_dir``.
+
+    Raises:
+      ConfigError, DataError, NonFiniteLossError: As the runner.
+    """
+    validate_sweep(config)
+    base = config.base
+    dataset = load_dataset(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
+    _check_training_sizes(dataset, config)
+    output_dir = base.output_dir or new_run_dir(f"sweep_{len(config.digits)}digits")
+    record = {
+        **{k: v for k, v in dataclasses.asdict(config).items() if k != "base"},
+        **{
+            k: v
+            for k, v in dataclasses.asdict(base).items()
+            if k not in ("beta", "normal_digit", "seed")
+        },
+        "output_dir": output_dir,
+        **environment_record(),
+    }
+    claim_output_dir(output_dir, record)
+
+    rows: list[dict[str, Any]] = []
+    for digit in config.digits:
+        for name in base.models:
+            rows.extend(train_and_score_digit(dataset, config, digit, name))
+    summary = summarize(rows)
+    table = format_summary(summary)
+
+    atomic_write_bytes(os.path.join(output_dir, "sweep.csv"), rows_to_csv(rows).encode())
+    atomic_write_bytes(os.path.join(output_dir, "summary.txt"), table.encode())
+    plots.save(plots.auroc_vs_beta(summary), os.path.join(output_dir, "auroc_vs_beta.png"))
+    plots.save(plots.best_per_digit(summary), os.path.join(output_dir, "best_per_digit.png"))
+    result = {"config": record, "rows": rows, "summary": summary}
+    write_json(os.path.join(output_dir, "sweep.json"), result)  # Last: marks completion.
+    (out or sys.stdout).write(table)
+    logging.info("results in %s", output_dir)
+    return {**result, "output_dir": output_dir}

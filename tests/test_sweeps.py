@@ -1,0 +1,140 @@
+"""Sweeps: vmapped grid equals one-by-one training; CSV/JSON agree; bad flags."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import runner, sweeps
+from experiments.config import ConfigError, ExperimentConfig
+from jax_vae import metrics, models, scoring, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    config = sweeps.SweepConfig(
+        betas=(1.0, 4.0),
+        seeds=(0, 1),
+        digits=(0,),
+        base=ExperimentConfig(epochs=1, models=("ae", "vae"), output_dir=str(out)),
+    )
+    return config, out, sweeps.run_sweep(config, out=open(os.devnull, "w"))
+
+
+def test_sweep_equals_models_trained_one_by_one(sweep, split0):
+    config, _, result = sweep
+    vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
+    assert len(vae_rows) == 4
+    model = models.make_model("vae")
+    score_fn = scoring.make_score_fn(model)
+    for row in vae_rows:
+        train_key, _ = runner.model_keys(row["seed"], "vae")
+        single = train.train(
+            train_key, split0.train_images, model=model, beta=row["beta"], epochs=1
+        )
+        val = scoring.score(single.params, split0.val_images, score_fn=score_fn)
+        test = scoring.score(single.params, split0.test_images, score_fn=score_fn)
+        m = metrics.detection_metrics(
+            split0.test_labels, test, threshold=metrics.threshold_from_normals(val, percentile=95)
+        )
+        assert row["auroc"] == pytest.approx(m.auroc, abs=1e-4)
+        assert row["threshold"] == pytest.approx(m.threshold, rel=1e-3)
+    # The four models differ: beta and seed both matter.
+    assert len({round(r["auroc"], 6) for r in vae_rows}) == 4
+
+
+def test_sweep_seed_equals_runner_run(sweep, tmp_path):
+    # With split_seed == seed, a grid point reproduces `experiments.main` for that seed.
+    config, _, result = sweep
+    single = runner.run_experiment(
+        dataclasses.replace(config.base, beta=4.0, seed=0, output_dir=str(tmp_path / "r")),
+        out=open(os.devnull, "w"),
+    )
+    for name, beta in (("ae", None), ("vae", 4.0)):
+        row = next(
+            r for r in result["rows"] if (r["model"], r["beta"], r["seed"]) == (name, beta, 0)
+        )
+        assert row["auroc"] == pytest.approx(single["models"][name]["auroc"], abs=1e-4)
+
+
+def test_csv_json_and_summary_agree(sweep):
+    _, out, result = sweep
+    assert {
+        "sweep.json",
+        "sweep.csv",
+        "summary.txt",
+        "auroc_vs_beta.png",
+        "best_per_digit.png",
+    } <= set(os.listdir(out))
+    record = json.loads((out / "sweep.json").read_text())
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(record["rows"]) == 2 + 4  # 2 AE seeds, 2 betas x 2 seeds.
+    for csv_row, json_row in zip(rows, record["rows"], strict=True):
+        assert csv_row["model"] == json_row["model"]
+        assert (csv_row["beta"] or None) == (
+            None if json_row["beta"] is None else str(json_row["beta"])
+        )
+        assert (
+            int(csv_row["seed"]) == json_row["seed"] and int(csv_row["digit"]) == json_row["digit"]
+        )
+        for key in ("auroc", "auprc", "f1"):
+            assert float(csv_row[key]) == pytest.approx(json_row[key], rel=1e-12)
+    vae1 = [r["auroc"] for r in record["rows"] if r["model"] == "vae" and r["beta"] == 1.0]
+    mean, std = record["summary"]["VAE b=1"]["mean"]
+    assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
+    assert "VAE b=4" in (out / "summary.txt").read_text()
+
+
+def test_parse_lists():
+    assert sweeps.parse_int_list("0-9", name="digits") == tuple(range(10))
+    assert sweeps.parse_int_list("2-4,7", name="digits") == (2, 3, 4, 7)
+    assert sweeps.parse_float_list("0.5,1,2", name="betas") == (0.5, 1.0, 2.0)
+    for bad in ("", "a", "1,1", "3-x"):
+        with pytest.raises(ConfigError):
+            sweeps.parse_int_list(bad, name="digits")
+    with pytest.raises(ConfigError):
+        sweeps.parse_float_list("1,abc", name="betas")
+
+
+BAD_SWEEP_FLAGS = [
+    (["--betas=1,abc"], "--betas"),
+    (["--betas=-1"], "--betas"),
+    (["--betas=nan"], "--betas"),
+    (["--seeds=0,x"], "--seeds"),
+    (["--digits=0-10"], "--digits"),
+    (["--digits="], "--digits"),
+    (["--group_size=-1"], "--group_size"),
+    (["--epochs=0"], "--epochs"),
+    (["--batch_size=5000"], "--batch_size"),
+    (["--models=svm"], "--models"),
+    (["--beta=2"], "beta"),  # The sweep takes --betas, not --beta.
+]
+
+
+@pytest.mark.parametrize(
+    "args,needle", BAD_SWEEP_FLAGS, ids=[" ".join(a) for a, _ in BAD_SWEEP_FLAGS]
+)
+def test_invalid_sweep_flags_exit_with_one_line(args, needle, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *args, f"--output_dir={tmp_path / 'out'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
