@@ -356,4 +356,6 @@ def train(
 
 def _fmt(values: np.ndarray) -> str:
     values = np.atleast_1d(values)
+    if values.size > 4:  # Many models: keep the progress line short.
+        return f"{values.mean():.3f} [{values.min():.3f}..{values.max():.3f}]"
     return " ".join(f"{v:.3f}" for v in values)
