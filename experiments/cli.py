@@ -104,15 +104,18 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in overrides:
             values[field.name] = overrides[field.name]
-        elif field.name in FLAGS:
+        elif field.name in FLAGS:  # Fields without a flag keep their defaults.
             values[field.name] = FLAGS[field.name].value
-    try:
-        values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])
-    except ValueError:
-        raise ConfigError(
-            f"--hidden_dims must be a comma list of integers, got {','.join(FLAGS.hidden_dims)}"
-        ) from None
-    values["models"] = tuple(m.strip().lower() for m in values["models"])
+    if "hidden_dims" in values:
+        try:
+            values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])
+        except ValueError:
+            raise ConfigError(
+                "--hidden_dims must be a comma list of integers, "
+                f"got {','.join(values['hidden_dims'])}"
+            ) from None
+    if "models" in values:
+        values["models"] = tuple(m.strip().lower() for m in values["models"])
     return ExperimentConfig(**values)
 
 

@@ -28,6 +28,7 @@ from experiments import plots
 from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
 from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir, write_json
 from experiments.runner import environment_record, model_keys
+from jax_vae.baselines import BASELINES, fit_baseline
 from jax_vae.data import Dataset, load_dataset, one_class_split
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import make_model
@@ -179,11 +180,12 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
 
     Returns:
       ``{label: {"digits": {d: (mean, std)}, "mean": (mean, std), "model", "beta"}}``
-      with labels ``AE`` and ``VAE b=<beta>``.
+      with labels ``VAE b=<beta>`` for beta-VAEs and the upper-case model
+      name otherwise (``AE``, ``PCA``, ...).
     """
     configs: dict[str, dict[str, Any]] = {}
     for r in rows:
-        label = "AE" if r["model"] == "ae" else f"VAE b={r['beta']:g}"
+        label = f"VAE b={r['beta']:g}" if r["model"] == "vae" else r["model"].upper()
         entry = configs.setdefault(label, {"model": r["model"], "beta": r["beta"], "values": {}})
         entry["values"].setdefault(r["digit"], {})[r["seed"]] = r[metric]
     summary = {}
@@ -275,4 +277,85 @@ def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, An
     write_json(os.path.join(output_dir, "sweep.json"), result)  # Last: marks completion.
     (out or sys.stdout).write(table)
     logging.info("results in %s", output_dir)
+    return {**result, "output_dir": output_dir}
+
+
+def run_baselines(
+    digits: tuple[int, ...],
+    names: tuple[str, ...],
+    base: ExperimentConfig,
+    *,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
+    """Fits scikit-learn baselines on exactly the runner's split of each digit.
+
+    Same protocol, threshold and metrics as the models (``base.seed`` seeds
+    the split and the randomized baselines); writes ``baselines.json``,
+    ``baselines.csv`` and ``summary.txt``.
+
+    Args:
+      digits: Normal digits.
+      names: Baselines from :data:`jax_vae.baselines.BASELINES`.
+      base: Split, threshold, data and output settings.
+      out: Where the summary table goes (stdout when None).
+
+    Returns:
+      The content of ``baselines.json``, plus ``output_dir``.
+    """
+    if not names:
+        raise ConfigError(f"--baselines must name at least one of {', '.join(BASELINES)}")
+    for name in names:
+        if name not in BASELINES:
+            raise ConfigError(f"--baselines must be among {', '.join(BASELINES)}, got {name!r}")
+    for digit in digits:
+        if not 0 <= digit <= 9:
+            raise ConfigError(f"--digits must be digits 0-9, got {digit}")
+    validate(dataclasses.replace(base, output_dir=None))
+    if base.output_dir is not None:
+        check_output_dir(base.output_dir)
+    dataset = load_dataset(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
+    output_dir = base.output_dir or new_run_dir(f"baselines_{len(digits)}digits")
+    record = {
+        "digits": digits,
+        "baselines": names,
+        **{k: getattr(base, k) for k in ("seed", "val_fraction", "anomaly_fraction",
+                                        "threshold_percentile", "data_source", "dataset")},
+        "output_dir": output_dir,
+        **environment_record(),
+    }  # fmt: skip
+    claim_output_dir(output_dir, record)
+    rows = []
+    for digit in digits:
+        try:
+            split = one_class_split(
+                dataset, normal_digit=digit, val_fraction=base.val_fraction,
+                anomaly_fraction=base.anomaly_fraction, seed=base.seed,
+            )  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for name in names:
+            logging.info("digit %d: fitting %s on %d images", digit, name, len(split.train_images))
+            scorer = fit_baseline(name, split.train_images, seed=base.seed)
+            threshold = threshold_from_normals(
+                scorer(split.val_images), percentile=base.threshold_percentile
+            )
+            metrics = detection_metrics(
+                split.test_labels, scorer(split.test_images), threshold=threshold
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "beta": None,
+                    "seed": base.seed,
+                    "digit": digit,
+                    **metrics._asdict(),
+                }
+            )
+    summary = summarize(rows)
+    table = format_summary(summary)
+    atomic_write_bytes(os.path.join(output_dir, "baselines.csv"), rows_to_csv(rows).encode())
+    atomic_write_bytes(os.path.join(output_dir, "summary.txt"), table.encode())
+    result = {"config": record, "rows": rows, "summary": summary}
+    write_json(os.path.join(output_dir, "baselines.json"), result)
+    (out or sys.stdout).write(table)
     return {**result, "output_dir": output_dir}
