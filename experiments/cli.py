@@ -7,12 +7,14 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
+import jax
 from absl import flags, logging
 
 from experiments.config import ConfigError, ExperimentConfig
 from jax_vae.data import SOURCES, TFDS_DATASETS, DataError
 from jax_vae.models import MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
+from jax_vae.sharding import initialize_distributed
 from jax_vae.train import NonFiniteLossError
 
 FLAGS = flags.FLAGS
@@ -86,6 +88,9 @@ def _define_all() -> dict[str, Callable[[], Any]]:
         "chunk_size": lambda: flags.DEFINE_integer(
             "chunk_size", _D.chunk_size, "Images per compiled scoring call (bounds memory)."
         ),
+        "num_devices": lambda: flags.DEFINE_integer(
+            "num_devices", _D.num_devices, "Devices to use (0: all of them)."
+        ),
     }
 
 
@@ -133,9 +138,31 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(str(e).splitlines()[0])
 
 
+flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 (else from the cluster)."
+)
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+
+
 def start(argv: list[str]) -> None:
-    """Common start of a command: no positional arguments; INFO logging by default."""
+    """Common start of a command: no positional arguments; INFO logging by default;
+    joins a multi-host run when flags or the cluster environment say so."""
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        joined = initialize_distributed(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    except (RuntimeError, ValueError) as e:
+        fail(f"could not join the multi-host run: {str(e).splitlines()[0]}")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    jax.devices()  # Start the backend quietly: its INFO lines on absent TPUs etc. are noise.
+    logging.set_verbosity(verbosity)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.INFO)  # Per-epoch progress is the point of a long run.
+    if joined:
+        logging.info("process %d of %d", jax.process_index(), jax.process_count())

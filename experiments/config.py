@@ -6,6 +6,8 @@ import dataclasses
 import math
 import os
 
+import jax
+
 from jax_vae.data import SOURCES, TFDS_DATASETS
 from jax_vae.models import MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
@@ -38,6 +40,7 @@ class ExperimentConfig:
     vae_score: str = "mean"
     mc_samples: int = 10
     chunk_size: int = 2048
+    num_devices: int = 0  # 0: every visible device (data parallel when more than one).
 
 
 def _finite(name: str, value: float) -> None:
@@ -137,5 +140,17 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--mc_samples must be >= 1, got {config.mc_samples}")
     if config.chunk_size < 1:
         raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
+    if config.num_devices < 0:
+        raise ConfigError(f"--num_devices must be >= 0 (0 = all), got {config.num_devices}")
+    if config.num_devices > jax.device_count():
+        raise ConfigError(
+            f"--num_devices {config.num_devices} exceeds the {jax.device_count()} visible devices"
+        )
+    width = config.num_devices or jax.device_count()
+    if config.batch_size % width:
+        raise ConfigError(
+            f"--batch_size {config.batch_size} must divide by the data-parallel width "
+            f"({width} devices; see --num_devices)"
+        )
     if config.output_dir is not None:
         check_output_dir(config.output_dir)

@@ -26,10 +26,12 @@ from experiments.files import (
     write_json,
     write_npz,
 )
+from jax_vae import sharding
 from jax_vae.data import OneClassSplit, load_dataset, one_class_split
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import MODEL_NAMES, VAE, make_model
 from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
+from jax_vae.sharding import is_main_process
 from jax_vae.train import train
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
@@ -118,8 +120,11 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
             "test_anomalies": int(split.test_labels.sum()),
         },
     }
-    claim_output_dir(output_dir, record)
+    writer = is_main_process()  # Multi-host: only process 0 writes files.
+    if writer:
+        claim_output_dir(output_dir, record)
     logging.info("run folder %s; %s", output_dir, record["data"])
+    mesh = config_mesh(config, sharding.DATA)
 
     model_results: dict[str, dict[str, Any]] = {}
     arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
@@ -145,18 +150,20 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             name=name,
+            mesh=mesh,
         )
+        params = sharding.local_copy(result.params)  # Score on one device.
         score_fn = make_score_fn(model, vae_score=config.vae_score, mc_samples=config.mc_samples)
         val_key, test_key = jax.random.split(score_key)
         val_scores = score(
-            result.params,
+            params,
             split.val_images,
             score_fn=score_fn,
             key=val_key,
             chunk_size=config.chunk_size,
         )
         test_scores = score(
-            result.params,
+            params,
             split.test_images,
             score_fn=score_fn,
             key=test_key,
@@ -175,17 +182,29 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
         }
         arrays[f"{name}_test"] = test_scores
         arrays[f"{name}_val"] = val_scores
-        params_by_model[name], models[name] = result.params, model
+        params_by_model[name], models[name] = params, model
 
-    write_npz(os.path.join(output_dir, "scores.npz"), arrays)
-    _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model)
     metrics_record = {"config": record, "models": model_results}
-    write_json(os.path.join(output_dir, "metrics.json"), metrics_record)  # Last: marks completion.
     table = format_table(model_results)
     (out or sys.stdout).write(table)
-    atomic_write_bytes(os.path.join(output_dir, "results.txt"), table.encode())
-    logging.info("results in %s", output_dir)
+    if writer:
+        atomic_write_bytes(os.path.join(output_dir, "results.txt"), table.encode())
+        _write_results(output_dir, config, split, arrays, models, params_by_model, metrics_record)
+        logging.info("results in %s", output_dir)
     return {**metrics_record, "output_dir": output_dir}
+
+
+def config_mesh(config: ExperimentConfig, layout: str) -> jax.sharding.Mesh | None:
+    """The mesh over ``--num_devices`` devices (all when 0); None for a single device."""
+    width = config.num_devices or jax.device_count()
+    return sharding.make_mesh(layout, devices=jax.devices()[:width]) if width > 1 else None
+
+
+def _write_results(output_dir, config, split, arrays, models, params_by_model, metrics_record):
+    model_results = metrics_record["models"]
+    write_npz(os.path.join(output_dir, "scores.npz"), arrays)
+    _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model)
+    write_json(os.path.join(output_dir, "metrics.json"), metrics_record)  # Last: marks completion.
 
 
 def _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model) -> None:

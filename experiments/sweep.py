@@ -25,6 +25,11 @@ flags.DEFINE_integer("split_seed", _S.split_seed, "Seed of the held-out split, f
 flags.DEFINE_integer(
     "group_size", None, "Models vmapped together (0: all); default: all on GPU/TPU, 2 on CPU."
 )
+flags.DEFINE_string(
+    "mesh_layout",
+    _S.mesh_layout,
+    "With several devices: models (spread them) or data (split batches).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -37,6 +42,7 @@ def main(argv: list[str]) -> None:
             digits=parse_int_list(FLAGS.digits, name="digits"),
             split_seed=FLAGS.split_seed,
             group_size=FLAGS.group_size,
+            mesh_layout=FLAGS.mesh_layout,
             base=cli.experiment_config_from_flags(),
         )
         run_sweep(config)

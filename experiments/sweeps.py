@@ -27,12 +27,13 @@ from absl import logging
 from experiments import plots
 from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
 from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir, write_json
-from experiments.runner import environment_record, model_keys
+from experiments.runner import config_mesh, environment_record, model_keys
 from jax_vae.baselines import BASELINES, fit_baseline
 from jax_vae.data import Dataset, load_dataset, one_class_split
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import make_model
 from jax_vae.scoring import make_score_fn, score
+from jax_vae.sharding import LAYOUTS, MODELS, is_main_process
 from jax_vae.train import train
 
 CSV_FIELDS = (
@@ -50,6 +51,7 @@ class SweepConfig:
     digits: tuple[int, ...] = tuple(range(10))
     split_seed: int = 0
     group_size: int | None = None  # Models vmapped together; None: backend default.
+    mesh_layout: str = "models"  # With several devices: spread models, or split batches.
     base: ExperimentConfig = ExperimentConfig()
 
 
@@ -100,6 +102,10 @@ def validate_sweep(config: SweepConfig) -> None:
             raise ConfigError(f"--digits must be digits 0-9, got {digit}")
     if config.group_size is not None and config.group_size < 0:
         raise ConfigError(f"--group_size must be >= 0, got {config.group_size}")
+    if config.mesh_layout not in LAYOUTS:
+        raise ConfigError(
+            f"--mesh_layout must be one of {', '.join(LAYOUTS)}, got {config.mesh_layout!r}"
+        )
     validate(dataclasses.replace(config.base, output_dir=None))
     if config.base.output_dir is not None:
         check_output_dir(config.base.output_dir)
@@ -140,12 +146,17 @@ def train_and_score_digit(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     grid = _grid(config, name)
-    keys = [model_keys(seed, name) for _, seed in grid]
+    mesh = config_mesh(base, config.mesh_layout)
+    padded = list(grid)
+    if mesh is not None and config.mesh_layout == MODELS:
+        # Whole models per device: repeat the last grid point; its copies are dropped.
+        padded += grid[-1:] * (-len(grid) % mesh.devices.size)
+    keys = [model_keys(seed, name) for _, seed in padded]
     train_keys = jnp.stack([train_key for train_key, _ in keys])
     # As the runner: each model's scoring key splits into its validation and test keys.
     score_keys = jax.vmap(jax.random.split)(jnp.stack([score_key for _, score_key in keys]))
     val_keys, test_keys = score_keys[:, 0], score_keys[:, 1]
-    betas = jnp.array([base.beta if beta is None else beta for beta, _ in grid], jnp.float32)
+    betas = jnp.array([base.beta if beta is None else beta for beta, _ in padded], jnp.float32)
     model = make_model(name, hidden_dims=base.hidden_dims, latent_dim=base.latent_dim)
     logging.info("digit %d: training %d %s models together", digit, len(grid), name)
     result = train(
@@ -158,6 +169,7 @@ def train_and_score_digit(
         learning_rate=base.learning_rate,
         name=f"{name} digit {digit}",
         group_size=config.group_size,
+        mesh=mesh,
     )
     score_fn = make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples)
     kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
@@ -260,7 +272,9 @@ def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, An
         "output_dir": output_dir,
         **environment_record(),
     }
-    claim_output_dir(output_dir, record)
+    writer = is_main_process()  # Multi-host: only process 0 writes files.
+    if writer:
+        claim_output_dir(output_dir, record)
 
     rows: list[dict[str, Any]] = []
     for digit in config.digits:
@@ -268,15 +282,15 @@ def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, An
             rows.extend(train_and_score_digit(dataset, config, digit, name))
     summary = summarize(rows)
     table = format_summary(summary)
-
-    atomic_write_bytes(os.path.join(output_dir, "sweep.csv"), rows_to_csv(rows).encode())
-    atomic_write_bytes(os.path.join(output_dir, "summary.txt"), table.encode())
-    plots.save(plots.auroc_vs_beta(summary), os.path.join(output_dir, "auroc_vs_beta.png"))
-    plots.save(plots.best_per_digit(summary), os.path.join(output_dir, "best_per_digit.png"))
     result = {"config": record, "rows": rows, "summary": summary}
-    write_json(os.path.join(output_dir, "sweep.json"), result)  # Last: marks completion.
     (out or sys.stdout).write(table)
-    logging.info("results in %s", output_dir)
+    if writer:
+        atomic_write_bytes(os.path.join(output_dir, "sweep.csv"), rows_to_csv(rows).encode())
+        atomic_write_bytes(os.path.join(output_dir, "summary.txt"), table.encode())
+        plots.save(plots.auroc_vs_beta(summary), os.path.join(output_dir, "auroc_vs_beta.png"))
+        plots.save(plots.best_per_digit(summary), os.path.join(output_dir, "best_per_digit.png"))
+        write_json(os.path.join(output_dir, "sweep.json"), result)  # Last: marks completion.
+        logging.info("results in %s", output_dir)
     return {**result, "output_dir": output_dir}
 
 

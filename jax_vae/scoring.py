@@ -19,6 +19,7 @@ import numpy as np
 
 from jax_vae.losses import kl_divergence, squared_error
 from jax_vae.models import VAE, reparameterize
+from jax_vae.sharding import local_copy
 
 VAE_SCORES = ("mean", "mc", "elbo")
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -152,9 +153,7 @@ def map_chunked(
         outputs.append(
             jax.tree.map(lambda a, r=real: jax.lax.slice_in_dim(a, 0, r, axis=axis), out)
         )
-    return jax.tree.map(
-        lambda *parts: np.concatenate([np.asarray(p) for p in parts], axis=axis), *outputs
-    )
+    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=axis), *local_copy(outputs))
 
 
 def score(

@@ -26,6 +26,7 @@ import optax
 from absl import logging
 from flax import struct
 
+from jax_vae import sharding
 from jax_vae.losses import ExampleLoss, LossTerms, make_example_loss
 from jax_vae.models import init_params
 
@@ -90,6 +91,7 @@ def train_epoch(
     loss_fn: ExampleLoss,
     optimizer: optax.GradientTransformation,
     batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, LossTerms]:
     """One pass over every training image, in a fresh random order.
 
@@ -104,6 +106,8 @@ def train_epoch(
       loss_fn: Per-example loss ``(params, x, key, beta) -> LossTerms``.
       optimizer: The optax optimizer.
       batch_size: Examples per step.
+      batch_sharding: Optional sharding of the ``[steps, batch, 784]``
+        batches, e.g. the batch axis split over devices (data parallel).
 
     Returns:
       The new state and the epoch's mean loss terms over the N images.
@@ -115,6 +119,9 @@ def train_epoch(
     weights = (jnp.arange(steps * batch_size) < n).astype(images.dtype)
     batches = images[order].reshape(steps, batch_size, -1)
     weights = weights.reshape(steps, batch_size)
+    if batch_sharding is not None:
+        batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
+        weights = jax.lax.with_sharding_constraint(weights, batch_sharding)
     batched_loss = jax.vmap(loss_fn, in_axes=(None, 0, 0, None))
 
     def batch_objective(params, x, w, k):
@@ -143,6 +150,7 @@ def make_train_fns(
     batch_size: int,
     learning_rate: float,
     loss_fn: ExampleLoss | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[
     Callable[[jax.Array, jax.Array], TrainState], Callable[..., tuple[TrainState, LossTerms]]
 ]:
@@ -153,6 +161,7 @@ def make_train_fns(
       batch_size: Examples per step.
       learning_rate: Adam step size.
       loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
+      batch_sharding: Passed to :func:`train_epoch`.
 
     Returns:
       The two functions, ready for ``jax.jit`` and ``jax.vmap``.
@@ -164,6 +173,7 @@ def make_train_fns(
         loss_fn=loss_fn or make_example_loss(model),
         optimizer=optimizer,
         batch_size=batch_size,
+        batch_sharding=batch_sharding,
     )
     return init_fn, epoch_fn
 
@@ -272,6 +282,7 @@ def train(
     name: str = "model",
     callback: EpochCallback | None = None,
     group_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Trains a model (or a batch of models) with per-epoch logging.
 
@@ -294,6 +305,10 @@ def train(
         with host (NumPy) means.
       group_size: With K models, how many are vmapped together; groups run one
         after another in the same program. None: :func:`default_group_size`.
+      mesh: A 1-D device mesh (:func:`jax_vae.sharding.make_mesh`). Axis
+        ``data``: each batch is split over the devices (``batch_size`` must
+        divide by their number). Axis ``models``: K models are spread over the
+        devices (K must divide by their number). None: the default device.
 
     Returns:
       Parameters, history [([K,] epochs)], final state, training seconds
@@ -311,15 +326,41 @@ def train(
         raise ValueError(
             f"key {jnp.shape(key)} and beta {beta.shape} must both be scalars or both [K]"
         )
+    layout = mesh.axis_names[0] if mesh is not None else None
+    width = mesh.devices.size if mesh is not None else 1
+    if layout == sharding.DATA and batch_size % width:
+        raise ValueError(
+            f"batch_size {batch_size} must divide by the data-parallel width ({width} devices)"
+        )
+    if layout == sharding.MODELS:
+        if not batched or key.shape[0] % width:
+            raise ValueError(
+                f"the models layout needs a number of models that divides by {width} devices, "
+                f"got {key.shape[0] if batched else 'one model'}"
+            )
+        group_size = 0  # Each device runs its K / n models vmapped.
     init_fn, epoch_fn = make_train_fns(
-        model=model, batch_size=batch_size, learning_rate=learning_rate, loss_fn=loss_fn
+        model=model,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        loss_fn=loss_fn,
+        batch_sharding=sharding.batch_axis(mesh) if layout == sharding.DATA else None,
     )
     if batched:
         epoch_fn = vmap_models(epoch_fn, group_size=group_size)
         init_fn = jax.vmap(init_fn, in_axes=(0, None))
 
     t0 = time.perf_counter()
-    state = jax.jit(init_fn)(key, images[0])
+    state_sharding = None
+    if mesh is not None:
+        # Data lives on every device once; the state is replicated (data) or
+        # split by model (models).
+        images = jax.device_put(images, sharding.replicated(mesh))
+        per_model = sharding.leading_axis(mesh) if layout == sharding.MODELS else None
+        beta = jax.device_put(beta, per_model or sharding.replicated(mesh))
+        key = jax.device_put(key, per_model or sharding.replicated(mesh))
+        state_sharding = per_model or sharding.replicated(mesh)
+    state = jax.jit(init_fn, out_shardings=state_sharding)(key, images[0])
     compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, beta).compile()
     compile_seconds = time.perf_counter() - t0
 
