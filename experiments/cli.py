@@ -11,6 +11,7 @@ import jax
 from absl import flags, logging
 
 from experiments.config import ConfigError, ExperimentConfig
+from jax_vae.checkpoints import CheckpointError
 from jax_vae.data import SOURCES, TFDS_DATASETS, DataError
 from jax_vae.models import MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
@@ -21,7 +22,7 @@ FLAGS = flags.FLAGS
 _D = ExperimentConfig()
 
 # Errors that end a run with one line on stderr and exit code 1.
-USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
+USER_ERRORS = (ConfigError, DataError, NonFiniteLossError, CheckpointError)
 
 
 def _define_all() -> dict[str, Callable[[], Any]]:
@@ -91,6 +92,9 @@ def _define_all() -> dict[str, Callable[[], Any]]:
         "num_devices": lambda: flags.DEFINE_integer(
             "num_devices", _D.num_devices, "Devices to use (0: all of them)."
         ),
+        "checkpoint_every": lambda: flags.DEFINE_integer(
+            "checkpoint_every", _D.checkpoint_every, "Epochs between checkpoints (0: none)."
+        ),
     }
 
 
@@ -122,6 +126,16 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     if "models" in values:
         values["models"] = tuple(m.strip().lower() for m in values["models"])
     return ExperimentConfig(**values)
+
+
+def explicit_flag_values() -> dict[str, Any]:
+    """ExperimentConfig values of the flags given on the command line (or a flagfile)."""
+    config = experiment_config_from_flags()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(ExperimentConfig)
+        if f.name in FLAGS and FLAGS[f.name].present
+    }
 
 
 def fail(message: str) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 
@@ -41,6 +42,7 @@ class ExperimentConfig:
     mc_samples: int = 10
     chunk_size: int = 2048
     num_devices: int = 0  # 0: every visible device (data parallel when more than one).
+    checkpoint_every: int = 5  # Epochs between checkpoints (and the last); 0: none.
 
 
 def _finite(name: str, value: float) -> None:
@@ -140,6 +142,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--mc_samples must be >= 1, got {config.mc_samples}")
     if config.chunk_size < 1:
         raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
+    if config.checkpoint_every < 0:
+        raise ConfigError(
+            f"--checkpoint_every must be >= 0 (0 = no checkpoints), got {config.checkpoint_every}"
+        )
     if config.num_devices < 0:
         raise ConfigError(f"--num_devices must be >= 0 (0 = all), got {config.num_devices}")
     if config.num_devices > jax.device_count():
@@ -154,3 +160,24 @@ def validate(config: ExperimentConfig) -> None:
         )
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
+
+
+def load_run_config(run_dir: str, *, flag: str) -> ExperimentConfig:
+    """The settings a run folder was started with (its ``config.json``).
+
+    Raises:
+      ConfigError: The folder is missing or not a run folder of this project.
+    """
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        values = {}
+        for field in dataclasses.fields(ExperimentConfig):
+            value = record[field.name]
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+        return ExperimentConfig(**values)
+    except FileNotFoundError:
+        raise ConfigError(f"--{flag} {run_dir} is not a run folder (no config.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--{flag} {run_dir}: unreadable config.json ({e!r})") from None

@@ -2,24 +2,69 @@
 
   python -m experiments.main --beta=2
   python -m experiments.main --normal_digit=3 --models=vae --vae_score=mc
+  python -m experiments.main --resume=runs/<run>            # continue an interrupted run
+  python -m experiments.main --eval_only=runs/<run> --threshold_percentile=99
 
 Invalid settings exit with code 1 and one line on stderr, before any training.
 """
 
 from __future__ import annotations
 
-from absl import app
+import dataclasses
+
+from absl import app, flags
 
 from experiments import cli
-from experiments.runner import run_experiment
+from experiments.config import ConfigError, load_run_config
+from experiments.runner import evaluate_run, run_experiment
 
 cli.define_experiment_flags()
+flags.DEFINE_string(
+    "resume", None, "Continue the interrupted run in this folder from its checkpoints."
+)
+flags.DEFINE_string(
+    "eval_only", None, "Re-score the saved models of this finished run, no training."
+)
+FLAGS = flags.FLAGS
+
+# Settings a resumed run may change (where it runs, where the data is) and,
+# in addition, the ones an evaluation may change (how models are scored).
+RESUME_SETTINGS = {"num_devices", "data_source", "data_dir"}
+EVAL_SETTINGS = RESUME_SETTINGS | {
+    "threshold_percentile", "anomaly_fraction", "vae_score", "mc_samples", "chunk_size",
+}  # fmt: skip
+
+
+def _saved_config(flag: str, allowed: set[str]):
+    """The run's saved settings, with the allowed flags given on the command line."""
+    run_dir = getattr(FLAGS, flag)
+    saved = load_run_config(run_dir, flag=flag)
+    changes = {}
+    for name, value in cli.explicit_flag_values().items():
+        if name == "output_dir":
+            raise ConfigError(f"--{flag} writes into {run_dir}; drop --output_dir")
+        if value == getattr(saved, name):
+            continue
+        if name not in allowed:
+            raise ConfigError(
+                f"--{name}={value} differs from the run's {name}={getattr(saved, name)}; "
+                f"--{flag} keeps the run's settings (may change: {', '.join(sorted(allowed))})"
+            )
+        changes[name] = value
+    return dataclasses.replace(saved, output_dir=run_dir, **changes)
 
 
 def main(argv: list[str]) -> None:
     cli.start(argv)
     try:
-        run_experiment(cli.experiment_config_from_flags())
+        if FLAGS.resume and FLAGS.eval_only:
+            raise ConfigError("--resume and --eval_only exclude each other")
+        if FLAGS.resume:
+            run_experiment(_saved_config("resume", RESUME_SETTINGS), resume=True)
+        elif FLAGS.eval_only:
+            evaluate_run(_saved_config("eval_only", EVAL_SETTINGS))
+        else:
+            run_experiment(cli.experiment_config_from_flags())
     except cli.USER_ERRORS as e:
         cli.fail(str(e))
 

@@ -27,12 +27,14 @@ from experiments.files import (
     write_npz,
 )
 from jax_vae import sharding
+from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import OneClassSplit, load_dataset, one_class_split
+from jax_vae.losses import LossTerms
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import MODEL_NAMES, VAE, make_model
 from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
 from jax_vae.sharding import is_main_process
-from jax_vae.train import train
+from jax_vae.train import make_train_fns, train
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
 GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
@@ -86,12 +88,52 @@ def environment_record() -> dict[str, Any]:
     }
 
 
-def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> dict[str, Any]:
+def _split_record(split: OneClassSplit) -> dict[str, int]:
+    return {
+        "train": int(split.train_images.shape[0]),
+        "val": int(split.val_images.shape[0]),
+        "test": int(split.test_images.shape[0]),
+        "test_anomalies": int(split.test_labels.sum()),
+    }
+
+
+def _checkpointer(run_dir: str, name: str, config: ExperimentConfig) -> Checkpointer | None:
+    if not config.checkpoint_every:
+        return None
+    return Checkpointer(os.path.join(run_dir, "checkpoints", name), every=config.checkpoint_every)
+
+
+def _score_model(
+    name: str, model, params, split: OneClassSplit, config: ExperimentConfig
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Validation and test scores of one trained model, and its metrics."""
+    _, score_key = model_keys(config.seed, name)
+    score_fn = make_score_fn(model, vae_score=config.vae_score, mc_samples=config.mc_samples)
+    val_key, test_key = jax.random.split(score_key)
+    kwargs = dict(score_fn=score_fn, chunk_size=config.chunk_size)
+    val_scores = score(params, split.val_images, key=val_key, **kwargs)
+    test_scores = score(params, split.test_images, key=test_key, **kwargs)
+    threshold = threshold_from_normals(val_scores, percentile=config.threshold_percentile)
+    metrics = detection_metrics(split.test_labels, test_scores, threshold=threshold)
+    return metrics._asdict(), val_scores, test_scores
+
+
+def _history_record(history) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vals] for k, vals in history._asdict().items()}
+
+
+def run_experiment(
+    config: ExperimentConfig, *, out: TextIO | None = None, resume: bool = False
+) -> dict[str, Any]:
     """Trains the configured models, scores the test set and writes the results.
 
     Args:
       config: The run's settings.
       out: Where the results table goes (stdout when None).
+      resume: Continue the interrupted run in ``config.output_dir`` from its
+        checkpoints (``config`` must be the run's own, see
+        :func:`experiments.config.load_run_config`); the final parameters and
+        metrics equal those of an uninterrupted run.
 
     Returns:
       The content of ``metrics.json``, plus ``output_dir``.
@@ -99,9 +141,20 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
     Raises:
       ConfigError: A bad setting (checked before any training).
       DataError: Missing or corrupt data.
-      NonFiniteLossError: Training diverged (nothing is written but config.json).
+      CheckpointError: Unusable checkpoints when resuming.
+      NonFiniteLossError: Training diverged (metrics.json is not written).
     """
-    validate(config)
+    if resume:
+        validate(dataclasses.replace(config, output_dir=None))
+        if config.output_dir is None or not os.path.isdir(config.output_dir):
+            raise ConfigError(f"--resume {config.output_dir} is not a run folder")
+        if os.path.exists(os.path.join(config.output_dir, "metrics.json")):
+            raise ConfigError(
+                f"the run in {config.output_dir} is complete (metrics.json exists); "
+                f"use --eval_only={config.output_dir} to re-score it"
+            )
+    else:
+        validate(config)
     split = load_split(config)
     n_train = split.train_images.shape[0]
     if config.batch_size > n_train:
@@ -113,15 +166,10 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
         **dataclasses.asdict(config),
         "output_dir": output_dir,
         **environment_record(),
-        "data": {
-            "train": n_train,
-            "val": int(split.val_images.shape[0]),
-            "test": int(split.test_images.shape[0]),
-            "test_anomalies": int(split.test_labels.sum()),
-        },
+        "data": _split_record(split),
     }
     writer = is_main_process()  # Multi-host: only process 0 writes files.
-    if writer:
+    if writer and not resume:
         claim_output_dir(output_dir, record)
     logging.info("run folder %s; %s", output_dir, record["data"])
     mesh = config_mesh(config, sharding.DATA)
@@ -130,17 +178,12 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
     arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
     params_by_model, models = {}, {}
     for name in config.models:
-        train_key, score_key = model_keys(config.seed, name)
+        train_key, _ = model_keys(config.seed, name)
         model = make_model(name, hidden_dims=config.hidden_dims, latent_dim=config.latent_dim)
         logging.info(
             "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",
-            name,
-            config.hidden_dims,
-            config.latent_dim,
-            config.beta,
-            config.epochs,
-            n_train,
-        )
+            name, config.hidden_dims, config.latent_dim, config.beta, config.epochs, n_train,
+        )  # fmt: skip
         result = train(
             train_key,
             split.train_images,
@@ -151,34 +194,18 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
             learning_rate=config.learning_rate,
             name=name,
             mesh=mesh,
+            checkpointer=_checkpointer(output_dir, name, config),
         )
         params = sharding.local_copy(result.params)  # Score on one device.
-        score_fn = make_score_fn(model, vae_score=config.vae_score, mc_samples=config.mc_samples)
-        val_key, test_key = jax.random.split(score_key)
-        val_scores = score(
-            params,
-            split.val_images,
-            score_fn=score_fn,
-            key=val_key,
-            chunk_size=config.chunk_size,
-        )
-        test_scores = score(
-            params,
-            split.test_images,
-            score_fn=score_fn,
-            key=test_key,
-            chunk_size=config.chunk_size,
-        )
-        threshold = threshold_from_normals(val_scores, percentile=config.threshold_percentile)
-        metrics = detection_metrics(split.test_labels, test_scores, threshold=threshold)
+        metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
         model_results[name] = {
-            **metrics._asdict(),
+            **metrics,
             "train_seconds": result.train_seconds,
             "compile_seconds": result.compile_seconds,
-            "images_per_second": config.epochs * n_train / result.train_seconds,
-            "history": {
-                k: [float(v) for v in vals] for k, vals in result.history._asdict().items()
-            },
+            "images_per_second": result.epochs_run * n_train / result.train_seconds
+            if result.epochs_run
+            else None,
+            "history": _history_record(result.history),
         }
         arrays[f"{name}_test"] = test_scores
         arrays[f"{name}_val"] = val_scores
@@ -192,6 +219,70 @@ def run_experiment(config: ExperimentConfig, *, out: TextIO | None = None) -> di
         _write_results(output_dir, config, split, arrays, models, params_by_model, metrics_record)
         logging.info("results in %s", output_dir)
     return {**metrics_record, "output_dir": output_dir}
+
+
+def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict[str, Any]:
+    """Re-scores the saved models of a finished run, without training.
+
+    Results go to a new folder ``eval-<time>_p<percentile>`` inside the run
+    folder, beside (never over) the original results.
+
+    Args:
+      config: The run's own settings (``output_dir`` = the run folder), with
+        any scoring settings changed: threshold percentile, anomaly fraction,
+        VAE score, Monte Carlo samples, chunk size, data source.
+      out: Where the results table goes (stdout when None).
+
+    Returns:
+      The content of the evaluation's ``metrics.json``, plus ``output_dir``.
+    """
+    run_dir = config.output_dir
+    validate(dataclasses.replace(config, output_dir=None))
+    split = load_split(config)
+    label = f"p{config.threshold_percentile:g}"
+    if config.anomaly_fraction is not None:
+        label += f"_af{config.anomaly_fraction:g}"
+    eval_dir = new_run_dir(f"eval_{label}", root=run_dir)
+    record = {
+        **dataclasses.asdict(config),
+        "output_dir": eval_dir,
+        "evaluated_run": run_dir,
+        **environment_record(),
+        "data": _split_record(split),
+    }
+    model_results: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
+    params_by_model, models = {}, {}
+    for name in config.models:
+        train_key, _ = model_keys(config.seed, name)
+        model = make_model(name, hidden_dims=config.hidden_dims, latent_dim=config.latent_dim)
+        checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints", name))
+        if checkpointer.latest_epoch() != config.epochs:
+            raise ConfigError(
+                f"{name} in {run_dir} has no final checkpoint (latest: epoch "
+                f"{checkpointer.latest_epoch()} of {config.epochs}); finish it with --resume first"
+            )
+        init_fn, _ = make_train_fns(
+            model=model, batch_size=config.batch_size, learning_rate=config.learning_rate
+        )
+        state, history = checkpointer.restore(init_fn(train_key, split.train_images[0]))
+        params = sharding.local_copy(state.params)
+        metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
+        stacked = LossTerms(*(np.stack(h) for h in zip(*history, strict=True)))
+        model_results[name] = {**metrics, "history": _history_record(stacked)}
+        arrays[f"{name}_test"] = test_scores
+        arrays[f"{name}_val"] = val_scores
+        params_by_model[name], models[name] = params, model
+
+    metrics_record = {"config": record, "models": model_results}
+    table = format_table(model_results)
+    (out or sys.stdout).write(table)
+    if is_main_process():
+        claim_output_dir(eval_dir, record)
+        atomic_write_bytes(os.path.join(eval_dir, "results.txt"), table.encode())
+        _write_results(eval_dir, config, split, arrays, models, params_by_model, metrics_record)
+        logging.info("evaluation results in %s", eval_dir)
+    return {**metrics_record, "output_dir": eval_dir}
 
 
 def config_mesh(config: ExperimentConfig, layout: str) -> jax.sharding.Mesh | None:
@@ -286,6 +377,9 @@ def format_table(model_results: dict[str, dict[str, Any]]) -> str:
     header = f"{'model':<6}" + "".join(f"{title:>11}" for title, _, _ in TABLE_COLUMNS)
     lines = [header, "-" * len(header)]
     for name, r in model_results.items():
-        cells = "".join(f"{r[key]:>11{fmt}}" for _, key, fmt in TABLE_COLUMNS)
+        cells = "".join(
+            f"{r[key]:>11{fmt}}" if r.get(key) is not None else f"{'-':>11}"
+            for _, key, fmt in TABLE_COLUMNS
+        )
         lines.append(f"{name.upper():<6}{cells}")
     return "\n".join(lines) + "\n"

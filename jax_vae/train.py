@@ -27,6 +27,7 @@ from absl import logging
 from flax import struct
 
 from jax_vae import sharding
+from jax_vae.checkpoints import Checkpointer, CheckpointError
 from jax_vae.losses import ExampleLoss, LossTerms, make_example_loss
 from jax_vae.models import init_params
 
@@ -48,6 +49,7 @@ class TrainResult(NamedTuple):
     state: TrainState
     train_seconds: float = float("nan")
     compile_seconds: float = float("nan")
+    epochs_run: int = 0  # Epochs trained by this call (fewer than the history when resumed).
 
 
 class NonFiniteLossError(RuntimeError):
@@ -283,6 +285,7 @@ def train(
     callback: EpochCallback | None = None,
     group_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """Trains a model (or a batch of models) with per-epoch logging.
 
@@ -309,6 +312,9 @@ def train(
         ``data``: each batch is split over the devices (``batch_size`` must
         divide by their number). Axis ``models``: K models are spread over the
         devices (K must divide by their number). None: the default device.
+      checkpointer: Saves every ``checkpointer.every`` epochs and at the end;
+        when it holds a checkpoint, training resumes from the latest one and
+        ends exactly where an uninterrupted run would.
 
     Returns:
       Parameters, history [([K,] epochs)], final state, training seconds
@@ -364,9 +370,18 @@ def train(
     compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, beta).compile()
     compile_seconds = time.perf_counter() - t0
 
-    history = []
+    history: list[LossTerms] = []
+    first_epoch = 1
+    if checkpointer is not None and checkpointer.latest_epoch() is not None:
+        state, history = checkpointer.restore(state)
+        first_epoch = len(history) + 1
+        if first_epoch > epochs + 1:
+            raise CheckpointError(
+                f"{name}: the checkpoint is at epoch {first_epoch - 1}, past --epochs={epochs}"
+            )
+        logging.info("%s: resumed from the checkpoint of epoch %d", name, first_epoch - 1)
     train_seconds = 0.0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         t = time.perf_counter()
         state, means = compiled(state, images, beta)
         means = LossTerms(*jax.device_get(means))  # Waits for the epoch to finish.
@@ -390,9 +405,13 @@ def train(
         if callback is not None:
             callback(epoch, means, seconds)
         history.append(means)
+        if checkpointer is not None and checkpointer.should_save(epoch, epochs):
+            checkpointer.save(epoch, state, history)
 
     stacked = LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
-    return TrainResult(state.params, stacked, state, train_seconds, compile_seconds)
+    return TrainResult(
+        state.params, stacked, state, train_seconds, compile_seconds, epochs + 1 - first_epoch
+    )
 
 
 def _fmt(values: np.ndarray) -> str:

@@ -1,0 +1,173 @@
+"""Orbax checkpoints of a training run: state (params, optimizer, key, epoch) and history.
+
+A :class:`Checkpointer` is handed to :func:`jax_vae.train.train`, which saves
+every ``every`` epochs and at the end, and resumes from the latest complete
+checkpoint when there is one. Orbax writes each checkpoint to a temporary
+folder and renames it when complete, so a process killed mid-save leaves the
+previous checkpoint readable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jax_vae.losses import LossTerms
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder is unreadable, foreign, or does not fit the model."""
+
+
+def _state_tree(state) -> dict[str, Any]:
+    # Typed PRNG keys are stored as their raw key data.
+    return {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "key": jax.random.key_data(state.key),
+        "epoch": state.epoch,
+    }
+
+
+def _abstract(tree) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _shape_differences(saved: Any, expected: Any) -> list[str]:
+    """Parameter paths whose shapes differ between checkpoint metadata and the model."""
+    saved_flat = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
+    differences = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if path not in saved_flat:
+            differences.append(f"{name} is missing from the checkpoint")
+        elif tuple(getattr(saved_flat[path], "shape", ())) != tuple(leaf.shape):
+            differences.append(
+                f"{name}: checkpoint {tuple(saved_flat[path].shape)}, model {tuple(leaf.shape)}"
+            )
+    return differences
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints in one folder.
+
+    Args:
+      directory: The checkpoint folder (created when missing).
+      every: Save every this many epochs (the last epoch is always saved).
+      keep: How many checkpoints to keep; older ones are deleted.
+    """
+
+    def __init__(self, directory: str, *, every: int = 5, keep: int = 3):
+        if every < 1 or keep < 1:
+            raise ValueError(f"every and keep must be >= 1, got {every} and {keep}")
+        self.directory = os.path.abspath(directory)
+        self.every = every
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                # Named handlers, so that a fresh manager can read item metadata.
+                item_handlers={
+                    "state": ocp.StandardCheckpointHandler(),
+                    "history": ocp.JsonCheckpointHandler(),
+                },
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=keep,
+                    create=True,
+                    enable_async_checkpointing=False,  # Saved before the next epoch donates it.
+                    cleanup_tmp_directories=True,  # Leftovers of a save killed midway.
+                ),
+            )
+        except Exception as e:  # Orbax raises several types for unusable folders.
+            raise CheckpointError(f"cannot use checkpoint folder {self.directory}: {e}") from None
+
+    def latest_epoch(self) -> int | None:
+        """The epoch of the newest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def should_save(self, epoch: int, last_epoch: int) -> bool:
+        return epoch % self.every == 0 or epoch == last_epoch
+
+    def save(self, epoch: int, state, history: list[LossTerms]) -> None:
+        """Saves the state after ``epoch`` and the per-epoch history so far."""
+        history_json = {
+            name: [np.asarray(getattr(h, name)).tolist() for h in history]
+            for name in LossTerms._fields
+        }
+        self._manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_tree(state)),
+                history=ocp.args.JsonSave(history_json),
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, template, epoch: int | None = None) -> tuple[Any, list[LossTerms]]:
+        """Restores a checkpoint into the structure (and shardings) of ``template``.
+
+        Args:
+          template: A freshly initialized state of the same model(s).
+          epoch: Which checkpoint; the latest when None.
+
+        Returns:
+          The restored state and its history, one LossTerms per epoch.
+
+        Raises:
+          CheckpointError: No checkpoint, a foreign or corrupt one, or one
+            whose shapes differ from the model's (the message lists them).
+        """
+        epoch = self.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        expected = _state_tree(template)
+        try:
+            metadata = self._manager.item_metadata(epoch)
+            saved = metadata["state"] if metadata is not None else None
+        except Exception as e:
+            raise CheckpointError(
+                f"unreadable checkpoint {epoch} in {self.directory}: {e}"
+            ) from None
+        if saved is not None:
+            # The parameters define the model's shape (optimizer paths are stored differently).
+            differences = _shape_differences(saved.get("params", {}), expected["params"])
+            if differences:
+                raise CheckpointError(
+                    f"checkpoint in {self.directory} does not fit this model: "
+                    + "; ".join(differences[:3])
+                    + (f" (+{len(differences) - 3} more)" if len(differences) > 3 else "")
+                )
+        try:
+            restored = self._manager.restore(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract(expected)),
+                    history=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"corrupt or foreign checkpoint {epoch} in {self.directory}: {first}"
+            ) from None
+        tree, history_json = restored["state"], restored["history"]
+        state = template.replace(
+            params=tree["params"],
+            opt_state=tree["opt_state"],
+            key=jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(template.key)),
+            epoch=tree["epoch"],
+        )
+        history = [
+            LossTerms(
+                *(np.asarray(history_json[name][i], np.float32) for name in LossTerms._fields)
+            )
+            for i in range(len(history_json["total"]))
+        ]
+        return state, history
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,152 @@
+"""Checkpoints: kill and resume, eval-only, corrupt folders, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from experiments import runner
+from experiments.config import ExperimentConfig, load_run_config
+from jax_vae import checkpoints, models, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold")
+
+
+def _main(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.main", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _metrics(run_dir):
+    record = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
+    return {
+        name: ({k: m[k] for k in METRICS}, m["history"]) for name, m in record["models"].items()
+    }
+
+
+def test_resume_in_memory_is_bit_identical(tmp_path):
+    x = jax.random.uniform(jax.random.key(1), (300, 784))
+    model = models.make_model("vae", hidden_dims=(32,), latent_dim=4)
+    full = train.train(jax.random.key(0), x, model=model, epochs=5, batch_size=64)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "c"), every=2, keep=2)
+    train.train(jax.random.key(0), x, model=model, epochs=3, batch_size=64, checkpointer=ckpt)
+    assert sorted(os.listdir(tmp_path / "c")) == ["2", "3"]  # Every 2 epochs and the last.
+    resumed = train.train(
+        jax.random.key(0), x, model=model, epochs=5, batch_size=64,
+        checkpointer=checkpoints.Checkpointer(str(tmp_path / "c"), every=2, keep=2),
+    )  # fmt: skip
+    assert resumed.epochs_run == 2
+    chex.assert_trees_all_equal(full.params, resumed.params)
+    np.testing.assert_array_equal(full.history.total, resumed.history.total)
+    assert sorted(os.listdir(tmp_path / "c")) == ["4", "5"]  # Older ones pruned.
+
+
+def test_changed_model_shape_is_refused(tmp_path):
+    x = jax.random.uniform(jax.random.key(1), (100, 784))
+    ckpt = str(tmp_path / "c")
+    train.train(
+        jax.random.key(0), x, model=models.make_model("ae", hidden_dims=(32,), latent_dim=4),
+        epochs=1, batch_size=50, checkpointer=checkpoints.Checkpointer(ckpt),
+    )  # fmt: skip
+    with pytest.raises(
+        checkpoints.CheckpointError,
+        match=r"does not fit this model: .*dense_0/kernel: checkpoint \(4, 32\), model \(4, 16\)",
+    ):
+        train.train(
+            jax.random.key(0), x, model=models.make_model("ae", hidden_dims=(16,), latent_dim=4),
+            epochs=2, batch_size=50, checkpointer=checkpoints.Checkpointer(ckpt),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    proc = _main("--epochs=12", "--checkpoint_every=1", "--normal_digit=1", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.main", "--epochs=12", "--checkpoint_every=1",
+         "--normal_digit=1", f"--output_dir={out}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first = out / "checkpoints" / "ae" / "2"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (out / "metrics.json").exists()
+    resumed = _main(f"--resume={out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from the checkpoint of epoch" in resumed.stderr
+    assert _metrics(out) == _metrics(uninterrupted)
+
+
+def test_eval_only_reproduces_and_writes_beside(uninterrupted):
+    before = sorted(os.listdir(uninterrupted))
+    stored = json.loads((uninterrupted / "metrics.json").read_text())
+    config = load_run_config(str(uninterrupted), flag="eval_only")
+    result = runner.evaluate_run(dataclasses.replace(config, output_dir=str(uninterrupted)),
+                                 out=open(os.devnull, "w"))  # fmt: skip
+    for name in ("ae", "vae"):
+        for key in METRICS:
+            assert result["models"][name][key] == stored["models"][name][key], (name, key)
+    eval_dir = result["output_dir"]
+    assert os.path.dirname(eval_dir) == str(uninterrupted) and "eval_p95" in eval_dir
+    assert set(os.listdir(uninterrupted)) == set(before) | {os.path.basename(eval_dir)}
+    assert json.loads((uninterrupted / "metrics.json").read_text()) == stored  # Untouched.
+    # Another threshold: a new folder, other F1, same AUROC.
+    other = _main(f"--eval_only={uninterrupted}", "--threshold_percentile=99")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "AUROC" in other.stdout
+
+
+def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "metrics.json").unlink()  # Pretend it was interrupted after training.
+    for root, _, files in os.walk(run / "checkpoints" / "ae" / "12"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    proc = _main(f"--resume={run}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("error:") and "checkpoint" in lines[-1]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    proc = _main(f"--resume={foreign}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: --resume {foreign} is not a run folder (no config.json)"
+    ]
+    changed = _main(f"--resume={run}", "--latent_dim=10")
+    assert changed.returncode == 1
+    assert "--latent_dim=10 differs from the run's latent_dim=20" in changed.stderr
+
+
+def test_same_flags_same_metrics(tmp_path):
+    results = []
+    for i in range(2):
+        config = ExperimentConfig(epochs=1, normal_digit=4, output_dir=str(tmp_path / f"r{i}"))
+        runner.run_experiment(config, out=open(os.devnull, "w"))
+        results.append(_metrics(tmp_path / f"r{i}"))
+    assert results[0] == results[1]
