@@ -12,7 +12,14 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments import cli
-from experiments.sweeps import SweepConfig, parse_float_list, parse_int_list, run_sweep
+from experiments.config import ConfigError
+from experiments.sweeps import (
+    SweepConfig,
+    load_sweep_config,
+    parse_float_list,
+    parse_int_list,
+    run_sweep,
+)
 
 cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed"))
 _S = SweepConfig()
@@ -30,12 +37,20 @@ flags.DEFINE_string(
     _S.mesh_layout,
     "With several devices: models (spread them) or data (split batches).",
 )
+flags.DEFINE_string("resume", None, "Continue the interrupted sweep in this folder.")
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     cli.start(argv)
     try:
+        if FLAGS.resume:
+            grid_flags = ("betas", "seeds", "digits", "split_seed", "group_size", "mesh_layout")
+            given = [n for n in grid_flags if FLAGS[n].present] + list(cli.explicit_flag_values())
+            if given:
+                raise ConfigError(f"--resume keeps the sweep's settings; drop --{given[0]}")
+            run_sweep(load_sweep_config(FLAGS.resume), resume=True)
+            return
         config = SweepConfig(
             betas=parse_float_list(FLAGS.betas, name="betas"),
             seeds=parse_int_list(FLAGS.seeds, name="seeds"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import sys
@@ -29,6 +30,7 @@ from experiments.config import ConfigError, ExperimentConfig, check_output_dir, 
 from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir, write_json
 from experiments.runner import config_mesh, environment_record, model_keys
 from jax_vae.baselines import BASELINES, fit_baseline
+from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import Dataset, load_dataset, one_class_split
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import make_model
@@ -131,9 +133,13 @@ def _grid(config: SweepConfig, name: str) -> list[tuple[float | None, int]]:
 
 
 def train_and_score_digit(
-    dataset: Dataset, config: SweepConfig, digit: int, name: str
+    dataset: Dataset, config: SweepConfig, digit: int, name: str, *, run_dir: str | None = None
 ) -> list[dict[str, Any]]:
-    """Trains all models of one kind for one digit together; one result row each."""
+    """Trains all models of one kind for one digit together; one result row each.
+
+    With ``run_dir`` and ``base.checkpoint_every``, checkpoints go to
+    ``run_dir/checkpoints/digit<d>_<name>`` and training resumes from them.
+    """
     base = config.base
     try:
         split = one_class_split(
@@ -170,6 +176,12 @@ def train_and_score_digit(
         name=f"{name} digit {digit}",
         group_size=config.group_size,
         mesh=mesh,
+        checkpointer=Checkpointer(
+            os.path.join(run_dir, "checkpoints", f"digit{digit}_{name}"),
+            every=base.checkpoint_every,
+        )
+        if run_dir and base.checkpoint_every
+        else None,
     )
     score_fn = make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples)
     kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
@@ -244,12 +256,40 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, Any]:
+def load_sweep_config(run_dir: str) -> SweepConfig:
+    """The settings a sweep folder was started with (its ``config.json``)."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        grid = {
+            f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
+            for f in dataclasses.fields(SweepConfig)
+            if f.name != "base"
+        }
+        base = {
+            f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
+            for f in dataclasses.fields(ExperimentConfig)
+            if f.name in record
+        }
+        return SweepConfig(**grid, base=ExperimentConfig(**{**base, "output_dir": run_dir}))
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {run_dir} is not a sweep folder (no config.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {run_dir}: not a sweep's config.json ({e!r})") from None
+
+
+def run_sweep(
+    config: SweepConfig, *, out: TextIO | None = None, resume: bool = False
+) -> dict[str, Any]:
     """Runs the grid and writes ``sweep.json``, ``sweep.csv``, ``summary.txt`` and plots.
 
     Args:
       config: The grid and the shared settings.
       out: Where the summary table goes (stdout when None).
+      resume: Continue the interrupted sweep in ``config.base.output_dir``
+        (``config`` from :func:`load_sweep_config`): finished digits are
+        restored from their final checkpoints, the rest resume from theirs.
 
     Returns:
       The content of ``sweep.json``, plus ``output_dir``.
@@ -257,8 +297,13 @@ def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, An
     Raises:
       ConfigError, DataError, NonFiniteLossError: As the runner.
     """
-    validate_sweep(config)
     base = config.base
+    if resume:
+        validate_sweep(dataclasses.replace(config, base=dataclasses.replace(base, output_dir=None)))
+        if os.path.exists(os.path.join(base.output_dir, "sweep.json")):
+            raise ConfigError(f"the sweep in {base.output_dir} is complete (sweep.json exists)")
+    else:
+        validate_sweep(config)
     dataset = load_dataset(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
     _check_training_sizes(dataset, config)
     output_dir = base.output_dir or new_run_dir(f"sweep_{len(config.digits)}digits")
@@ -273,13 +318,13 @@ def run_sweep(config: SweepConfig, *, out: TextIO | None = None) -> dict[str, An
         **environment_record(),
     }
     writer = is_main_process()  # Multi-host: only process 0 writes files.
-    if writer:
+    if writer and not resume:
         claim_output_dir(output_dir, record)
 
     rows: list[dict[str, Any]] = []
     for digit in config.digits:
         for name in base.models:
-            rows.extend(train_and_score_digit(dataset, config, digit, name))
+            rows.extend(train_and_score_digit(dataset, config, digit, name, run_dir=output_dir))
     summary = summarize(rows)
     table = format_summary(summary)
     result = {"config": record, "rows": rows, "summary": summary}

@@ -138,3 +138,22 @@ def test_invalid_sweep_flags_exit_with_one_line(args, needle, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert needle in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
+    import shutil
+
+    out = tmp_path / "s"
+    config = sweeps.SweepConfig(
+        betas=(1.0,), seeds=(0, 1), digits=(1, 7),
+        base=ExperimentConfig(epochs=3, models=("vae",), checkpoint_every=1, output_dir=str(out)),
+    )  # fmt: skip
+    full = sweeps.run_sweep(config, out=open(os.devnull, "w"))["rows"]
+    # Simulate a kill during digit 7's third epoch: no results, its last checkpoint gone.
+    (out / "sweep.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "digit7_vae" / "3")
+    resumed = sweeps.run_sweep(sweeps.load_sweep_config(str(out)), resume=True,
+                               out=open(os.devnull, "w"))["rows"]  # fmt: skip
+    assert resumed == full
+    with pytest.raises(ConfigError, match="complete"):
+        sweeps.run_sweep(sweeps.load_sweep_config(str(out)), resume=True)
