@@ -53,6 +53,7 @@ def test_end_to_end_files_and_schema(e2e):
     for name in ("metrics.json", "scores.npz", "config.json", "results.txt", *PLOTS):
         assert (out / name).stat().st_size > 0, name
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # No temp files left.
+    assert sorted(os.listdir(out / "checkpoints" / "vae")) == ["2"]  # The final epoch.
     record = json.loads((out / "metrics.json").read_text())
     assert set(record) == {"config", "models"}
     cfg = record["config"]
@@ -90,10 +91,19 @@ def test_end_to_end_scores_file(e2e):
 
 def test_second_run_into_same_dir_is_refused_and_first_kept(e2e):
     config, out, _ = e2e
-    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+
+    def snapshot():
+        return {
+            os.path.join(root, name): open(os.path.join(root, name), "rb").read()
+            for root, _, files in os.walk(out)
+            for name in files
+        }
+
+    before = snapshot()
+    assert any("checkpoints" in path for path in before)
     with pytest.raises(ConfigError, match="already holds files"):
         runner.run_experiment(config)
-    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert snapshot() == before
 
 
 def test_batch_larger_than_training_set_is_refused(tmp_path):
