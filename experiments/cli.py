@@ -13,6 +13,7 @@ from absl import flags, logging
 from experiments.config import ConfigError, ExperimentConfig
 from jax_vae.checkpoints import CheckpointError
 from jax_vae.data import SOURCES, TFDS_DATASETS, DataError
+from jax_vae.losses import LIKELIHOODS
 from jax_vae.models import MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
 from jax_vae.sharding import initialize_distributed
@@ -94,6 +95,15 @@ def _define_all() -> dict[str, Callable[[], Any]]:
         ),
         "checkpoint_every": lambda: flags.DEFINE_integer(
             "checkpoint_every", _D.checkpoint_every, "Epochs between checkpoints (0: none)."
+        ),
+        "likelihood": lambda: flags.DEFINE_string(
+            "likelihood", _D.likelihood, f"Reconstruction term: {', '.join(LIKELIHOODS)}."
+        ),
+        "kl_warmup_epochs": lambda: flags.DEFINE_integer(
+            "kl_warmup_epochs", _D.kl_warmup_epochs, "Linear KL warm-up epochs (0: none)."
+        ),
+        "ensemble_size": lambda: flags.DEFINE_integer(
+            "ensemble_size", _D.ensemble_size, "Seeds per model, trained together; scores averaged."
         ),
     }
 

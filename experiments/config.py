@@ -10,6 +10,7 @@ import os
 import jax
 
 from jax_vae.data import SOURCES, TFDS_DATASETS
+from jax_vae.losses import LIKELIHOODS
 from jax_vae.models import MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
 
@@ -43,6 +44,9 @@ class ExperimentConfig:
     chunk_size: int = 2048
     num_devices: int = 0  # 0: every visible device (data parallel when more than one).
     checkpoint_every: int = 5  # Epochs between checkpoints (and the last); 0: none.
+    likelihood: str = "gaussian"  # Reconstruction term: summed squared error or BCE.
+    kl_warmup_epochs: int = 0  # Linear KL warm-up over this many epochs; 0: none.
+    ensemble_size: int = 1  # Seeds per model trained together; their scores are averaged.
 
 
 def _finite(name: str, value: float) -> None:
@@ -142,6 +146,11 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--mc_samples must be >= 1, got {config.mc_samples}")
     if config.chunk_size < 1:
         raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
+    _choice("likelihood", config.likelihood, LIKELIHOODS)
+    if config.kl_warmup_epochs < 0:
+        raise ConfigError(f"--kl_warmup_epochs must be >= 0, got {config.kl_warmup_epochs}")
+    if config.ensemble_size < 1:
+        raise ConfigError(f"--ensemble_size must be >= 1, got {config.ensemble_size}")
     if config.checkpoint_every < 0:
         raise ConfigError(
             f"--checkpoint_every must be >= 0 (0 = no checkpoints), got {config.checkpoint_every}"

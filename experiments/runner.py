@@ -14,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -29,7 +30,7 @@ from experiments.files import (
 from jax_vae import sharding
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import OneClassSplit, load_dataset, one_class_split
-from jax_vae.losses import LossTerms
+from jax_vae.losses import LossTerms, make_example_loss
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import MODEL_NAMES, VAE, make_model
 from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
@@ -103,23 +104,52 @@ def _checkpointer(run_dir: str, name: str, config: ExperimentConfig) -> Checkpoi
     return Checkpointer(os.path.join(run_dir, "checkpoints", name), every=config.checkpoint_every)
 
 
+def ensemble_keys(key: jax.Array, size: int) -> jax.Array:
+    """[size] keys of an ensemble; member 0 uses ``key`` itself (a 1-member
+    ensemble is the single model)."""
+    return jnp.stack([key] + [jax.random.fold_in(key, i) for i in range(1, size)])
+
+
 def _score_model(
     name: str, model, params, split: OneClassSplit, config: ExperimentConfig
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Validation and test scores of one trained model, and its metrics."""
+    """Validation and test scores of one trained model (or ensemble), and its metrics.
+
+    An ensemble's params are stacked on a leading axis; its score is the mean
+    of its members' scores.
+    """
     _, score_key = model_keys(config.seed, name)
-    score_fn = make_score_fn(model, vae_score=config.vae_score, mc_samples=config.mc_samples)
+    score_fn = make_score_fn(
+        model,
+        vae_score=config.vae_score,
+        mc_samples=config.mc_samples,
+        likelihood=config.likelihood,
+    )
     val_key, test_key = jax.random.split(score_key)
-    kwargs = dict(score_fn=score_fn, chunk_size=config.chunk_size)
+    stacked = config.ensemble_size > 1
+    if stacked:  # Every member sees the same sampling keys.
+        val_key, test_key = (jnp.stack([k] * config.ensemble_size) for k in (val_key, test_key))
+    kwargs = dict(score_fn=score_fn, chunk_size=config.chunk_size, stacked=stacked)
     val_scores = score(params, split.val_images, key=val_key, **kwargs)
     test_scores = score(params, split.test_images, key=test_key, **kwargs)
+    if stacked:
+        val_scores, test_scores = val_scores.mean(axis=0), test_scores.mean(axis=0)
     threshold = threshold_from_normals(val_scores, percentile=config.threshold_percentile)
     metrics = detection_metrics(split.test_labels, test_scores, threshold=threshold)
     return metrics._asdict(), val_scores, test_scores
 
 
 def _history_record(history) -> dict[str, list[float]]:
-    return {k: [float(v) for v in vals] for k, vals in history._asdict().items()}
+    # An ensemble's history [members, epochs] is averaged over its members.
+    return {
+        k: [float(v) for v in np.reshape(vals, (-1, np.shape(vals)[-1])).mean(axis=0)]
+        for k, vals in history._asdict().items()
+    }
+
+
+def _first_member(params, config: ExperimentConfig):
+    """The parameters of a single model, or of an ensemble's first member (for plots)."""
+    return jax.tree.map(lambda a: a[0], params) if config.ensemble_size > 1 else params
 
 
 def run_experiment(
@@ -184,17 +214,20 @@ def run_experiment(
             "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",
             name, config.hidden_dims, config.latent_dim, config.beta, config.epochs, n_train,
         )  # fmt: skip
+        n = config.ensemble_size
         result = train(
-            train_key,
+            ensemble_keys(train_key, n) if n > 1 else train_key,
             split.train_images,
             model=model,
-            beta=config.beta,
+            beta=jnp.full((n,), config.beta) if n > 1 else config.beta,
             epochs=config.epochs,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
+            loss_fn=make_example_loss(model, likelihood=config.likelihood),
             name=name,
             mesh=mesh,
             checkpointer=_checkpointer(output_dir, name, config),
+            kl_warmup_epochs=config.kl_warmup_epochs,
         )
         params = sharding.local_copy(result.params)  # Score on one device.
         metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
@@ -209,7 +242,7 @@ def run_experiment(
         }
         arrays[f"{name}_test"] = test_scores
         arrays[f"{name}_val"] = val_scores
-        params_by_model[name], models[name] = params, model
+        params_by_model[name], models[name] = _first_member(params, config), model
 
     metrics_record = {"config": record, "models": model_results}
     table = format_table(model_results)
@@ -265,14 +298,20 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
         init_fn, _ = make_train_fns(
             model=model, batch_size=config.batch_size, learning_rate=config.learning_rate
         )
-        state, history = checkpointer.restore(init_fn(train_key, split.train_images[0]))
+        if config.ensemble_size > 1:
+            template = jax.vmap(init_fn, in_axes=(0, None))(
+                ensemble_keys(train_key, config.ensemble_size), split.train_images[0]
+            )
+        else:
+            template = init_fn(train_key, split.train_images[0])
+        state, history = checkpointer.restore(template)
         params = sharding.local_copy(state.params)
         metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
-        stacked = LossTerms(*(np.stack(h) for h in zip(*history, strict=True)))
+        stacked = LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
         model_results[name] = {**metrics, "history": _history_record(stacked)}
         arrays[f"{name}_test"] = test_scores
         arrays[f"{name}_val"] = val_scores
-        params_by_model[name], models[name] = params, model
+        params_by_model[name], models[name] = _first_member(params, config), model
 
     metrics_record = {"config": record, "models": model_results}
     table = format_table(model_results)

@@ -32,6 +32,7 @@ from experiments.runner import config_mesh, environment_record, model_keys
 from jax_vae.baselines import BASELINES, fit_baseline
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import Dataset, load_dataset, one_class_split
+from jax_vae.losses import make_example_loss
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import make_model
 from jax_vae.scoring import make_score_fn, score
@@ -109,6 +110,8 @@ def validate_sweep(config: SweepConfig) -> None:
             f"--mesh_layout must be one of {', '.join(LAYOUTS)}, got {config.mesh_layout!r}"
         )
     validate(dataclasses.replace(config.base, output_dir=None))
+    if config.base.ensemble_size != 1:
+        raise ConfigError("--ensemble_size applies to experiments.main; a sweep varies --seeds")
     if config.base.output_dir is not None:
         check_output_dir(config.base.output_dir)
 
@@ -173,6 +176,8 @@ def train_and_score_digit(
         epochs=base.epochs,
         batch_size=base.batch_size,
         learning_rate=base.learning_rate,
+        loss_fn=make_example_loss(model, likelihood=base.likelihood),
+        kl_warmup_epochs=base.kl_warmup_epochs,
         name=f"{name} digit {digit}",
         group_size=config.group_size,
         mesh=mesh,
@@ -183,7 +188,9 @@ def train_and_score_digit(
         if run_dir and base.checkpoint_every
         else None,
     )
-    score_fn = make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples)
+    score_fn = make_score_fn(
+        model, vae_score=base.vae_score, mc_samples=base.mc_samples, likelihood=base.likelihood
+    )
     kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
     val_scores = score(result.params, split.val_images, key=val_keys, **kwargs)
     test_scores = score(result.params, split.test_images, key=test_keys, **kwargs)

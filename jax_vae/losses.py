@@ -14,8 +14,9 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
-from jax_vae.models import VAE
+from jax_vae.models import VAE, reparameterize
 
 
 class LossTerms(NamedTuple):
@@ -52,28 +53,78 @@ batched_beta_vae_loss = jax.vmap(beta_vae_loss, in_axes=(0, 0, 0, 0, None))
 ExampleLoss = Callable[[dict, jax.Array, jax.Array, jax.Array], LossTerms]
 
 
-def make_example_loss(model: nn.Module) -> ExampleLoss:
+LIKELIHOODS = ("gaussian", "bernoulli")
+
+
+def bernoulli_nll(x: jax.Array, logits: jax.Array) -> jax.Array:
+    """Binary cross-entropy of one example from decoder logits, summed over pixels.
+
+    Pixels in [0, 1] are treated as Bernoulli probabilities (the usual MNIST
+    convention); computed from logits for numerical stability.
+    """
+    return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x))
+
+
+def reconstruction_nll(x: jax.Array, logits: jax.Array, likelihood: str) -> jax.Array:
+    """The reconstruction term of one example: summed squared error of the
+    sigmoid output (``gaussian``) or binary cross-entropy (``bernoulli``)."""
+    if likelihood == "gaussian":
+        return squared_error(x, jax.nn.sigmoid(logits))
+    check_likelihood(likelihood)
+    return bernoulli_nll(x, logits)
+
+
+def check_likelihood(likelihood: str) -> None:
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(
+            f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}"
+        )
+
+
+def make_example_loss(model: nn.Module, *, likelihood: str = "gaussian") -> ExampleLoss:
     """The per-example training loss of a model.
 
     Args:
-      model: An ``AutoEncoder`` (squared error only, KL = 0) or a ``VAE``
+      model: An ``AutoEncoder`` (reconstruction only, KL = 0) or a ``VAE``
         (beta-VAE objective with one reparameterized sample).
+      likelihood: ``gaussian`` (squared error summed over pixels, the seed
+        spec) or ``bernoulli`` (binary cross-entropy summed over pixels).
 
     Returns:
       ``loss(params, x, key, beta) -> LossTerms`` for one image ``x`` [784];
       lift it over a batch with ``jax.vmap``.
     """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(
+            f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}"
+        )
     if isinstance(model, VAE):
+        if likelihood == "gaussian":
 
-        def vae_loss(params, x, key, beta):
-            out = model.apply(params, x, key)
-            return beta_vae_loss(x, out.reconstruction, out.mean, out.logvar, beta)
+            def vae_loss(params, x, key, beta):
+                out = model.apply(params, x, key)
+                return beta_vae_loss(x, out.reconstruction, out.mean, out.logvar, beta)
 
-        return vae_loss
+            return vae_loss
+
+        def vae_logits(module, x, key):
+            mean, logvar = module.encode(x)
+            return module.decode_logits(reparameterize(key, mean, logvar)), mean, logvar
+
+        def bernoulli_vae_loss(params, x, key, beta):
+            logits, mean, logvar = model.apply(params, x, key, method=vae_logits)
+            reconstruction = bernoulli_nll(x, logits)
+            kl = kl_divergence(mean, logvar)
+            return LossTerms(reconstruction + beta * kl, reconstruction, kl)
+
+        return bernoulli_vae_loss
 
     def ae_loss(params, x, key, beta):
         del key, beta  # Deterministic, no KL term.
-        reconstruction = squared_error(x, model.apply(params, x))
+        logits = model.apply(
+            params, model.apply(params, x, method="encode"), method="decode_logits"
+        )
+        reconstruction = reconstruction_nll(x, logits, likelihood)
         return LossTerms(reconstruction, reconstruction, jnp.zeros_like(reconstruction))
 
     return ae_loss

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vae.losses import kl_divergence, squared_error
+from jax_vae.losses import check_likelihood, kl_divergence, reconstruction_nll, squared_error
 from jax_vae.models import VAE, reparameterize
 from jax_vae.sharding import local_copy
 
-VAE_SCORES = ("mean", "mc", "elbo")
+VAE_SCORES = ("mean", "mc", "elbo", "iwae")
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
@@ -42,7 +42,13 @@ def make_reconstruct_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Arra
     return vae_reconstruct
 
 
-def make_score_fn(model: nn.Module, *, vae_score: str = "mean", mc_samples: int = 10) -> ScoreFn:
+def make_score_fn(
+    model: nn.Module,
+    *,
+    vae_score: str = "mean",
+    mc_samples: int = 10,
+    likelihood: str = "gaussian",
+) -> ScoreFn:
     """The per-example anomaly score of a model.
 
     Args:
@@ -50,8 +56,14 @@ def make_score_fn(model: nn.Module, *, vae_score: str = "mean", mc_samples: int 
       vae_score: For a VAE: ``mean`` -- MSE of the reconstruction at
         z = posterior mean (deterministic); ``mc`` -- mean MSE over
         ``mc_samples`` reparameterized draws; ``elbo`` -- negative ELBO
-        (summed squared error + KL, beta = 1) averaged over ``mc_samples`` draws.
-      mc_samples: Draws for ``mc`` and ``elbo``.
+        (reconstruction term + KL, beta = 1) averaged over ``mc_samples``
+        draws; ``iwae`` -- the negative importance-weighted bound
+        ``-log mean_k p(x|z_k) p(z_k) / q(z_k|x)`` over ``mc_samples`` draws
+        (tighter than the ELBO; equal to it in expectation for one draw).
+      mc_samples: Draws for ``mc``, ``elbo`` and ``iwae``.
+      likelihood: The decoder's likelihood for ``elbo`` and ``iwae``:
+        ``gaussian`` (-log p(x|z) = summed squared error, as in training) or
+        ``bernoulli`` (binary cross-entropy).
 
     Returns:
       ``score(params, x, key) -> scalar`` for one image; ``key`` is unused by
@@ -61,6 +73,7 @@ def make_score_fn(model: nn.Module, *, vae_score: str = "mean", mc_samples: int 
         raise ValueError(f"unknown vae_score {vae_score!r}; choose one of {', '.join(VAE_SCORES)}")
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    check_likelihood(likelihood)
     reconstruct = make_reconstruct_fn(model)
     if not isinstance(model, VAE) or vae_score == "mean":
 
@@ -73,20 +86,29 @@ def make_score_fn(model: nn.Module, *, vae_score: str = "mean", mc_samples: int 
     def encode(params, x):
         return model.apply(params, x, method=VAE.encode)
 
-    def decode(params, z):
-        return model.apply(params, z, method=VAE.decode)
+    def decode_logits(params, z):
+        return model.apply(params, z, method=VAE.decode_logits)
 
     def per_draw(params, x, mean, logvar, key):
-        x_hat = decode(params, reparameterize(key, mean, logvar))
+        z = reparameterize(key, mean, logvar)
+        logits = decode_logits(params, z)
         if vae_score == "mc":
-            return mean_squared_error(x, x_hat)
-        return squared_error(x, x_hat) + kl_divergence(mean, logvar)
+            return mean_squared_error(x, jax.nn.sigmoid(logits))
+        nll = reconstruction_nll(x, logits, likelihood)
+        if vae_score == "elbo":
+            return nll + kl_divergence(mean, logvar)
+        # log w = log p(x|z) + log p(z) - log q(z|x); the Gaussian constants cancel.
+        log_prior = -0.5 * jnp.sum(jnp.square(z))
+        log_posterior = -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-logvar) + logvar)
+        return -nll + log_prior - log_posterior
 
     def sampled_score(params, x, key):
         mean, logvar = encode(params, x)
         draws = jax.vmap(per_draw, in_axes=(None, None, None, None, 0))(
             params, x, mean, logvar, jax.random.split(key, mc_samples)
         )
+        if vae_score == "iwae":
+            return -(jax.nn.logsumexp(draws) - jnp.log(mc_samples))
         return jnp.mean(draws)
 
     return sampled_score

@@ -94,6 +94,7 @@ def train_epoch(
     optimizer: optax.GradientTransformation,
     batch_size: int,
     batch_sharding: jax.sharding.Sharding | None = None,
+    kl_warmup_epochs: int = 0,
 ) -> tuple[TrainState, LossTerms]:
     """One pass over every training image, in a fresh random order.
 
@@ -110,6 +111,8 @@ def train_epoch(
       batch_size: Examples per step.
       batch_sharding: Optional sharding of the ``[steps, batch, 784]``
         batches, e.g. the batch axis split over devices (data parallel).
+      kl_warmup_epochs: Ramp the KL weight linearly from beta / W in the
+        first epoch to beta at epoch W (KL warm-up); 0 = constant beta.
 
     Returns:
       The new state and the epoch's mean loss terms over the N images.
@@ -125,6 +128,8 @@ def train_epoch(
         batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
         weights = jax.lax.with_sharding_constraint(weights, batch_sharding)
     batched_loss = jax.vmap(loss_fn, in_axes=(None, 0, 0, None))
+    if kl_warmup_epochs:
+        beta = beta * jnp.minimum(1.0, (state.epoch + 1) / kl_warmup_epochs).astype(beta.dtype)
 
     def batch_objective(params, x, w, k):
         terms = batched_loss(params, x, jax.random.split(k, batch_size), beta)
@@ -153,6 +158,7 @@ def make_train_fns(
     learning_rate: float,
     loss_fn: ExampleLoss | None = None,
     batch_sharding: jax.sharding.Sharding | None = None,
+    kl_warmup_epochs: int = 0,
 ) -> tuple[
     Callable[[jax.Array, jax.Array], TrainState], Callable[..., tuple[TrainState, LossTerms]]
 ]:
@@ -164,6 +170,7 @@ def make_train_fns(
       learning_rate: Adam step size.
       loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
       batch_sharding: Passed to :func:`train_epoch`.
+      kl_warmup_epochs: Passed to :func:`train_epoch`.
 
     Returns:
       The two functions, ready for ``jax.jit`` and ``jax.vmap``.
@@ -176,6 +183,7 @@ def make_train_fns(
         optimizer=optimizer,
         batch_size=batch_size,
         batch_sharding=batch_sharding,
+        kl_warmup_epochs=kl_warmup_epochs,
     )
     return init_fn, epoch_fn
 
@@ -200,6 +208,7 @@ def train_scan(
     batch_size: int = 128,
     learning_rate: float = 1e-3,
     loss_fn: ExampleLoss | None = None,
+    kl_warmup_epochs: int = 0,
 ) -> TrainResult:
     """A whole training run as one pure function of (key, beta, images).
 
@@ -217,13 +226,18 @@ def train_scan(
       batch_size: Examples per step.
       learning_rate: Adam step size.
       loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
+      kl_warmup_epochs: KL warm-up length (see :func:`train_epoch`).
 
     Returns:
       The trained parameters, per-epoch history [epochs] and final state.
     """
     _check_args(images, batch_size, epochs)
     init_fn, epoch_fn = make_train_fns(
-        model=model, batch_size=batch_size, learning_rate=learning_rate, loss_fn=loss_fn
+        model=model,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        loss_fn=loss_fn,
+        kl_warmup_epochs=kl_warmup_epochs,
     )
     state = init_fn(key, images[0])
     beta = jnp.asarray(beta, images.dtype)
@@ -286,6 +300,7 @@ def train(
     group_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpointer: Checkpointer | None = None,
+    kl_warmup_epochs: int = 0,
 ) -> TrainResult:
     """Trains a model (or a batch of models) with per-epoch logging.
 
@@ -315,6 +330,7 @@ def train(
       checkpointer: Saves every ``checkpointer.every`` epochs and at the end;
         when it holds a checkpoint, training resumes from the latest one and
         ends exactly where an uninterrupted run would.
+      kl_warmup_epochs: KL warm-up length (see :func:`train_epoch`).
 
     Returns:
       Parameters, history [([K,] epochs)], final state, training seconds
@@ -351,6 +367,7 @@ def train(
         learning_rate=learning_rate,
         loss_fn=loss_fn,
         batch_sharding=sharding.batch_axis(mesh) if layout == sharding.DATA else None,
+        kl_warmup_epochs=kl_warmup_epochs,
     )
     if batched:
         epoch_fn = vmap_models(epoch_fn, group_size=group_size)

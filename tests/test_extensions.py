@@ -1,0 +1,142 @@
+"""Research extensions: Bernoulli likelihood, KL warm-up, IWAE score, seed ensembles."""
+
+from __future__ import annotations
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import runner
+from experiments.config import ConfigError, ExperimentConfig
+from jax_vae import losses, models, scoring, train
+
+SMALL = dict(hidden_dims=(32,), latent_dim=4)
+
+
+def _np_bce(x, logits):
+    p = 1 / (1 + np.exp(-logits))
+    return -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p))
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_bernoulli_loss_matches_numpy(name):
+    model = models.make_model(name, **SMALL)
+    x = np.asarray(jax.random.uniform(jax.random.key(0), (784,)))
+    params = models.init_params(model, jax.random.key(1), jnp.asarray(x))
+    key = jax.random.key(2)
+    terms = losses.make_example_loss(model, likelihood="bernoulli")(params, x, key, 2.0)
+    if name == "ae":
+        logits = model.apply(params, x, method=lambda m, x: m.decode_logits(m.encode(x)))
+        kl = 0.0
+    else:
+        mean, logvar = model.apply(params, x, method=models.VAE.encode)
+        z = models.reparameterize(key, mean, logvar)
+        logits = model.apply(params, z, method=models.VAE.decode_logits)
+        kl = 0.5 * np.sum(np.exp(logvar) + np.asarray(mean) ** 2 - 1 - np.asarray(logvar))
+    expected = _np_bce(x, np.asarray(logits, np.float64))
+    np.testing.assert_allclose(terms.reconstruction, expected, rtol=1e-4)
+    np.testing.assert_allclose(terms.total, expected + 2.0 * kl, rtol=1e-4)
+    with pytest.raises(ValueError, match="likelihood"):
+        losses.make_example_loss(model, likelihood="poisson")
+
+
+def test_kl_warmup_ramps_beta():
+    # total = beta_eff * 1 for every image, so the history shows the schedule.
+    def unit_kl(params, x, key, beta):
+        one = 1.0 + 0.0 * jnp.sum(params["params"]["encoder"]["dense_0"]["bias"]) + 0.0 * x[0]
+        return losses.LossTerms(beta * one, 0.0 * one, one)
+
+    result = train.train(
+        jax.random.key(0), jax.random.uniform(jax.random.key(1), (64, 784)),
+        model=models.make_model("ae", **SMALL), beta=6.0, epochs=4, batch_size=32,
+        loss_fn=unit_kl, kl_warmup_epochs=3,
+    )  # fmt: skip
+    np.testing.assert_allclose(result.history.total, [2.0, 4.0, 6.0, 6.0], rtol=1e-6)
+
+
+def test_iwae_score_matches_reference():
+    model = models.make_model("vae", **SMALL)
+    x = jax.random.uniform(jax.random.key(1), (784,))
+    params = models.init_params(model, jax.random.key(0), x)
+    key = jax.random.key(3)
+    for likelihood in ("gaussian", "bernoulli"):
+        got = scoring.make_score_fn(model, vae_score="iwae", mc_samples=5, likelihood=likelihood)(
+            params, x, key
+        )
+        mean, logvar = (
+            np.asarray(a, np.float64) for a in model.apply(params, x, method=models.VAE.encode)
+        )
+        log_w = []
+        for k in jax.random.split(key, 5):
+            z = np.asarray(
+                models.reparameterize(
+                    k, jnp.asarray(mean, jnp.float32), jnp.asarray(logvar, jnp.float32)
+                ),
+                np.float64,
+            )
+            logits = np.asarray(
+                model.apply(params, jnp.asarray(z, jnp.float32), method=models.VAE.decode_logits),
+                np.float64,
+            )
+            xn = np.asarray(x, np.float64)
+            if likelihood == "gaussian":
+                nll = np.sum((xn - 1 / (1 + np.exp(-logits))) ** 2)
+            else:
+                nll = _np_bce(xn, logits)
+            log_prior = -0.5 * np.sum(z**2)
+            log_q = -0.5 * np.sum((z - mean) ** 2 / np.exp(logvar) + logvar)
+            log_w.append(-nll + log_prior - log_q)
+        log_w = np.array(log_w)
+        expected = -(np.log(np.mean(np.exp(log_w - log_w.max()))) + log_w.max())
+        np.testing.assert_allclose(float(got), expected, rtol=1e-4)
+
+
+def test_ensemble_members_and_averaged_scores():
+    images = jax.random.uniform(jax.random.key(1), (200, 784))
+    model = models.make_model("ae", **SMALL)
+    key = jax.random.key(5)
+    keys = runner.ensemble_keys(key, 3)
+    assert jnp.array_equal(jax.random.key_data(keys[0]), jax.random.key_data(key))
+    together = train.train(keys, images, model=model, beta=jnp.ones(3), epochs=2, batch_size=50)
+    alone = [train.train(keys[i], images, model=model, epochs=2, batch_size=50) for i in range(3)]
+    # A one-member ensemble is the single model; member i is model i trained alone.
+    for i in range(3):
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, i=i: a[i], together.params),
+            alone[i].params,
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    score_fn = scoring.make_score_fn(model)
+    stacked = scoring.score(together.params, images, score_fn=score_fn,
+                            key=jnp.stack([jax.random.key(0)] * 3), stacked=True)  # fmt: skip
+    singles = [scoring.score(a.params, images, score_fn=score_fn) for a in alone]
+    np.testing.assert_allclose(stacked.mean(axis=0), np.mean(singles, axis=0), rtol=1e-4, atol=1e-7)
+
+
+def test_runner_with_extensions(tmp_path):
+    config = ExperimentConfig(
+        epochs=2, normal_digit=1, ensemble_size=2, likelihood="bernoulli", kl_warmup_epochs=2,
+        vae_score="iwae", mc_samples=3, output_dir=str(tmp_path / "r"),
+    )  # fmt: skip
+    result = runner.run_experiment(config, out=open(os.devnull, "w"))
+    for name in ("ae", "vae"):
+        assert result["models"][name]["auroc"] > 0.9
+        assert len(result["models"][name]["history"]["total"]) == 2
+    # The ensemble's checkpoints restore for --eval_only.
+    again = runner.evaluate_run(config, out=open(os.devnull, "w"))
+    assert again["models"]["vae"]["auroc"] == pytest.approx(
+        result["models"]["vae"]["auroc"], abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "field,value", [("likelihood", "poisson"), ("kl_warmup_epochs", -1), ("ensemble_size", 0)]
+)
+def test_extension_settings_are_validated(field, value):
+    with pytest.raises(ConfigError, match=f"--{field}"):
+        runner.run_experiment(ExperimentConfig(**{field: value}))
