@@ -74,7 +74,7 @@ def test_changed_model_shape_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
-    proc = _main("--epochs=12", "--checkpoint_every=1", "--normal_digit=1", f"--output_dir={out}")
+    proc = _main("--epochs=8", "--checkpoint_every=1", "--normal_digit=1", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -82,7 +82,7 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", "--epochs=12", "--checkpoint_every=1",
+        [sys.executable, "-m", "experiments.main", "--epochs=8", "--checkpoint_every=1",
          "--normal_digit=1", f"--output_dir={out}"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -124,7 +124,7 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     (run / "metrics.json").unlink()  # Pretend it was interrupted after training.
-    for root, _, files in os.walk(run / "checkpoints" / "ae" / "12"):
+    for root, _, files in os.walk(run / "checkpoints" / "ae" / "8"):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
