@@ -245,12 +245,8 @@ def run_experiment(
         params_by_model[name], models[name] = _first_member(params, config), model
 
     metrics_record = {"config": record, "models": model_results}
-    table = format_table(model_results)
-    (out or sys.stdout).write(table)
-    if writer:
-        atomic_write_bytes(os.path.join(output_dir, "results.txt"), table.encode())
-        _write_results(output_dir, config, split, arrays, models, params_by_model, metrics_record)
-        logging.info("results in %s", output_dir)
+    _report(out, output_dir if writer else None, config, split, arrays, models, params_by_model,
+            metrics_record)  # fmt: skip
     return {**metrics_record, "output_dir": output_dir}
 
 
@@ -314,13 +310,10 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
         params_by_model[name], models[name] = _first_member(params, config), model
 
     metrics_record = {"config": record, "models": model_results}
-    table = format_table(model_results)
-    (out or sys.stdout).write(table)
     if is_main_process():
         claim_output_dir(eval_dir, record)
-        atomic_write_bytes(os.path.join(eval_dir, "results.txt"), table.encode())
-        _write_results(eval_dir, config, split, arrays, models, params_by_model, metrics_record)
-        logging.info("evaluation results in %s", eval_dir)
+    _report(out, eval_dir if is_main_process() else None, config, split, arrays, models,
+            params_by_model, metrics_record)  # fmt: skip
     return {**metrics_record, "output_dir": eval_dir}
 
 
@@ -330,11 +323,18 @@ def config_mesh(config: ExperimentConfig, layout: str) -> jax.sharding.Mesh | No
     return sharding.make_mesh(layout, devices=jax.devices()[:width]) if width > 1 else None
 
 
-def _write_results(output_dir, config, split, arrays, models, params_by_model, metrics_record):
+def _report(out, output_dir, config, split, arrays, models, params_by_model, metrics_record):
+    """Prints the table; writes every result file when ``output_dir`` is given."""
     model_results = metrics_record["models"]
+    table = format_table(model_results)
+    (out or sys.stdout).write(table)
+    if output_dir is None:  # Not the writing process.
+        return
+    atomic_write_bytes(os.path.join(output_dir, "results.txt"), table.encode())
     write_npz(os.path.join(output_dir, "scores.npz"), arrays)
     _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model)
     write_json(os.path.join(output_dir, "metrics.json"), metrics_record)  # Last: marks completion.
+    logging.info("results in %s", output_dir)
 
 
 def _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model) -> None:

@@ -70,11 +70,7 @@ def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
                 values.append(int(part))
     except ValueError:
         raise ConfigError(f"--{name} must be integers or ranges like 0-9, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"--{name} is empty")
-    if len(set(values)) != len(values):
-        raise ConfigError(f"--{name} lists a value twice: {text}")
-    return tuple(values)
+    return _nonempty_unique(values, name=name, text=text)
 
 
 def parse_float_list(text: str, *, name: str) -> tuple[float, ...]:
@@ -83,11 +79,15 @@ def parse_float_list(text: str, *, name: str) -> tuple[float, ...]:
         values = tuple(float(p) for p in text.split(",") if p.strip())
     except ValueError:
         raise ConfigError(f"--{name} must be a comma list of numbers, got {text!r}") from None
+    return _nonempty_unique(values, name=name, text=text)
+
+
+def _nonempty_unique(values, *, name: str, text: str) -> tuple:
     if not values:
         raise ConfigError(f"--{name} is empty")
     if len(set(values)) != len(values):
         raise ConfigError(f"--{name} lists a value twice: {text}")
-    return values
+    return tuple(values)
 
 
 def validate_sweep(config: SweepConfig) -> None:
