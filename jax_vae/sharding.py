@@ -90,6 +90,8 @@ def initialize_distributed(
         in_cluster = False  # One task: nothing to join.
     if not (explicit or in_cluster):
         return False
+    # CPU processes need a collectives backend; GPU and TPU clients ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
@@ -99,6 +101,21 @@ def initialize_distributed(
 def is_main_process() -> bool:
     """True on the process that writes files (process 0)."""
     return jax.process_index() == 0
+
+
+def put(x, target: NamedSharding) -> jax.Array:
+    """Places ``x`` (the same full value in every process) with ``target``.
+
+    ``jax.device_put`` only reaches this process's devices; across processes
+    each one builds its own shards from its full copy.
+    """
+    if target.is_fully_addressable:
+        return jax.device_put(x, target)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = put(jax.random.key_data(x), target)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
 
 
 def local_copy(tree):

@@ -378,10 +378,10 @@ def train(
     if mesh is not None:
         # Data lives on every device once; the state is replicated (data) or
         # split by model (models).
-        images = jax.device_put(images, sharding.replicated(mesh))
+        images = sharding.put(images, sharding.replicated(mesh))
         per_model = sharding.leading_axis(mesh) if layout == sharding.MODELS else None
-        beta = jax.device_put(beta, per_model or sharding.replicated(mesh))
-        key = jax.device_put(key, per_model or sharding.replicated(mesh))
+        beta = sharding.put(beta, per_model or sharding.replicated(mesh))
+        key = sharding.put(key, per_model or sharding.replicated(mesh))
         state_sharding = per_model or sharding.replicated(mesh)
     state = jax.jit(init_fn, out_shardings=state_sharding)(key, images[0])
     compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, beta).compile()
@@ -401,7 +401,7 @@ def train(
     for epoch in range(first_epoch, epochs + 1):
         t = time.perf_counter()
         state, means = compiled(state, images, beta)
-        means = LossTerms(*jax.device_get(means))  # Waits for the epoch to finish.
+        means = LossTerms(*sharding.local_copy(means))  # Waits for the epoch to finish.
         seconds = time.perf_counter() - t
         train_seconds += seconds
         if not np.all(np.isfinite(means.total)):

@@ -109,3 +109,47 @@ def test_runner_on_1_and_4_devices_agree(tmp_path):
             assert abs(metrics[1][name]["auroc"] - metrics[4][name]["auroc"]) < 1e-3
             assert abs(metrics[1][name]["f1"] - metrics[4][name]["f1"]) < 1e-2
     """)
+
+
+def test_two_processes_train_together_and_process_0_writes(tmp_path):
+    import json
+    import socket
+
+    with socket.socket() as s:  # A free loopback port for the coordinator.
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    common = ["--epochs=1", "--models=ae", "--normal_digit=1", "--checkpoint_every=0"]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.main",
+                *common,
+                f"--output_dir={tmp_path / 'mh'}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    assert "process 1 of 2" in outputs[1][1]
+    multi = json.loads((tmp_path / "mh" / "metrics.json").read_text())
+    assert len(multi["config"]["devices"]) == 2  # One CPU device per process.
+    single = subprocess.run(
+        [sys.executable, "-m", "experiments.main", *common, f"--output_dir={tmp_path / 'one'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert abs(multi["models"]["ae"]["auroc"] - one["models"]["ae"]["auroc"]) < 1e-3
