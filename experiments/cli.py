@@ -102,6 +102,9 @@ def _define_all() -> dict[str, Callable[[], Any]]:
         "kl_warmup_epochs": lambda: flags.DEFINE_integer(
             "kl_warmup_epochs", _D.kl_warmup_epochs, "Linear KL warm-up epochs (0: none)."
         ),
+        "architecture": lambda: flags.DEFINE_string(
+            "architecture", _D.architecture, "mlp, or conv (--hidden_dims are then channels)."
+        ),
         "ensemble_size": lambda: flags.DEFINE_integer(
             "ensemble_size", _D.ensemble_size, "Seeds per model, trained together; scores averaged."
         ),

@@ -11,7 +11,7 @@ import jax
 
 from jax_vae.data import SOURCES, TFDS_DATASETS
 from jax_vae.losses import LIKELIHOODS
-from jax_vae.models import MODEL_NAMES
+from jax_vae.models import ARCHITECTURES, MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
 
 
@@ -47,6 +47,7 @@ class ExperimentConfig:
     likelihood: str = "gaussian"  # Reconstruction term: summed squared error or BCE.
     kl_warmup_epochs: int = 0  # Linear KL warm-up over this many epochs; 0: none.
     ensemble_size: int = 1  # Seeds per model trained together; their scores are averaged.
+    architecture: str = "mlp"  # "conv": strided convolutions with --hidden_dims channels.
 
 
 def _finite(name: str, value: float) -> None:
@@ -147,6 +148,12 @@ def validate(config: ExperimentConfig) -> None:
     if config.chunk_size < 1:
         raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
     _choice("likelihood", config.likelihood, LIKELIHOODS)
+    _choice("architecture", config.architecture, ARCHITECTURES)
+    if config.architecture == "conv" and 28 % 2 ** len(config.hidden_dims):
+        raise ConfigError(
+            "--architecture=conv halves 28x28 once per --hidden_dims entry: give 1 or 2 "
+            f"channel counts, got {list(config.hidden_dims)}"
+        )
     if config.kl_warmup_epochs < 0:
         raise ConfigError(f"--kl_warmup_epochs must be >= 0, got {config.kl_warmup_epochs}")
     if config.ensemble_size < 1:

@@ -32,7 +32,7 @@ from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import OneClassSplit, load_dataset, one_class_split
 from jax_vae.losses import LossTerms, make_example_loss
 from jax_vae.metrics import detection_metrics, threshold_from_normals
-from jax_vae.models import MODEL_NAMES, VAE, make_model
+from jax_vae.models import MODEL_NAMES, make_model
 from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
 from jax_vae.sharding import is_main_process
 from jax_vae.train import make_train_fns, train
@@ -209,7 +209,12 @@ def run_experiment(
     params_by_model, models = {}, {}
     for name in config.models:
         train_key, _ = model_keys(config.seed, name)
-        model = make_model(name, hidden_dims=config.hidden_dims, latent_dim=config.latent_dim)
+        model = make_model(
+            name,
+            hidden_dims=config.hidden_dims,
+            latent_dim=config.latent_dim,
+            architecture=config.architecture,
+        )
         logging.info(
             "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",
             name, config.hidden_dims, config.latent_dim, config.beta, config.epochs, n_train,
@@ -284,7 +289,12 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
     params_by_model, models = {}, {}
     for name in config.models:
         train_key, _ = model_keys(config.seed, name)
-        model = make_model(name, hidden_dims=config.hidden_dims, latent_dim=config.latent_dim)
+        model = make_model(
+            name,
+            hidden_dims=config.hidden_dims,
+            latent_dim=config.latent_dim,
+            architecture=config.architecture,
+        )
         checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints", name))
         if checkpointer.latest_epoch() != config.epochs:
             raise ConfigError(
@@ -388,7 +398,7 @@ def _write_plots(output_dir, config, split, model_results, arrays, models, param
         subset = rng.permutation(labels.size)[:LATENT_POINTS]
         vae = models["vae"]
         means = map_chunked(
-            lambda p, x, k: vae.apply(p, x, method=VAE.encode)[0],
+            lambda p, x, k: vae.apply(p, x, method="encode")[0],
             params_by_model["vae"],
             split.test_images[subset],
             chunk_size=config.chunk_size,

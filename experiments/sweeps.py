@@ -166,7 +166,12 @@ def train_and_score_digit(
     score_keys = jax.vmap(jax.random.split)(jnp.stack([score_key for _, score_key in keys]))
     val_keys, test_keys = score_keys[:, 0], score_keys[:, 1]
     betas = jnp.array([base.beta if beta is None else beta for beta, _ in padded], jnp.float32)
-    model = make_model(name, hidden_dims=base.hidden_dims, latent_dim=base.latent_dim)
+    model = make_model(
+        name,
+        hidden_dims=base.hidden_dims,
+        latent_dim=base.latent_dim,
+        architecture=base.architecture,
+    )
     logging.info("digit %d: training %d %s models together", digit, len(grid), name)
     result = train(
         train_keys,

@@ -68,7 +68,7 @@ class AutoEncoder(nn.Module):
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Returns the reconstruction in [0, 1]."""
-        return nn.sigmoid(self.decoder(z))
+        return nn.sigmoid(self.decode_logits(z))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.decode(self.encode(x))
@@ -126,7 +126,7 @@ class VAE(nn.Module):
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Returns the reconstruction in [0, 1]."""
-        return nn.sigmoid(self.decoder(z))
+        return nn.sigmoid(self.decode_logits(z))
 
     def __call__(self, x: jax.Array, key: jax.Array) -> VAEOutput:
         """Encodes, samples z with ``key`` and decodes."""
@@ -135,18 +135,103 @@ class VAE(nn.Module):
         return VAEOutput(self.decode(z), mean, logvar)
 
 
+class ConvEncoder(nn.Module):
+    """[..., 784] -> 28x28x1 -> strided 4x4 convs (ReLU) -> flattened features."""
+
+    channels: Sequence[int] = (32, 64)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.reshape(*x.shape[:-1], 28, 28, 1)
+        for c in self.channels:
+            h = nn.relu(nn.Conv(c, (4, 4), strides=(2, 2), padding="SAME")(h))
+        return h.reshape(*h.shape[:-3], -1)
+
+
+class ConvDecoder(nn.Module):
+    """Latent -> dense -> transposed 4x4 convs mirroring the encoder -> 784 logits."""
+
+    channels: Sequence[int] = (32, 64)
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        side = 28 // 2 ** len(self.channels)
+        h = nn.relu(nn.Dense(side * side * self.channels[-1])(z))
+        h = h.reshape(*z.shape[:-1], side, side, self.channels[-1])
+        for c in (*reversed(self.channels[:-1]), 1):
+            h = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")(h)
+            h = nn.relu(h) if c != 1 else h
+        return h.reshape(*h.shape[:-3], NUM_PIXELS)
+
+
+class ConvAutoEncoder(AutoEncoder):
+    """The autoencoder with a small convolutional encoder and decoder.
+
+    Attributes:
+      hidden_dims: Channels of the strided convolutions (28 must divide by
+        2 ** len(hidden_dims)), e.g. (32, 64).
+      latent_dim: Size of the code.
+    """
+
+    hidden_dims: Sequence[int] = (32, 64)
+
+    def setup(self):
+        self.features = ConvEncoder(tuple(self.hidden_dims))
+        self.code = nn.Dense(self.latent_dim)
+        self.decoder = ConvDecoder(tuple(self.hidden_dims))
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        return self.code(self.features(x))
+
+    def decode_logits(self, z: jax.Array) -> jax.Array:
+        return self.decoder(z)
+
+
+class ConvVAE(VAE):
+    """The VAE with a small convolutional encoder and decoder (see ConvAutoEncoder)."""
+
+    hidden_dims: Sequence[int] = (32, 64)
+
+    def setup(self):
+        self.features = ConvEncoder(tuple(self.hidden_dims))
+        self.mean_head = nn.Dense(self.latent_dim)
+        self.logvar_head = nn.Dense(self.latent_dim)
+        self.decoder = ConvDecoder(tuple(self.hidden_dims))
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = self.features(x)
+        return self.mean_head(h), self.logvar_head(h)
+
+    def decode_logits(self, z: jax.Array) -> jax.Array:
+        return self.decoder(z)
+
+
 MODEL_NAMES = ("ae", "vae")
+ARCHITECTURES = ("mlp", "conv")
 
 
 def make_model(
-    name: str, *, hidden_dims: Sequence[int] = (400,), latent_dim: int = 20
+    name: str,
+    *,
+    hidden_dims: Sequence[int] = (400,),
+    latent_dim: int = 20,
+    architecture: str = "mlp",
 ) -> nn.Module:
-    """Builds a model by name (``ae`` or ``vae``)."""
-    if name == "ae":
-        return AutoEncoder(hidden_dims=tuple(hidden_dims), latent_dim=latent_dim)
-    if name == "vae":
-        return VAE(hidden_dims=tuple(hidden_dims), latent_dim=latent_dim)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    """Builds a model by name (``ae`` or ``vae``) and architecture (``mlp`` or ``conv``).
+
+    For ``conv``, ``hidden_dims`` are the channels of the strided convolutions.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    classes = {
+        ("ae", "mlp"): AutoEncoder, ("vae", "mlp"): VAE,
+        ("ae", "conv"): ConvAutoEncoder, ("vae", "conv"): ConvVAE,
+    }  # fmt: skip
+    return classes[name, architecture](hidden_dims=tuple(hidden_dims), latent_dim=latent_dim)
 
 
 def init_params(model: nn.Module, key: jax.Array, x: jax.Array) -> dict:

@@ -36,8 +36,8 @@ def make_reconstruct_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Arra
         return model.apply
 
     def vae_reconstruct(params, x):
-        mean, _ = model.apply(params, x, method=VAE.encode)
-        return model.apply(params, mean, method=VAE.decode)
+        mean, _ = model.apply(params, x, method="encode")
+        return model.apply(params, mean, method="decode")
 
     return vae_reconstruct
 
@@ -84,10 +84,10 @@ def make_score_fn(
         return reconstruction_score
 
     def encode(params, x):
-        return model.apply(params, x, method=VAE.encode)
+        return model.apply(params, x, method="encode")
 
     def decode_logits(params, z):
-        return model.apply(params, z, method=VAE.decode_logits)
+        return model.apply(params, z, method="decode_logits")
 
     def per_draw(params, x, mean, logvar, key):
         z = reparameterize(key, mean, logvar)

@@ -33,9 +33,9 @@ def test_bernoulli_loss_matches_numpy(name):
         logits = model.apply(params, x, method=lambda m, x: m.decode_logits(m.encode(x)))
         kl = 0.0
     else:
-        mean, logvar = model.apply(params, x, method=models.VAE.encode)
+        mean, logvar = model.apply(params, x, method="encode")
         z = models.reparameterize(key, mean, logvar)
-        logits = model.apply(params, z, method=models.VAE.decode_logits)
+        logits = model.apply(params, z, method="decode_logits")
         kl = 0.5 * np.sum(np.exp(logvar) + np.asarray(mean) ** 2 - 1 - np.asarray(logvar))
     expected = _np_bce(x, np.asarray(logits, np.float64))
     np.testing.assert_allclose(terms.reconstruction, expected, rtol=1e-4)
@@ -67,9 +67,7 @@ def test_iwae_score_matches_reference():
         got = scoring.make_score_fn(model, vae_score="iwae", mc_samples=5, likelihood=likelihood)(
             params, x, key
         )
-        mean, logvar = (
-            np.asarray(a, np.float64) for a in model.apply(params, x, method=models.VAE.encode)
-        )
+        mean, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
         log_w = []
         for k in jax.random.split(key, 5):
             z = np.asarray(
@@ -79,7 +77,7 @@ def test_iwae_score_matches_reference():
                 np.float64,
             )
             logits = np.asarray(
-                model.apply(params, jnp.asarray(z, jnp.float32), method=models.VAE.decode_logits),
+                model.apply(params, jnp.asarray(z, jnp.float32), method="decode_logits"),
                 np.float64,
             )
             xn = np.asarray(x, np.float64)

@@ -18,7 +18,7 @@ def test_model_shapes_and_output_range(name):
     params = models.init_params(model, jax.random.key(1), x)
     if name == "ae":
         out = model.apply(params, x)
-        chex.assert_shape(model.apply(params, x, method=models.AutoEncoder.encode), (7, 5))
+        chex.assert_shape(model.apply(params, x, method="encode"), (7, 5))
     else:
         result = model.apply(params, x, jax.random.key(2))
         chex.assert_shape([result.mean, result.logvar], (7, 5))
@@ -111,3 +111,31 @@ def test_example_loss_matches_model(name):
         recon = np.sum((np.asarray(x) - np.asarray(out.reconstruction)) ** 2)
         np.testing.assert_allclose(terms.kl, kl, rtol=1e-5)
         np.testing.assert_allclose(terms.total, recon + 3.0 * kl, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_conv_models_shapes_and_one_training_epoch(name):
+    model = models.make_model(name, hidden_dims=(4, 8), latent_dim=3, architecture="conv")
+    x = jax.random.uniform(jax.random.key(0), (6, 784))
+    params = models.init_params(model, jax.random.key(1), x[0])
+    kernels = {k.shape for k in jax.tree.leaves(params) if k.ndim == 4}
+    assert (4, 4, 1, 4) in kernels and (4, 4, 4, 8) in kernels  # 28 -> 14 -> 7.
+    if name == "vae":
+        out = model.apply(params, x, jax.random.key(2))
+        chex.assert_shape([out.mean, out.logvar], (6, 3))
+        recon = out.reconstruction
+    else:
+        recon = model.apply(params, x)
+    chex.assert_shape(recon, (6, 784))
+    # The per-example loss (unbatched input) equals the batched forward pass.
+    from jax_vae import losses, train
+
+    if name == "ae":
+        terms = jax.vmap(losses.make_example_loss(model), in_axes=(None, 0, None, None))(
+            params, x, jax.random.key(0), 1.0
+        )
+        np.testing.assert_allclose(terms.reconstruction, ((x - recon) ** 2).sum(1), rtol=1e-5)
+    result = train.train(jax.random.key(3), x, model=model, epochs=1, batch_size=3)
+    assert np.isfinite(result.history.total).all()
+    with pytest.raises(ValueError, match="architecture"):
+        models.make_model(name, architecture="transformer")

@@ -211,3 +211,10 @@ def test_flagfile_run_writes_results(tmp_path):
     assert "ae epoch 1/1" in proc.stderr  # Per-epoch progress is logged.
     record = json.loads((out / "metrics.json").read_text())
     assert set(record["models"]) == {"ae"} and record["config"]["epochs"] == 1
+
+
+def test_conv_architecture_needs_at_most_two_halvings():
+    with pytest.raises(ConfigError, match="--architecture=conv"):
+        runner.run_experiment(ExperimentConfig(architecture="conv", hidden_dims=(8, 16, 32)))
+    with pytest.raises(ConfigError, match="--architecture"):
+        runner.run_experiment(ExperimentConfig(architecture="rnn"))
