@@ -87,8 +87,14 @@ def check_output_dir(path: str) -> None:
         )
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Checks every setting; raises ConfigError naming the first bad flag."""
+def validate(config: ExperimentConfig, *, data_parallel: bool = True) -> None:
+    """Checks every setting; raises ConfigError naming the first bad flag.
+
+    Args:
+      config: The settings.
+      data_parallel: Batches are split over the devices, so ``batch_size``
+        must divide by their number (a sweep spreading models needs not).
+    """
     _finite("beta", config.beta)
     if config.beta < 0:
         raise ConfigError(f"--beta must be >= 0, got {config.beta}")
@@ -169,7 +175,7 @@ def validate(config: ExperimentConfig) -> None:
             f"--num_devices {config.num_devices} exceeds the {jax.device_count()} visible devices"
         )
     width = config.num_devices or jax.device_count()
-    if config.batch_size % width:
+    if data_parallel and config.batch_size % width:
         raise ConfigError(
             f"--batch_size {config.batch_size} must divide by the data-parallel width "
             f"({width} devices; see --num_devices)"

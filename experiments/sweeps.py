@@ -36,7 +36,7 @@ from jax_vae.losses import make_example_loss
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import make_model
 from jax_vae.scoring import make_score_fn, score
-from jax_vae.sharding import LAYOUTS, MODELS, is_main_process
+from jax_vae.sharding import DATA, LAYOUTS, MODELS, is_main_process
 from jax_vae.train import train
 
 CSV_FIELDS = (
@@ -109,7 +109,10 @@ def validate_sweep(config: SweepConfig) -> None:
         raise ConfigError(
             f"--mesh_layout must be one of {', '.join(LAYOUTS)}, got {config.mesh_layout!r}"
         )
-    validate(dataclasses.replace(config.base, output_dir=None))
+    validate(
+        dataclasses.replace(config.base, output_dir=None),
+        data_parallel=config.mesh_layout == DATA,
+    )
     if config.base.ensemble_size != 1:
         raise ConfigError("--ensemble_size applies to experiments.main; a sweep varies --seeds")
     if config.base.output_dir is not None:

@@ -65,6 +65,17 @@ def test_batch_size_must_divide_by_width():
             assert "divide by the data-parallel width (4 devices)" in str(e), e
         else:
             raise AssertionError("no error")
+        # A sweep spreading whole models over the devices does not split batches.
+        from experiments import sweeps
+        from experiments.config import ConfigError, ExperimentConfig
+        sweeps.validate_sweep(sweeps.SweepConfig(base=ExperimentConfig(batch_size=126)))
+        try:
+            sweeps.validate_sweep(
+                sweeps.SweepConfig(mesh_layout="data", base=ExperimentConfig(batch_size=126)))
+        except ConfigError as e:
+            assert "data-parallel width" in str(e), e
+        else:
+            raise AssertionError("no error")
     """)
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.main", "--batch_size=126", "--epochs=1"],
