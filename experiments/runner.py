@@ -209,12 +209,7 @@ def run_experiment(
     params_by_model, models = {}, {}
     for name in config.models:
         train_key, _ = model_keys(config.seed, name)
-        model = make_model(
-            name,
-            hidden_dims=config.hidden_dims,
-            latent_dim=config.latent_dim,
-            architecture=config.architecture,
-        )
+        model = config_model(config, name)
         logging.info(
             "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",
             name, config.hidden_dims, config.latent_dim, config.beta, config.epochs, n_train,
@@ -289,12 +284,7 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
     params_by_model, models = {}, {}
     for name in config.models:
         train_key, _ = model_keys(config.seed, name)
-        model = make_model(
-            name,
-            hidden_dims=config.hidden_dims,
-            latent_dim=config.latent_dim,
-            architecture=config.architecture,
-        )
+        model = config_model(config, name)
         checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints", name))
         if checkpointer.latest_epoch() != config.epochs:
             raise ConfigError(
@@ -325,6 +315,16 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
     _report(out, eval_dir if is_main_process() else None, config, split, arrays, models,
             params_by_model, metrics_record)  # fmt: skip
     return {**metrics_record, "output_dir": eval_dir}
+
+
+def config_model(config: ExperimentConfig, name: str):
+    """Model ``name`` with the configured widths, latent size and architecture."""
+    return make_model(
+        name,
+        hidden_dims=config.hidden_dims,
+        latent_dim=config.latent_dim,
+        architecture=config.architecture,
+    )
 
 
 def config_mesh(config: ExperimentConfig, layout: str) -> jax.sharding.Mesh | None:
