@@ -28,13 +28,12 @@ from absl import logging
 from experiments import plots
 from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
 from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir, write_json
-from experiments.runner import config_mesh, environment_record, model_keys
+from experiments.runner import config_mesh, config_model, environment_record, model_keys
 from jax_vae.baselines import BASELINES, fit_baseline
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import Dataset, load_dataset, one_class_split
 from jax_vae.losses import make_example_loss
 from jax_vae.metrics import detection_metrics, threshold_from_normals
-from jax_vae.models import make_model
 from jax_vae.scoring import make_score_fn, score
 from jax_vae.sharding import DATA, LAYOUTS, MODELS, is_main_process
 from jax_vae.train import train
@@ -169,12 +168,7 @@ def train_and_score_digit(
     score_keys = jax.vmap(jax.random.split)(jnp.stack([score_key for _, score_key in keys]))
     val_keys, test_keys = score_keys[:, 0], score_keys[:, 1]
     betas = jnp.array([base.beta if beta is None else beta for beta, _ in padded], jnp.float32)
-    model = make_model(
-        name,
-        hidden_dims=base.hidden_dims,
-        latent_dim=base.latent_dim,
-        architecture=base.architecture,
-    )
+    model = config_model(base, name)
     logging.info("digit %d: training %d %s models together", digit, len(grid), name)
     result = train(
         train_keys,
