@@ -229,7 +229,7 @@ def run_experiment(
             checkpointer=_checkpointer(output_dir, name, config),
             kl_warmup_epochs=config.kl_warmup_epochs,
         )
-        params = sharding.local_copy(result.params)  # Score on one device.
+        params = sharding.on_one_device(result.params)  # Score on one device.
         metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
         model_results[name] = {
             **metrics,
@@ -301,7 +301,7 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
         else:
             template = init_fn(train_key, split.train_images[0])
         state, history = checkpointer.restore(template)
-        params = sharding.local_copy(state.params)
+        params = sharding.on_one_device(state.params)
         metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
         stacked = LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
         model_results[name] = {**metrics, "history": _history_record(stacked)}

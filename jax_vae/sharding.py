@@ -133,3 +133,15 @@ def local_copy(tree):
         return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
     return jax.tree.map(fetch, tree)
+
+
+def on_one_device(tree):
+    """``tree`` on a single local device, for work (such as scoring) that needs no mesh.
+
+    Arrays already on one device stay where they are; replicated or sharded
+    ones are copied once, rather than re-sent with every later call.
+    """
+    leaves = jax.tree.leaves(tree)
+    if all(isinstance(a, jax.Array) and len(a.sharding.device_set) == 1 for a in leaves):
+        return tree
+    return jax.device_put(local_copy(tree), jax.local_devices()[0])
