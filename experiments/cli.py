@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import jax
@@ -26,98 +26,56 @@ _D = ExperimentConfig()
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError, CheckpointError)
 
 
-def _define_all() -> dict[str, Callable[[], Any]]:
-    """Flag definers, one per ExperimentConfig field."""
-    return {
-        "beta": lambda: flags.DEFINE_float(
-            "beta", _D.beta, "KL weight of the beta-VAE (relative to the summed squared error)."
-        ),
-        "normal_digit": lambda: flags.DEFINE_integer(
-            "normal_digit", _D.normal_digit, "The digit treated as normal (0-9)."
-        ),
-        "latent_dim": lambda: flags.DEFINE_integer(
-            "latent_dim", _D.latent_dim, "Latent size of both models."
-        ),
-        "hidden_dims": lambda: flags.DEFINE_list(
-            "hidden_dims",
-            [str(h) for h in _D.hidden_dims],
-            "Encoder hidden widths; the decoder mirrors them.",
-        ),
-        "epochs": lambda: flags.DEFINE_integer("epochs", _D.epochs, "Training epochs."),
-        "batch_size": lambda: flags.DEFINE_integer(
-            "batch_size", _D.batch_size, "Training batch size."
-        ),
-        "learning_rate": lambda: flags.DEFINE_float(
-            "learning_rate", _D.learning_rate, "Adam learning rate."
-        ),
-        "seed": lambda: flags.DEFINE_integer(
-            "seed", _D.seed, "Seed of the split, initialization, shuffling and sampling."
-        ),
-        "val_fraction": lambda: flags.DEFINE_float(
-            "val_fraction",
-            _D.val_fraction,
-            "Fraction of normal training images held out for the threshold.",
-        ),
-        "anomaly_fraction": lambda: flags.DEFINE_float(
-            "anomaly_fraction", None, "Anomaly share of the test set; unset = full test set."
-        ),
-        "threshold_percentile": lambda: flags.DEFINE_float(
-            "threshold_percentile",
-            _D.threshold_percentile,
-            "Percentile of held-out normal scores used as threshold.",
-        ),
-        "models": lambda: flags.DEFINE_list(
-            "models", list(_D.models), f"Models to train: {', '.join(MODEL_NAMES)}."
-        ),
-        "data_source": lambda: flags.DEFINE_string(
-            "data_source", _D.data_source, f"One of {', '.join(SOURCES)}."
-        ),
-        "data_dir": lambda: flags.DEFINE_string(
-            "data_dir", None, "tfds data dir (tfds) or folder of IDX files (idx)."
-        ),
-        "dataset": lambda: flags.DEFINE_string(
-            "dataset", _D.dataset, f"One of {', '.join(TFDS_DATASETS)} (bundled: mnist only)."
-        ),
-        "output_dir": lambda: flags.DEFINE_string(
-            "output_dir", None, "New folder for the results; default: a new folder under runs/."
-        ),
-        "vae_score": lambda: flags.DEFINE_string(
-            "vae_score", _D.vae_score, f"VAE anomaly score: {', '.join(VAE_SCORES)}."
-        ),
-        "mc_samples": lambda: flags.DEFINE_integer(
-            "mc_samples", _D.mc_samples, "Draws for --vae_score=mc or elbo."
-        ),
-        "chunk_size": lambda: flags.DEFINE_integer(
-            "chunk_size", _D.chunk_size, "Images per compiled scoring call (bounds memory)."
-        ),
-        "num_devices": lambda: flags.DEFINE_integer(
-            "num_devices", _D.num_devices, "Devices to use (0: all of them)."
-        ),
-        "checkpoint_every": lambda: flags.DEFINE_integer(
-            "checkpoint_every", _D.checkpoint_every, "Epochs between checkpoints (0: none)."
-        ),
-        "likelihood": lambda: flags.DEFINE_string(
-            "likelihood", _D.likelihood, f"Reconstruction term: {', '.join(LIKELIHOODS)}."
-        ),
-        "kl_warmup_epochs": lambda: flags.DEFINE_integer(
-            "kl_warmup_epochs", _D.kl_warmup_epochs, "Linear KL warm-up epochs (0: none)."
-        ),
-        "architecture": lambda: flags.DEFINE_string(
-            "architecture", _D.architecture, "mlp, or conv (--hidden_dims are then channels)."
-        ),
-        "ensemble_size": lambda: flags.DEFINE_integer(
-            "ensemble_size", _D.ensemble_size, "Seeds per model, trained together; scores averaged."
-        ),
-    }
+# Help text of the flag of every ExperimentConfig field; the default comes from the field.
+FLAG_HELP = {
+    "beta": "KL weight of the beta-VAE (relative to the summed squared error).",
+    "normal_digit": "The digit treated as normal (0-9).",
+    "latent_dim": "Latent size of both models.",
+    "hidden_dims": "Encoder hidden widths; the decoder mirrors them.",
+    "epochs": "Training epochs.",
+    "batch_size": "Training batch size.",
+    "learning_rate": "Adam learning rate.",
+    "seed": "Seed of the split, initialization, shuffling and sampling.",
+    "val_fraction": "Fraction of normal training images held out for the threshold.",
+    "anomaly_fraction": "Anomaly share of the test set; unset = full test set.",
+    "threshold_percentile": "Percentile of held-out normal scores used as threshold.",
+    "models": f"Models to train: {', '.join(MODEL_NAMES)}.",
+    "data_source": f"One of {', '.join(SOURCES)}.",
+    "data_dir": "tfds data dir (tfds) or folder of IDX files (idx).",
+    "dataset": f"One of {', '.join(TFDS_DATASETS)} (bundled: mnist only).",
+    "output_dir": "New folder for the results; default: a new folder under runs/.",
+    "vae_score": f"VAE anomaly score: {', '.join(VAE_SCORES)}.",
+    "mc_samples": "Draws for --vae_score=mc, elbo or iwae.",
+    "chunk_size": "Images per compiled scoring call (bounds memory).",
+    "num_devices": "Devices to use (0: all of them).",
+    "checkpoint_every": "Epochs between checkpoints (0: none).",
+    "likelihood": f"Reconstruction term: {', '.join(LIKELIHOODS)}.",
+    "kl_warmup_epochs": "Linear KL warm-up epochs (0: none).",
+    "ensemble_size": "Seeds per model, trained together; scores averaged.",
+    "architecture": "mlp, or conv (--hidden_dims are then channels).",
+}
+_DEFINERS = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+# Fields whose default is None, by the type their flag parses.
+_NONE_DEFAULT_DEFINERS = {
+    "anomaly_fraction": flags.DEFINE_float,
+    "data_dir": flags.DEFINE_string,
+    "output_dir": flags.DEFINE_string,
+}
 
 
 def define_experiment_flags(*, exclude: Iterable[str] = ()) -> None:
     """Defines one flag per ExperimentConfig field, except those excluded."""
-    definers = _define_all()
-    assert set(definers) == {f.name for f in dataclasses.fields(ExperimentConfig)}
-    for name, define in definers.items():
-        if name not in exclude:
-            define()
+    assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for name, help_text in FLAG_HELP.items():
+        if name in exclude:
+            continue
+        default = getattr(_D, name)
+        if isinstance(default, tuple):
+            flags.DEFINE_list(name, [str(v) for v in default], help_text)
+        elif default is None:
+            _NONE_DEFAULT_DEFINERS[name](name, None, help_text)
+        else:
+            _DEFINERS[type(default)](name, default, help_text)
 
 
 def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
