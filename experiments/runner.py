@@ -30,12 +30,12 @@ from experiments.files import (
 from jax_vae import sharding
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import OneClassSplit, load_dataset, one_class_split
-from jax_vae.losses import LossTerms, make_example_loss
+from jax_vae.losses import make_example_loss
 from jax_vae.metrics import detection_metrics, threshold_from_normals
 from jax_vae.models import MODEL_NAMES, make_model
 from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
 from jax_vae.sharding import is_main_process
-from jax_vae.train import make_train_fns, train
+from jax_vae.train import init_states, stack_history, train
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
 GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
@@ -108,6 +108,33 @@ def ensemble_keys(key: jax.Array, size: int) -> jax.Array:
     """[size] keys of an ensemble; member 0 uses ``key`` itself (a 1-member
     ensemble is the single model)."""
     return jnp.stack([key] + [jax.random.fold_in(key, i) for i in range(1, size)])
+
+
+def _training_keys(config: ExperimentConfig, name: str) -> jax.Array:
+    """Model ``name``'s training key, or its ensemble members' [n] keys."""
+    train_key, _ = model_keys(config.seed, name)
+    n = config.ensemble_size
+    return ensemble_keys(train_key, n) if n > 1 else train_key
+
+
+@dataclasses.dataclass
+class _Results:
+    """What a run or an evaluation collects per model, for the table and files."""
+
+    split: OneClassSplit
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def add(self, name, model, params, config: ExperimentConfig, history, **extra) -> None:
+        """Scores a trained model (or ensemble) and records its results."""
+        params = sharding.on_one_device(params)  # Score on one device.
+        metrics, val_scores, test_scores = _score_model(name, model, params, self.split, config)
+        self.metrics[name] = {**metrics, **extra, "history": _history_record(history)}
+        self.arrays[f"{name}_test"] = test_scores
+        self.arrays[f"{name}_val"] = val_scores
+        self.params[name], self.models[name] = _first_member(params, config), model
 
 
 def _score_model(
@@ -204,22 +231,19 @@ def run_experiment(
     logging.info("run folder %s; %s", output_dir, record["data"])
     mesh = config_mesh(config, sharding.DATA)
 
-    model_results: dict[str, dict[str, Any]] = {}
-    arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
-    params_by_model, models = {}, {}
+    results = _Results(split)
     for name in config.models:
-        train_key, _ = model_keys(config.seed, name)
         model = config_model(config, name)
         logging.info(
             "training %s: hidden %s, latent %d, beta %g, %d epochs, %d images",
             name, config.hidden_dims, config.latent_dim, config.beta, config.epochs, n_train,
         )  # fmt: skip
-        n = config.ensemble_size
+        keys = _training_keys(config, name)
         result = train(
-            ensemble_keys(train_key, n) if n > 1 else train_key,
+            keys,
             split.train_images,
             model=model,
-            beta=jnp.full((n,), config.beta) if n > 1 else config.beta,
+            beta=jnp.full(keys.shape, config.beta) if keys.ndim else config.beta,
             epochs=config.epochs,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
@@ -229,24 +253,17 @@ def run_experiment(
             checkpointer=_checkpointer(output_dir, name, config),
             kl_warmup_epochs=config.kl_warmup_epochs,
         )
-        params = sharding.on_one_device(result.params)  # Score on one device.
-        metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
-        model_results[name] = {
-            **metrics,
-            "train_seconds": result.train_seconds,
-            "compile_seconds": result.compile_seconds,
-            "images_per_second": result.epochs_run * n_train / result.train_seconds
+        results.add(
+            name, model, result.params, config, result.history,
+            train_seconds=result.train_seconds,
+            compile_seconds=result.compile_seconds,
+            images_per_second=result.epochs_run * n_train / result.train_seconds
             if result.epochs_run
             else None,
-            "history": _history_record(result.history),
-        }
-        arrays[f"{name}_test"] = test_scores
-        arrays[f"{name}_val"] = val_scores
-        params_by_model[name], models[name] = _first_member(params, config), model
+        )  # fmt: skip
 
-    metrics_record = {"config": record, "models": model_results}
-    _report(out, output_dir if writer else None, config, split, arrays, models, params_by_model,
-            metrics_record)  # fmt: skip
+    metrics_record = {"config": record, "models": results.metrics}
+    _report(out, output_dir if writer else None, config, results, metrics_record)
     return {**metrics_record, "output_dir": output_dir}
 
 
@@ -279,11 +296,8 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
         **environment_record(),
         "data": _split_record(split),
     }
-    model_results: dict[str, dict[str, Any]] = {}
-    arrays: dict[str, np.ndarray] = {"labels": split.test_labels, "digits": split.test_digits}
-    params_by_model, models = {}, {}
+    results = _Results(split)
     for name in config.models:
-        train_key, _ = model_keys(config.seed, name)
         model = config_model(config, name)
         checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints", name))
         if checkpointer.latest_epoch() != config.epochs:
@@ -291,29 +305,18 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
                 f"{name} in {run_dir} has no final checkpoint (latest: epoch "
                 f"{checkpointer.latest_epoch()} of {config.epochs}); finish it with --resume first"
             )
-        init_fn, _ = make_train_fns(
-            model=model, batch_size=config.batch_size, learning_rate=config.learning_rate
-        )
-        if config.ensemble_size > 1:
-            template = jax.vmap(init_fn, in_axes=(0, None))(
-                ensemble_keys(train_key, config.ensemble_size), split.train_images[0]
-            )
-        else:
-            template = init_fn(train_key, split.train_images[0])
+        template = init_states(
+            _training_keys(config, name), split.train_images[0],
+            model=model, learning_rate=config.learning_rate,
+        )  # fmt: skip
         state, history = checkpointer.restore(template)
-        params = sharding.on_one_device(state.params)
-        metrics, val_scores, test_scores = _score_model(name, model, params, split, config)
-        stacked = LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
-        model_results[name] = {**metrics, "history": _history_record(stacked)}
-        arrays[f"{name}_test"] = test_scores
-        arrays[f"{name}_val"] = val_scores
-        params_by_model[name], models[name] = _first_member(params, config), model
+        results.add(name, model, state.params, config, stack_history(history))
 
-    metrics_record = {"config": record, "models": model_results}
-    if is_main_process():
+    metrics_record = {"config": record, "models": results.metrics}
+    writer = is_main_process()
+    if writer:
         claim_output_dir(eval_dir, record)
-    _report(out, eval_dir if is_main_process() else None, config, split, arrays, models,
-            params_by_model, metrics_record)  # fmt: skip
+    _report(out, eval_dir if writer else None, config, results, metrics_record)
     return {**metrics_record, "output_dir": eval_dir}
 
 
@@ -333,23 +336,28 @@ def config_mesh(config: ExperimentConfig, layout: str) -> jax.sharding.Mesh | No
     return sharding.make_mesh(layout, devices=jax.devices()[:width]) if width > 1 else None
 
 
-def _report(out, output_dir, config, split, arrays, models, params_by_model, metrics_record):
+def _report(out, output_dir, config, results: _Results, metrics_record) -> None:
     """Prints the table; writes every result file when ``output_dir`` is given."""
-    model_results = metrics_record["models"]
-    table = format_table(model_results)
+    table = format_table(results.metrics)
     (out or sys.stdout).write(table)
     if output_dir is None:  # Not the writing process.
         return
+    split = results.split
     atomic_write_bytes(os.path.join(output_dir, "results.txt"), table.encode())
-    write_npz(os.path.join(output_dir, "scores.npz"), arrays)
-    _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model)
+    write_npz(
+        os.path.join(output_dir, "scores.npz"),
+        {"labels": split.test_labels, "digits": split.test_digits, **results.arrays},
+    )
+    _write_plots(output_dir, config, results)
     write_json(os.path.join(output_dir, "metrics.json"), metrics_record)  # Last: marks completion.
     logging.info("results in %s", output_dir)
 
 
-def _write_plots(output_dir, config, split, model_results, arrays, models, params_by_model) -> None:
+def _write_plots(output_dir, config, results: _Results) -> None:
+    split, models, params_by_model = results.split, results.models, results.params
+    model_results = results.metrics
     labels = split.test_labels
-    scores = {name: arrays[f"{name}_test"] for name in models}
+    scores = {name: results.arrays[f"{name}_test"] for name in models}
     plots.save(
         plots.roc_curves(labels, scores, {n: r["auroc"] for n, r in model_results.items()}),
         os.path.join(output_dir, "roc.png"),

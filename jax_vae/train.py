@@ -80,6 +80,25 @@ def init_state(
     )
 
 
+def init_states(
+    key: jax.Array, example: jax.Array, *, model: nn.Module, learning_rate: float
+) -> TrainState:
+    """The epoch-0 state of one model (a key) or of K models ([K] keys, stacked).
+
+    This is the structure :func:`train` trains and checkpoints, e.g. the
+    template to restore a checkpoint into.
+    """
+    init = functools.partial(init_state, model=model, optimizer=optax.adam(learning_rate))
+    if jnp.ndim(key) == 1:
+        return jax.vmap(init, in_axes=(0, None))(key, example)
+    return init(key, example)
+
+
+def stack_history(history: list[LossTerms]) -> LossTerms:
+    """Per-epoch means, one LossTerms per epoch, as arrays [..., epochs]."""
+    return LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
+
+
 def num_batches(num_examples: int, batch_size: int) -> int:
     """Batches per epoch; the last one is partial (masked) when needed."""
     return math.ceil(num_examples / batch_size)
@@ -361,7 +380,7 @@ def train(
                 f"got {key.shape[0] if batched else 'one model'}"
             )
         group_size = 0  # Each device runs its K / n models vmapped.
-    init_fn, epoch_fn = make_train_fns(
+    _, epoch_fn = make_train_fns(
         model=model,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -371,7 +390,7 @@ def train(
     )
     if batched:
         epoch_fn = vmap_models(epoch_fn, group_size=group_size)
-        init_fn = jax.vmap(init_fn, in_axes=(0, None))
+    init_fn = functools.partial(init_states, model=model, learning_rate=learning_rate)
 
     t0 = time.perf_counter()
     state_sharding = None
@@ -425,9 +444,13 @@ def train(
         if checkpointer is not None and checkpointer.should_save(epoch, epochs):
             checkpointer.save(epoch, state, history)
 
-    stacked = LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
     return TrainResult(
-        state.params, stacked, state, train_seconds, compile_seconds, epochs + 1 - first_epoch
+        state.params,
+        stack_history(history),
+        state,
+        train_seconds,
+        compile_seconds,
+        epochs + 1 - first_epoch,
     )
 
 
