@@ -46,6 +46,7 @@ FLAG_HELP = {
     "output_dir": "New folder for the results; default: a new folder under runs/.",
     "vae_score": f"VAE anomaly score: {', '.join(VAE_SCORES)}.",
     "mc_samples": "Draws for --vae_score=mc, elbo or iwae.",
+    "score_smoothing": "Gaussian sigma (pixels) blurring the reconstruction residual; 0: MSE.",
     "chunk_size": "Images per compiled scoring call (bounds memory).",
     "num_devices": "Devices to use (0: all of them).",
     "checkpoint_every": "Epochs between checkpoints (0: none).",

@@ -41,6 +41,7 @@ class ExperimentConfig:
     output_dir: str | None = None
     vae_score: str = "mean"
     mc_samples: int = 10
+    score_smoothing: float = 0.0  # Gaussian blur (pixels) of the residual; 0: plain MSE.
     chunk_size: int = 2048
     num_devices: int = 0  # 0: every visible device (data parallel when more than one).
     checkpoint_every: int = 5  # Epochs between checkpoints (and the last); 0: none.
@@ -151,6 +152,15 @@ def validate(config: ExperimentConfig, *, data_parallel: bool = True) -> None:
     _choice("vae_score", config.vae_score, VAE_SCORES)
     if config.mc_samples < 1:
         raise ConfigError(f"--mc_samples must be >= 1, got {config.mc_samples}")
+    _finite("score_smoothing", config.score_smoothing)
+    if not 0 <= config.score_smoothing <= 10:
+        raise ConfigError(
+            f"--score_smoothing must be in [0, 10] pixels, got {config.score_smoothing}"
+        )
+    if config.score_smoothing and "vae" in config.models and config.vae_score in ("elbo", "iwae"):
+        raise ConfigError(
+            f"--score_smoothing needs a reconstruction score, not --vae_score={config.vae_score}"
+        )
     if config.chunk_size < 1:
         raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
     _choice("likelihood", config.likelihood, LIKELIHOODS)

@@ -125,26 +125,37 @@ def latent_scatter(means: np.ndarray, digits: np.ndarray, normal_digit: int) -> 
 
 
 def auroc_vs_beta(summary: dict[str, dict]) -> Figure:
-    """One panel per digit: beta-VAE AUROC (mean +- std over seeds) against beta; AE dashed."""
-    vae = sorted((s["beta"], s) for s in summary.values() if s["model"] == "vae")
-    ae = next((s for s in summary.values() if s["model"] == "ae"), None)
+    """One panel per digit: beta-VAE AUROC (mean +- std over seeds) against beta; AE dashed.
+
+    With several residual smoothings, one curve (and one AE line) per smoothing.
+    """
+    smoothings = sorted({s.get("smoothing") or 0.0 for s in summary.values()})
     digits = sorted({d for s in summary.values() for d in s["digits"]})
     cols = min(5, len(digits))
     rows = -(-len(digits) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False, sharex=True)
     for ax, d in zip(axes.flat, digits, strict=False):
-        if vae:
-            betas = [b for b, _ in vae]
-            means = np.array([s["digits"][d][0] for _, s in vae])
-            stds = np.array([s["digits"][d][1] for _, s in vae])
-            ax.errorbar(betas, means, yerr=stds, marker="o", capsize=3, label="beta-VAE")
-            ax.set_xscale("log")
-            ax.set_xticks(betas, [f"{b:g}" for b in betas])
-            ax.minorticks_off()
-        if ae is not None:
-            mean, std = ae["digits"][d]
-            ax.axhline(mean, color="black", linestyle="--", linewidth=1, label="AE")
-            ax.axhspan(mean - std, mean + std, color="grey", alpha=0.2)
+        for i, smoothing in enumerate(smoothings):
+            tag = f" s={smoothing:g}" if len(smoothings) > 1 else ""
+            color = f"C{i}"
+            group = [s for s in summary.values() if (s.get("smoothing") or 0.0) == smoothing]
+            vae = sorted((s["beta"], s) for s in group if s["model"] == "vae")
+            ae = next((s for s in group if s["model"] == "ae"), None)
+            if vae:
+                betas = [b for b, _ in vae]
+                means = np.array([s["digits"][d][0] for _, s in vae])
+                stds = np.array([s["digits"][d][1] for _, s in vae])
+                ax.errorbar(
+                    betas, means, yerr=stds, marker="o", capsize=3, color=color,
+                    label=f"beta-VAE{tag}",
+                )  # fmt: skip
+                ax.set_xscale("log")
+                ax.set_xticks(betas, [f"{b:g}" for b in betas])
+                ax.minorticks_off()
+            if ae is not None:
+                mean, std = ae["digits"][d]
+                ax.axhline(mean, color=color, linestyle="--", linewidth=1, label=f"AE{tag}")
+                ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
         ax.set_title(f"digit {d}", fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(digits) :]:

@@ -29,9 +29,9 @@ from experiments.files import (
 )
 from jax_vae import sharding
 from jax_vae.checkpoints import Checkpointer
-from jax_vae.data import OneClassSplit, load_dataset, one_class_split
+from jax_vae.data import OneClassSplit, load_dataset, one_class_split, synthetic_anomalies
 from jax_vae.losses import make_example_loss
-from jax_vae.metrics import detection_metrics, threshold_from_normals
+from jax_vae.metrics import detection_metrics, separation_auroc, threshold_from_normals
 from jax_vae.models import MODEL_NAMES, make_model
 from jax_vae.scoring import make_reconstruct_fn, make_score_fn, map_chunked, score
 from jax_vae.sharding import is_main_process
@@ -130,20 +130,25 @@ class _Results:
     def add(self, name, model, params, config: ExperimentConfig, history, **extra) -> None:
         """Scores a trained model (or ensemble) and records its results."""
         params = sharding.on_one_device(params)  # Score on one device.
-        metrics, val_scores, test_scores = _score_model(name, model, params, self.split, config)
+        metrics, scores = _score_model(name, model, params, self.split, config)
         self.metrics[name] = {**metrics, **extra, "history": _history_record(history)}
-        self.arrays[f"{name}_test"] = test_scores
-        self.arrays[f"{name}_val"] = val_scores
+        for part, values in scores.items():
+            self.arrays[f"{name}_{part}"] = values
         self.params[name], self.models[name] = _first_member(params, config), model
 
 
 def _score_model(
     name: str, model, params, split: OneClassSplit, config: ExperimentConfig
-) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Validation and test scores of one trained model (or ensemble), and its metrics.
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics of one trained model (or ensemble), and its scores by part.
+
+    The parts are ``test``, ``val`` and ``synthetic`` (the synthetic
+    anomalies made from the validation images).
 
     An ensemble's params are stacked on a leading axis; its score is the mean
-    of its members' scores.
+    of its members' scores. The metrics include ``synthetic_auroc``: how well
+    the scores separate the validation normals from synthetic corruptions of
+    them (normal data only; the preset's selection signal).
     """
     _, score_key = model_keys(config.seed, name)
     score_fn = make_score_fn(
@@ -151,19 +156,30 @@ def _score_model(
         vae_score=config.vae_score,
         mc_samples=config.mc_samples,
         likelihood=config.likelihood,
+        smoothing=config.score_smoothing,
     )
     val_key, test_key = jax.random.split(score_key)
+    synthetic_key = jax.random.fold_in(score_key, 2)
     stacked = config.ensemble_size > 1
     if stacked:  # Every member sees the same sampling keys.
-        val_key, test_key = (jnp.stack([k] * config.ensemble_size) for k in (val_key, test_key))
+        val_key, test_key, synthetic_key = (
+            jnp.stack([k] * config.ensemble_size) for k in (val_key, test_key, synthetic_key)
+        )
     kwargs = dict(score_fn=score_fn, chunk_size=config.chunk_size, stacked=stacked)
     val_scores = score(params, split.val_images, key=val_key, **kwargs)
     test_scores = score(params, split.test_images, key=test_key, **kwargs)
+    synthetic = synthetic_anomalies(split.val_images, seed=config.seed)
+    synthetic_scores = score(params, synthetic, key=synthetic_key, **kwargs)
     if stacked:
         val_scores, test_scores = val_scores.mean(axis=0), test_scores.mean(axis=0)
+        synthetic_scores = synthetic_scores.mean(axis=0)
     threshold = threshold_from_normals(val_scores, percentile=config.threshold_percentile)
     metrics = detection_metrics(split.test_labels, test_scores, threshold=threshold)
-    return metrics._asdict(), val_scores, test_scores
+    metrics = {
+        **metrics._asdict(),
+        "synthetic_auroc": separation_auroc(val_scores, synthetic_scores),
+    }
+    return metrics, {"test": test_scores, "val": val_scores, "synthetic": synthetic_scores}
 
 
 def _history_record(history) -> dict[str, list[float]]:
@@ -425,6 +441,7 @@ TABLE_COLUMNS = (
     ("recall", "recall", ".4f"),
     ("FPR", "fpr", ".4f"),
     ("threshold", "threshold", ".5f"),
+    ("synth AUROC", "synthetic_auroc", ".4f"),
     ("train s", "train_seconds", ".2f"),
 )
 

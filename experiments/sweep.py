@@ -21,13 +21,18 @@ from experiments.sweeps import (
     run_sweep,
 )
 
-cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed"))
+cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed", "score_smoothing"))
 _S = SweepConfig()
 flags.DEFINE_string("betas", ",".join(f"{b:g}" for b in _S.betas), "KL weights of the beta-VAEs.")
 flags.DEFINE_string(
     "seeds", ",".join(map(str, _S.seeds)), "Model seeds (init, shuffling, sampling)."
 )
 flags.DEFINE_string("digits", "0-9", "Normal digits: a list and/or ranges, e.g. 0-9 or 1,7.")
+flags.DEFINE_string(
+    "score_smoothing",
+    ",".join(f"{s:g}" for s in _S.smoothings),
+    "Residual blurs (pixels) to score every trained model with, e.g. 0,1,2 (no retraining).",
+)
 flags.DEFINE_integer("split_seed", _S.split_seed, "Seed of the held-out split, fixed over seeds.")
 flags.DEFINE_integer(
     "group_size", None, "Models vmapped together (0: all); default: all on GPU/TPU, 2 on CPU."
@@ -45,7 +50,10 @@ def main(argv: list[str]) -> None:
     cli.start(argv)
     try:
         if FLAGS.resume:
-            grid_flags = ("betas", "seeds", "digits", "split_seed", "group_size", "mesh_layout")
+            grid_flags = (
+                "betas", "seeds", "digits", "score_smoothing", "split_seed", "group_size",
+                "mesh_layout",
+            )  # fmt: skip
             given = [n for n in grid_flags if FLAGS[n].present] + list(cli.explicit_flag_values())
             if given:
                 raise ConfigError(f"--resume keeps the sweep's settings; drop --{given[0]}")
@@ -55,10 +63,11 @@ def main(argv: list[str]) -> None:
             betas=parse_float_list(FLAGS.betas, name="betas"),
             seeds=parse_int_list(FLAGS.seeds, name="seeds"),
             digits=parse_int_list(FLAGS.digits, name="digits"),
+            smoothings=parse_float_list(FLAGS.score_smoothing, name="score_smoothing"),
             split_seed=FLAGS.split_seed,
             group_size=FLAGS.group_size,
             mesh_layout=FLAGS.mesh_layout,
-            base=cli.experiment_config_from_flags(),
+            base=cli.experiment_config_from_flags(score_smoothing=0.0),  # Swept instead.
         )
         run_sweep(config)
     except cli.USER_ERRORS as e:

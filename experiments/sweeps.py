@@ -31,16 +31,16 @@ from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir,
 from experiments.runner import config_mesh, config_model, environment_record, model_keys
 from jax_vae.baselines import BASELINES, fit_baseline
 from jax_vae.checkpoints import Checkpointer
-from jax_vae.data import Dataset, load_dataset, one_class_split
+from jax_vae.data import Dataset, load_dataset, one_class_split, synthetic_anomalies
 from jax_vae.losses import make_example_loss
-from jax_vae.metrics import detection_metrics, threshold_from_normals
+from jax_vae.metrics import detection_metrics, separation_auroc, threshold_from_normals
 from jax_vae.scoring import make_score_fn, score
 from jax_vae.sharding import DATA, LAYOUTS, MODELS, is_main_process
 from jax_vae.train import train
 
 CSV_FIELDS = (
-    "model", "beta", "seed", "digit", "auroc", "auprc", "f1",
-    "precision", "recall", "fpr", "threshold",
+    "model", "beta", "seed", "digit", "smoothing", "auroc", "auprc", "f1",
+    "precision", "recall", "fpr", "threshold", "synthetic_auroc",
 )  # fmt: skip
 
 
@@ -51,6 +51,8 @@ class SweepConfig:
     betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     digits: tuple[int, ...] = tuple(range(10))
+    # Residual smoothings scored on the same trained models (scoring only, no retraining).
+    smoothings: tuple[float, ...] = (0.0,)
     split_seed: int = 0
     group_size: int | None = None  # Models vmapped together; None: backend default.
     mesh_layout: str = "models"  # With several devices: spread models, or split batches.
@@ -102,6 +104,10 @@ def validate_sweep(config: SweepConfig) -> None:
     for digit in config.digits:
         if not 0 <= digit <= 9:
             raise ConfigError(f"--digits must be digits 0-9, got {digit}")
+    if not config.smoothings:
+        raise ConfigError("--score_smoothing needs at least one value")
+    for smoothing in config.smoothings:  # Each with the runner's rules.
+        validate(dataclasses.replace(config.base, output_dir=None, score_smoothing=smoothing))
     if config.group_size is not None and config.group_size < 0:
         raise ConfigError(f"--group_size must be >= 0, got {config.group_size}")
     if config.mesh_layout not in LAYOUTS:
@@ -190,19 +196,33 @@ def train_and_score_digit(
         if run_dir and base.checkpoint_every
         else None,
     )
-    score_fn = make_score_fn(
-        model, vae_score=base.vae_score, mc_samples=base.mc_samples, likelihood=base.likelihood
-    )
-    kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
-    val_scores = score(result.params, split.val_images, key=val_keys, **kwargs)
-    test_scores = score(result.params, split.test_images, key=test_keys, **kwargs)
+    synthetic_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
+        jnp.stack([score_key for _, score_key in keys]), 2
+    )  # As the runner.
+    synthetic = synthetic_anomalies(split.val_images, seed=config.split_seed)
     rows = []
-    for k, (beta, seed) in enumerate(grid):
-        threshold = threshold_from_normals(val_scores[k], percentile=base.threshold_percentile)
-        metrics = detection_metrics(split.test_labels, test_scores[k], threshold=threshold)
-        rows.append(
-            {"model": name, "beta": beta, "seed": seed, "digit": digit, **metrics._asdict()}
+    for smoothing in config.smoothings:
+        score_fn = make_score_fn(
+            model,
+            vae_score=base.vae_score,
+            mc_samples=base.mc_samples,
+            likelihood=base.likelihood,
+            smoothing=smoothing,
         )
+        kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
+        val_scores = score(result.params, split.val_images, key=val_keys, **kwargs)
+        test_scores = score(result.params, split.test_images, key=test_keys, **kwargs)
+        synthetic_scores = score(result.params, synthetic, key=synthetic_keys, **kwargs)
+        for k, (beta, seed) in enumerate(grid):
+            threshold = threshold_from_normals(val_scores[k], percentile=base.threshold_percentile)
+            metrics = detection_metrics(split.test_labels, test_scores[k], threshold=threshold)
+            rows.append(
+                {
+                    "model": name, "beta": beta, "seed": seed, "digit": digit,
+                    "smoothing": smoothing, **metrics._asdict(),
+                    "synthetic_auroc": separation_auroc(val_scores[k], synthetic_scores[k]),
+                }
+            )  # fmt: skip
     return rows
 
 
@@ -212,14 +232,21 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
     The std of the digit mean is over seeds of each seed's mean over digits.
 
     Returns:
-      ``{label: {"digits": {d: (mean, std)}, "mean": (mean, std), "model", "beta"}}``
-      with labels ``VAE b=<beta>`` for beta-VAEs and the upper-case model
-      name otherwise (``AE``, ``PCA``, ...).
+      ``{label: {"digits": {d: (mean, std)}, "mean": (mean, std), "model", "beta",
+      "smoothing"}}`` with labels ``VAE b=<beta>`` for beta-VAEs and the
+      upper-case model name otherwise (``AE``, ``PCA``, ...), followed by
+      `` s=<smoothing>`` when any row is scored with a smoothed residual.
     """
     configs: dict[str, dict[str, Any]] = {}
+    smoothed = any(r.get("smoothing") for r in rows)
     for r in rows:
         label = f"VAE b={r['beta']:g}" if r["model"] == "vae" else r["model"].upper()
-        entry = configs.setdefault(label, {"model": r["model"], "beta": r["beta"], "values": {}})
+        smoothing = r.get("smoothing")
+        if smoothed and smoothing is not None:
+            label += f" s={smoothing:g}"
+        entry = configs.setdefault(
+            label, {"model": r["model"], "beta": r["beta"], "smoothing": smoothing, "values": {}}
+        )
         entry["values"].setdefault(r["digit"], {})[r["seed"]] = r[metric]
     summary = {}
     for label, entry in configs.items():
@@ -234,6 +261,7 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
         summary[label] = {
             "model": entry["model"],
             "beta": entry["beta"],
+            "smoothing": entry["smoothing"],
             "digits": per_digit,
             "mean": (float(np.mean(seed_means)), float(np.std(seed_means))),
         }
@@ -251,12 +279,18 @@ def format_summary(summary: dict[str, dict[str, Any]], *, metric: str = "AUROC")
     return "\n".join(lines) + "\n"
 
 
+def _tables(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
+    """The test AUROC table, then the synthetic-anomaly AUROC (normal data only) table."""
+    synthetic = format_summary(summarize(rows, metric="synthetic_auroc"), metric="synth AUROC")
+    return f"{format_summary(summary)}\n{synthetic}"
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.4f}+-{std:.4f}"
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    """One CSV line per model, beta, seed and digit (empty beta for the AE)."""
+    """One CSV line per model, beta, seed, digit and smoothing (empty beta for the AE)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -274,7 +308,7 @@ def load_sweep_config(run_dir: str) -> SweepConfig:
         grid = {
             f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
             for f in dataclasses.fields(SweepConfig)
-            if f.name != "base"
+            if f.name != "base" and f.name in record
         }
         base = {
             f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
@@ -321,7 +355,7 @@ def run_sweep(
         **{
             k: v
             for k, v in dataclasses.asdict(base).items()
-            if k not in ("beta", "normal_digit", "seed")
+            if k not in ("beta", "normal_digit", "seed", "score_smoothing")
         },
         "output_dir": output_dir,
         **environment_record(),
@@ -335,7 +369,7 @@ def run_sweep(
         for name in base.models:
             rows.extend(train_and_score_digit(dataset, config, digit, name, run_dir=output_dir))
     summary = summarize(rows)
-    table = format_summary(summary)
+    table = _tables(rows, summary)
     result = {"config": record, "rows": rows, "summary": summary}
     (out or sys.stdout).write(table)
     if writer:
@@ -404,9 +438,9 @@ def run_baselines(
         for name in names:
             logging.info("digit %d: fitting %s on %d images", digit, name, len(split.train_images))
             scorer = fit_baseline(name, split.train_images, seed=base.seed)
-            threshold = threshold_from_normals(
-                scorer(split.val_images), percentile=base.threshold_percentile
-            )
+            val_scores = scorer(split.val_images)
+            synthetic = synthetic_anomalies(split.val_images, seed=base.seed)
+            threshold = threshold_from_normals(val_scores, percentile=base.threshold_percentile)
             metrics = detection_metrics(
                 split.test_labels, scorer(split.test_images), threshold=threshold
             )
@@ -415,12 +449,14 @@ def run_baselines(
                     "model": name,
                     "beta": None,
                     "seed": base.seed,
+                    "smoothing": None,
                     "digit": digit,
                     **metrics._asdict(),
+                    "synthetic_auroc": separation_auroc(val_scores, scorer(synthetic)),
                 }
             )
     summary = summarize(rows)
-    table = format_summary(summary)
+    table = _tables(rows, summary)
     atomic_write_bytes(os.path.join(output_dir, "baselines.csv"), rows_to_csv(rows).encode())
     atomic_write_bytes(os.path.join(output_dir, "summary.txt"), table.encode())
     result = {"config": record, "rows": rows, "summary": summary}

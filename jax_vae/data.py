@@ -379,3 +379,42 @@ def one_class_split(
         test_labels=(digits != normal_digit).astype(np.int32),
         test_digits=digits,
     )
+
+
+def synthetic_anomalies(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Stroke-scale corruptions of normal images: anomalies made from normal data only.
+
+    Even-indexed images get a random stroke added (a segment 8-14 px long and
+    about 2 px wide, anywhere in the central 16x16 region); odd-indexed ones
+    get a 9x9 patch erased around a random ink pixel. Both are the size of
+    what tells digits apart, so how well a model separates validation normals
+    from their corrupted copies is a model-selection signal that never looks
+    at real anomalies (see the README's preset section).
+
+    Args:
+      images: Normal images [N, 784], float in [0, 1].
+      seed: Seed of the corruptions.
+
+    Returns:
+      The corrupted copies [N, 784], float32 in [0, 1].
+    """
+    n = images.shape[0]
+    side = IMAGE_SHAPE[0]
+    rng = np.random.default_rng(seed)
+    out = np.array(images, np.float32).reshape(n, side, side)
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32)
+
+    stroke = np.arange(0, n, 2)  # Add a stroke: distance of each pixel to a segment.
+    cy, cx = rng.uniform(6, 22, size=(2, stroke.size, 1, 1)).astype(np.float32)
+    angle = rng.uniform(0, np.pi, size=(stroke.size, 1, 1)).astype(np.float32)
+    half = rng.uniform(4, 7, size=(stroke.size, 1, 1)).astype(np.float32)
+    dy, dx = np.sin(angle), np.cos(angle)
+    t = np.clip((ys - cy) * dy + (xs - cx) * dx, -half, half)
+    dist = np.hypot(ys - (cy + t * dy), xs - (cx + t * dx))
+    out[stroke] = np.maximum(out[stroke], np.clip(1.5 - dist, 0, 1))
+
+    for i in range(1, n, 2):  # Erase a patch centred on an ink pixel.
+        ink = np.argwhere(out[i] > 0.5)
+        y, x = ink[rng.integers(len(ink))] if len(ink) else (side // 2, side // 2)
+        out[i, max(y - 4, 0) : y + 5, max(x - 4, 0) : x + 5] = 0
+    return out.reshape(n, side * side)

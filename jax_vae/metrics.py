@@ -38,6 +38,21 @@ def threshold_from_normals(normal_scores: np.ndarray, *, percentile: float = 95.
     return float(np.percentile(normal_scores, percentile))
 
 
+def separation_auroc(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> float:
+    """AUROC of telling two score samples apart (anomalous = positive).
+
+    Used with held-out normals and their synthetic corruptions
+    (:func:`jax_vae.data.synthetic_anomalies`): a detection-quality signal
+    from normal data only, for choosing models without test labels.
+    """
+    normal_scores = np.asarray(normal_scores, np.float64).ravel()
+    anomalous_scores = np.asarray(anomalous_scores, np.float64).ravel()
+    if normal_scores.size == 0 or anomalous_scores.size == 0:
+        raise ValueError("need at least one score on each side")
+    labels = np.r_[np.zeros(normal_scores.size), np.ones(anomalous_scores.size)]
+    return float(skm.roc_auc_score(labels, np.r_[normal_scores, anomalous_scores]))
+
+
 def detection_metrics(
     labels: np.ndarray, scores: np.ndarray, *, threshold: float
 ) -> DetectionMetrics:

@@ -158,3 +158,20 @@ def test_tfds_offline_fails_fast_with_alternatives(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match="--data_source=bundled"):
         data.load_dataset("tfds", dataset="mnist", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 60  # Seconds (tf import), not minutes of retries.
+
+
+def test_synthetic_anomalies_are_local_seeded_corruptions(split0):
+    images = split0.val_images[:40]
+    corrupted = data.synthetic_anomalies(images, seed=3)
+    assert corrupted.shape == images.shape and corrupted.dtype == np.float32
+    assert corrupted.min() >= 0 and corrupted.max() <= 1
+    np.testing.assert_array_equal(corrupted, data.synthetic_anomalies(images, seed=3))
+    assert not np.array_equal(corrupted, data.synthetic_anomalies(images, seed=4))
+    changed = np.abs(corrupted - images) > 1e-6
+    # Every image changes, in a stroke-sized region: strokes only add ink
+    # (even rows), erasures only remove it (odd rows, at most a 9x9 patch).
+    assert changed.any(axis=1).all()
+    assert (corrupted[::2] >= images[::2]).all() and (corrupted[1::2] <= images[1::2]).all()
+    assert changed[1::2].sum(axis=1).max() <= 81
+    assert 5 <= changed[::2].sum(axis=1).min() and changed[::2].sum(axis=1).max() <= 120
+    np.testing.assert_array_equal(images, split0.val_images[:40])  # The input is untouched.

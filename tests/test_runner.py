@@ -27,6 +27,7 @@ PLOTS = (
 )
 METRIC_KEYS = {
     "auroc",
+    "synthetic_auroc",
     "auprc",
     "f1",
     "precision",
@@ -77,16 +78,25 @@ def test_end_to_end_files_and_schema(e2e):
 def test_end_to_end_scores_file(e2e):
     _, out, result = e2e
     scores = np.load(out / "scores.npz")
-    assert set(scores.files) == {"labels", "digits", "ae_test", "ae_val", "vae_test", "vae_val"}
+    parts = ("test", "val", "synthetic")
+    assert set(scores.files) == {
+        "labels",
+        "digits",
+        *(f"{m}_{p}" for m in ("ae", "vae") for p in parts),
+    }
     assert scores["labels"].shape == (10000,) and int(scores["labels"].sum()) == 9020
     assert scores["ae_val"].shape == (592,)
     # The stored scores reproduce the reported metrics.
-    from jax_vae.metrics import detection_metrics, threshold_from_normals
+    from jax_vae.metrics import detection_metrics, separation_auroc, threshold_from_normals
 
     threshold = threshold_from_normals(scores["vae_val"], percentile=95)
     m = detection_metrics(scores["labels"], scores["vae_test"], threshold=threshold)
     assert m.auroc == pytest.approx(result["models"]["vae"]["auroc"])
     assert m.f1 == pytest.approx(result["models"]["vae"]["f1"])
+    assert scores["vae_synthetic"].shape == (592,)
+    synthetic = separation_auroc(scores["vae_val"], scores["vae_synthetic"])
+    assert synthetic == pytest.approx(result["models"]["vae"]["synthetic_auroc"])
+    assert synthetic > 0.7  # Stroke-sized corruptions are visible even after 2 epochs.
 
 
 def test_second_run_into_same_dir_is_refused_and_first_kept(e2e):

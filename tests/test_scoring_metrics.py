@@ -126,3 +126,55 @@ def test_stacked_scores_equal_each_model_alone():
             chunk_size=8,
         )
         np.testing.assert_allclose(got[k], alone, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.5])
+def test_blur_matrix_equals_scipy_gaussian_filter(sigma):
+    from scipy import ndimage
+
+    image = np.random.default_rng(0).normal(size=(28, 28))
+    blur = scoring.gaussian_blur_matrix(28, sigma)
+    expected = ndimage.gaussian_filter(image, sigma, mode="constant")
+    np.testing.assert_allclose(blur @ image @ blur.T, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kind", [("ae", "mean"), ("vae", "mean"), ("vae", "mc")])
+def test_smoothed_scores_against_direct_computation(name, kind):
+    from scipy import ndimage
+
+    model, params = _model_and_params(name)
+    x = jax.random.uniform(jax.random.key(1), (784,))
+    key = jax.random.key(3)
+    xn = np.asarray(x, np.float64)
+    if name == "ae":
+        recons = [np.asarray(model.apply(params, x))]
+    elif kind == "mean":
+        mean, _ = model.apply(params, x, method="encode")
+        recons = [np.asarray(model.apply(params, mean, method="decode"))]
+    else:
+        mean, logvar = model.apply(params, x, method="encode")
+        draws = [models.reparameterize(k, mean, logvar) for k in jax.random.split(key, 3)]
+        recons = [np.asarray(model.apply(params, z, method="decode")) for z in draws]
+
+    def blurred_mse(recon):
+        residual = (xn - recon).reshape(28, 28)
+        return np.mean(ndimage.gaussian_filter(residual, 1.5, mode="constant") ** 2)
+
+    fn = scoring.make_score_fn(model, vae_score=kind, mc_samples=3, smoothing=1.5)
+    np.testing.assert_allclose(
+        float(fn(params, x, key)), np.mean([blurred_mse(r) for r in recons]), rtol=1e-4
+    )
+    # Smoothing 0 is the plain MSE score.
+    plain = scoring.make_score_fn(model, vae_score=kind, mc_samples=3)
+    zero = scoring.make_score_fn(model, vae_score=kind, mc_samples=3, smoothing=0.0)
+    assert float(zero(params, x, key)) == float(plain(params, x, key))
+
+
+def test_smoothing_rejects_bad_settings():
+    model, _ = _model_and_params("vae")
+    with pytest.raises(ValueError, match="smoothing"):
+        scoring.make_score_fn(model, smoothing=-1.0)
+    with pytest.raises(ValueError, match="smoothing applies"):
+        scoring.make_score_fn(model, vae_score="elbo", smoothing=1.0)
+    with pytest.raises(ValueError, match="square"):
+        scoring.make_residual_error(1.0)(jnp.zeros(10), jnp.zeros(10))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from experiments import runner, sweeps
 from experiments.config import ConfigError, ExperimentConfig
-from jax_vae import metrics, models, scoring, train
+from jax_vae import data, metrics, models, scoring, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +27,7 @@ def sweep(tmp_path_factory):
         betas=(1.0, 4.0),
         seeds=(0, 1),
         digits=(0,),
+        smoothings=(0.0, 1.5),
         base=ExperimentConfig(epochs=1, models=("ae", "vae"), output_dir=str(out)),
     )
     return config, out, sweeps.run_sweep(config, out=open(os.devnull, "w"))
@@ -34,37 +36,47 @@ def sweep(tmp_path_factory):
 def test_sweep_equals_models_trained_one_by_one(sweep, split0):
     config, _, result = sweep
     vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
-    assert len(vae_rows) == 4
+    assert len(vae_rows) == 8  # 2 betas x 2 seeds x 2 smoothings.
     model = models.make_model("vae")
-    score_fn = scoring.make_score_fn(model)
-    for row in vae_rows:
-        train_key, _ = runner.model_keys(row["seed"], "vae")
-        single = train.train(
-            train_key, split0.train_images, model=model, beta=row["beta"], epochs=1
-        )
-        val = scoring.score(single.params, split0.val_images, score_fn=score_fn)
-        test = scoring.score(single.params, split0.test_images, score_fn=score_fn)
-        m = metrics.detection_metrics(
-            split0.test_labels, test, threshold=metrics.threshold_from_normals(val, percentile=95)
-        )
-        assert row["auroc"] == pytest.approx(m.auroc, abs=1e-4)
-        assert row["threshold"] == pytest.approx(m.threshold, rel=1e-3)
-    # The four models differ: beta and seed both matter.
-    assert len({round(r["auroc"], 6) for r in vae_rows}) == 4
+    synthetic = data.synthetic_anomalies(split0.val_images, seed=0)
+    for (beta, seed), rows in itertools.groupby(
+        sorted(vae_rows, key=lambda r: (r["beta"], r["seed"])), key=lambda r: (r["beta"], r["seed"])
+    ):
+        train_key, _ = runner.model_keys(seed, "vae")
+        single = train.train(train_key, split0.train_images, model=model, beta=beta, epochs=1)
+        for row in rows:  # Each smoothing scores the same trained model.
+            score_fn = scoring.make_score_fn(model, smoothing=row["smoothing"])
+            val = scoring.score(single.params, split0.val_images, score_fn=score_fn)
+            test = scoring.score(single.params, split0.test_images, score_fn=score_fn)
+            threshold = metrics.threshold_from_normals(val, percentile=95)
+            m = metrics.detection_metrics(split0.test_labels, test, threshold=threshold)
+            assert row["auroc"] == pytest.approx(m.auroc, abs=1e-4)
+            assert row["threshold"] == pytest.approx(m.threshold, rel=1e-3)
+            synthetic_scores = scoring.score(single.params, synthetic, score_fn=score_fn)
+            assert row["synthetic_auroc"] == pytest.approx(
+                metrics.separation_auroc(val, synthetic_scores), abs=1e-4
+            )
+    # The four models differ (beta and seed both matter), and so do the smoothings.
+    assert len({round(r["auroc"], 6) for r in vae_rows}) == 8
 
 
 def test_sweep_seed_equals_runner_run(sweep, tmp_path):
     # With split_seed == seed, a grid point reproduces `experiments.main` for that seed.
     config, _, result = sweep
     single = runner.run_experiment(
-        dataclasses.replace(config.base, beta=4.0, seed=0, output_dir=str(tmp_path / "r")),
+        dataclasses.replace(
+            config.base, beta=4.0, seed=0, score_smoothing=1.5, output_dir=str(tmp_path / "r")
+        ),
         out=open(os.devnull, "w"),
     )
     for name, beta in (("ae", None), ("vae", 4.0)):
         row = next(
-            r for r in result["rows"] if (r["model"], r["beta"], r["seed"]) == (name, beta, 0)
+            r
+            for r in result["rows"]
+            if (r["model"], r["beta"], r["seed"], r["smoothing"]) == (name, beta, 0, 1.5)
         )
-        assert row["auroc"] == pytest.approx(single["models"][name]["auroc"], abs=1e-4)
+        for key in ("auroc", "synthetic_auroc"):
+            assert row[key] == pytest.approx(single["models"][name][key], abs=1e-4)
 
 
 def test_csv_json_and_summary_agree(sweep):
@@ -79,7 +91,7 @@ def test_csv_json_and_summary_agree(sweep):
     record = json.loads((out / "sweep.json").read_text())
     with open(out / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(record["rows"]) == 2 + 4  # 2 AE seeds, 2 betas x 2 seeds.
+    assert len(rows) == len(record["rows"]) == 2 * (2 + 4)  # (2 AE + 2 betas x 2 seeds) x 2.
     for csv_row, json_row in zip(rows, record["rows"], strict=True):
         assert csv_row["model"] == json_row["model"]
         assert (csv_row["beta"] or None) == (
@@ -88,12 +100,19 @@ def test_csv_json_and_summary_agree(sweep):
         assert (
             int(csv_row["seed"]) == json_row["seed"] and int(csv_row["digit"]) == json_row["digit"]
         )
-        for key in ("auroc", "auprc", "f1"):
+        assert float(csv_row["smoothing"]) == json_row["smoothing"]
+        for key in ("auroc", "auprc", "f1", "synthetic_auroc"):
             assert float(csv_row[key]) == pytest.approx(json_row[key], rel=1e-12)
-    vae1 = [r["auroc"] for r in record["rows"] if r["model"] == "vae" and r["beta"] == 1.0]
-    mean, std = record["summary"]["VAE b=1"]["mean"]
-    assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
-    assert "VAE b=4" in (out / "summary.txt").read_text()
+    for smoothing in (0.0, 1.5):
+        vae1 = [
+            r["auroc"]
+            for r in record["rows"]
+            if (r["model"], r["beta"], r["smoothing"]) == ("vae", 1.0, smoothing)
+        ]
+        mean, std = record["summary"][f"VAE b=1 s={smoothing:g}"]["mean"]
+        assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
+    summary_text = (out / "summary.txt").read_text()
+    assert "VAE b=4 s=1.5" in summary_text and "synth AUROC" in summary_text
 
 
 def test_parse_lists():
@@ -119,6 +138,8 @@ BAD_SWEEP_FLAGS = [
     (["--batch_size=5000"], "--batch_size"),
     (["--models=svm"], "--models"),
     (["--beta=2"], "beta"),  # The sweep takes --betas, not --beta.
+    (["--score_smoothing=1,-1"], "--score_smoothing"),
+    (["--score_smoothing=1", "--vae_score=elbo"], "--score_smoothing"),
 ]
 
 
