@@ -19,6 +19,7 @@ cli.define_experiment_flags(
     exclude=(
         "beta", "normal_digit", "latent_dim", "hidden_dims", "epochs", "batch_size",
         "learning_rate", "models", "vae_score", "mc_samples", "chunk_size", "score_smoothing",
+        "preset",
     )
 )  # fmt: skip
 flags.DEFINE_string("digits", "0-9", "Normal digits: a list and/or ranges, e.g. 0-9 or 1,7.")

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import jax
 from absl import flags, logging
 
-from experiments.config import ConfigError, ExperimentConfig
+from experiments.config import PRESETS, ConfigError, ExperimentConfig
 from jax_vae.checkpoints import CheckpointError
 from jax_vae.data import SOURCES, TFDS_DATASETS, DataError
 from jax_vae.losses import LIKELIHOODS
@@ -54,6 +54,7 @@ FLAG_HELP = {
     "kl_warmup_epochs": "Linear KL warm-up epochs (0: none).",
     "ensemble_size": "Seeds per model, trained together; scores averaged.",
     "architecture": "mlp, or conv (--hidden_dims are then channels).",
+    "preset": f"Named configuration ({', '.join(PRESETS)}); explicit flags override it.",
 }
 _DEFINERS = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 # Fields whose default is None, by the type their flag parses.
@@ -61,6 +62,7 @@ _NONE_DEFAULT_DEFINERS = {
     "anomaly_fraction": flags.DEFINE_float,
     "data_dir": flags.DEFINE_string,
     "output_dir": flags.DEFINE_string,
+    "preset": flags.DEFINE_string,
 }
 
 
@@ -80,13 +82,24 @@ def define_experiment_flags(*, exclude: Iterable[str] = ()) -> None:
 
 
 def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
-    """An ExperimentConfig from the parsed flags; fields without a flag from ``overrides``."""
+    """An ExperimentConfig from the parsed flags; fields without a flag from ``overrides``.
+
+    With ``--preset``, the preset's values replace the defaults of the flags not
+    given explicitly.
+    """
     values = {}
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in overrides:
             values[field.name] = overrides[field.name]
         elif field.name in FLAGS:  # Fields without a flag keep their defaults.
             values[field.name] = FLAGS[field.name].value
+    preset = values.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        for name, value in PRESETS[preset].items():
+            if name not in overrides and not FLAGS[name].present:
+                values[name] = value
     if "hidden_dims" in values:
         try:
             values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])

@@ -21,7 +21,7 @@ from experiments.sweeps import (
     run_sweep,
 )
 
-cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed", "score_smoothing"))
+cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed", "score_smoothing", "preset"))
 _S = SweepConfig()
 flags.DEFINE_string("betas", ",".join(f"{b:g}" for b in _S.betas), "KL weights of the beta-VAEs.")
 flags.DEFINE_string(

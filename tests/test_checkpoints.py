@@ -150,3 +150,14 @@ def test_same_flags_same_metrics(tmp_path):
         runner.run_experiment(config, out=open(os.devnull, "w"))
         results.append(_metrics(tmp_path / f"r{i}"))
     assert results[0] == results[1]
+
+
+def test_run_config_from_before_a_field_existed_gets_its_default(tmp_path):
+    # Runs written before --score_smoothing and --preset existed can still be resumed
+    # and re-scored: the missing settings take their defaults (the old behaviour).
+    record = dataclasses.asdict(ExperimentConfig(beta=2.0, epochs=3))
+    for added_later in ("score_smoothing", "preset"):
+        del record[added_later]
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    config = load_run_config(str(tmp_path), flag="eval_only")
+    assert config == ExperimentConfig(beta=2.0, epochs=3)

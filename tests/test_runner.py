@@ -167,6 +167,9 @@ def bad_inputs(tmp_path_factory):
 
 BAD_FLAGS = [
     (["--beta=-1"], "--beta"),
+    (["--preset=fastest"], "--preset"),
+    (["--score_smoothing=-1"], "--score_smoothing"),
+    (["--score_smoothing=1", "--vae_score=iwae"], "--score_smoothing"),
     (["--beta=nan"], "--beta"),
     (["--beta=abc"], "beta"),
     (["--normal_digit=10"], "--normal_digit"),
@@ -221,6 +224,21 @@ def test_flagfile_run_writes_results(tmp_path):
     assert "ae epoch 1/1" in proc.stderr  # Per-epoch progress is logged.
     record = json.loads((out / "metrics.json").read_text())
     assert set(record["models"]) == {"ae"} and record["config"]["epochs"] == 1
+
+
+def test_preset_sets_defaults_and_explicit_flags_override(tmp_path):
+    from experiments.config import PRESETS
+
+    out = tmp_path / "run"
+    proc, _ = _run_main("--preset=best", "--epochs=1", f"--output_dir={out}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "best" and config["epochs"] == 1  # Explicit flag wins.
+    for name, value in PRESETS["best"].items():
+        if name != "epochs":
+            assert config[name] == (list(value) if isinstance(value, tuple) else value), name
+    record = json.loads((out / "metrics.json").read_text())
+    assert set(record["models"]) == set(PRESETS["best"]["models"])
 
 
 def test_conv_architecture_needs_at_most_two_halvings():

@@ -113,6 +113,10 @@ def test_csv_json_and_summary_agree(sweep):
         assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
     summary_text = (out / "summary.txt").read_text()
     assert "VAE b=4 s=1.5" in summary_text and "synth AUROC" in summary_text
+    synthetic = sweeps.summarize(record["rows"], metric="synthetic_auroc")
+    chosen = max(synthetic, key=lambda label: synthetic[label]["mean"][0])
+    assert sweeps.select_by_synthetic_auroc(record["rows"]) == chosen
+    assert f"selected by synthetic AUROC (normal data only): {chosen} " in summary_text
 
 
 def test_parse_lists():
