@@ -104,10 +104,6 @@ def validate_sweep(config: SweepConfig) -> None:
     for digit in config.digits:
         if not 0 <= digit <= 9:
             raise ConfigError(f"--digits must be digits 0-9, got {digit}")
-    if not config.smoothings:
-        raise ConfigError("--score_smoothing needs at least one value")
-    for smoothing in config.smoothings:  # Each with the runner's rules.
-        validate(dataclasses.replace(config.base, output_dir=None, score_smoothing=smoothing))
     if config.group_size is not None and config.group_size < 0:
         raise ConfigError(f"--group_size must be >= 0, got {config.group_size}")
     if config.mesh_layout not in LAYOUTS:
@@ -118,6 +114,13 @@ def validate_sweep(config: SweepConfig) -> None:
         dataclasses.replace(config.base, output_dir=None),
         data_parallel=config.mesh_layout == DATA,
     )
+    if not config.smoothings:
+        raise ConfigError("--score_smoothing needs at least one value")
+    for smoothing in config.smoothings:  # Each by the runner's rules.
+        validate(
+            dataclasses.replace(config.base, output_dir=None, score_smoothing=smoothing),
+            data_parallel=config.mesh_layout == DATA,
+        )
     if config.base.ensemble_size != 1:
         raise ConfigError("--ensemble_size applies to experiments.main; a sweep varies --seeds")
     if config.base.output_dir is not None:
