@@ -294,11 +294,15 @@ def select_by_synthetic_auroc(rows: list[dict[str, Any]]) -> str:
     return max(synthetic, key=lambda label: synthetic[label]["mean"][0])
 
 
-def _tables(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
-    """The test AUROC table, the synthetic-anomaly AUROC (normal data only) table and the
-    configuration that the synthetic AUROC selects."""
+def _tables(
+    rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], *, select: bool = True
+) -> str:
+    """The test AUROC table, the synthetic-anomaly AUROC (normal data only) table and,
+    with ``select``, the configuration that the synthetic AUROC selects."""
     synthetic_summary = summarize(rows, metric="synthetic_auroc")
     synthetic = format_summary(synthetic_summary, metric="synth AUROC")
+    if not select:
+        return f"{format_summary(summary)}\n{synthetic}"
     chosen = select_by_synthetic_auroc(rows)
     return (
         f"{format_summary(summary)}\n{synthetic}\n"
@@ -479,7 +483,7 @@ def run_baselines(
                 }
             )
     summary = summarize(rows)
-    table = _tables(rows, summary)
+    table = _tables(rows, summary, select=False)
     atomic_write_bytes(os.path.join(output_dir, "baselines.csv"), rows_to_csv(rows).encode())
     atomic_write_bytes(os.path.join(output_dir, "summary.txt"), table.encode())
     result = {"config": record, "rows": rows, "summary": summary}
