@@ -304,6 +304,8 @@ def evaluate_run(config: ExperimentConfig, *, out: TextIO | None = None) -> dict
     label = f"p{config.threshold_percentile:g}"
     if config.anomaly_fraction is not None:
         label += f"_af{config.anomaly_fraction:g}"
+    if config.score_smoothing:
+        label += f"_s{config.score_smoothing:g}"
     eval_dir = new_run_dir(f"eval_{label}", root=run_dir)
     record = {
         **dataclasses.asdict(config),

@@ -112,6 +112,14 @@ def test_eval_only_reproduces_and_writes_beside(uninterrupted):
     assert os.path.dirname(eval_dir) == str(uninterrupted) and "eval_p95" in eval_dir
     assert set(os.listdir(uninterrupted)) == set(before) | {os.path.basename(eval_dir)}
     assert json.loads((uninterrupted / "metrics.json").read_text()) == stored  # Untouched.
+    # Re-scored with a smoothed residual: a labelled folder, the same models, other scores.
+    smoothed = runner.evaluate_run(
+        dataclasses.replace(config, output_dir=str(uninterrupted), score_smoothing=1.5),
+        out=open(os.devnull, "w"),
+    )
+    assert os.path.basename(smoothed["output_dir"]).endswith("eval_p95_s1.5")
+    assert smoothed["models"]["ae"]["auroc"] != stored["models"]["ae"]["auroc"]
+    assert smoothed["models"]["ae"]["history"] == stored["models"]["ae"]["history"]
     # Another threshold: a new folder, other F1, same AUROC.
     other = _main(f"--eval_only={uninterrupted}", "--threshold_percentile=99")
     assert other.returncode == 0, other.stderr[-2000:]
