@@ -92,12 +92,12 @@ def test_sweep_runs_on_4_devices(tmp_path, layout="models"):
         import os
         from experiments import sweeps
         from experiments.config import ExperimentConfig
-        base = ExperimentConfig(epochs=1, models=("ae", "vae"), batch_size=128)
         results = {{}}
         for n in (1, 4):
             config = sweeps.SweepConfig(
                 betas=(1.0, 2.0), seeds=(0,), digits=(1,), mesh_layout="{layout}",
-                base=ExperimentConfig(epochs=1, num_devices=n, output_dir=r"{tmp_path}/s%d" % n))
+                base=ExperimentConfig(epochs=1, num_devices=n, checkpoint_every=0,
+                                      output_dir=r"{tmp_path}/s%d" % n))
             results[n] = sweeps.run_sweep(config, out=open(os.devnull, "w"))["rows"]
         assert len(results[4]) == 3  # 1 AE (padded to 4 on the mesh) + 2 VAEs.
         for a, b in zip(results[1], results[4], strict=True):
@@ -113,7 +113,8 @@ def test_runner_on_1_and_4_devices_agree(tmp_path):
         metrics = {{}}
         for n in (1, 4):
             out = r"{tmp_path}/run%d" % n
-            config = ExperimentConfig(epochs=1, normal_digit=7, num_devices=n, output_dir=out)
+            config = ExperimentConfig(epochs=1, normal_digit=7, num_devices=n, checkpoint_every=0,
+                                      output_dir=out)
             metrics[n] = runner.run_experiment(config, out=open(os.devnull, "w"))["models"]
         assert sorted(os.listdir(r"{tmp_path}/run1")) == sorted(os.listdir(r"{tmp_path}/run4"))
         for name in ("ae", "vae"):
