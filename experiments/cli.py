@@ -93,13 +93,10 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
             values[field.name] = overrides[field.name]
         elif field.name in FLAGS:  # Fields without a flag keep their defaults.
             values[field.name] = FLAGS[field.name].value
-    preset = values.get("preset")
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        for name, value in PRESETS[preset].items():
-            if name not in overrides and not FLAGS[name].present:
-                values[name] = value
+    # An unknown preset sets nothing here; validate() names it.
+    for name, value in PRESETS.get(values.get("preset"), {}).items():
+        if name not in overrides and not FLAGS[name].present:
+            values[name] = value
     if "hidden_dims" in values:
         try:
             values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])

@@ -69,6 +69,12 @@ def model_keys(seed: int, name: str) -> tuple[jax.Array, jax.Array]:
     return train_key, score_key
 
 
+def scoring_keys(score_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The keys of a model's validation, test and synthetic-anomaly scores."""
+    val_key, test_key = jax.random.split(score_key)
+    return val_key, test_key, jax.random.fold_in(score_key, 2)
+
+
 def default_output_dir(config: ExperimentConfig, *, root: str = "runs") -> str:
     """A new folder ``runs/<time>_digit<d>_beta<b>`` that does not exist yet."""
     return new_run_dir(f"digit{config.normal_digit}_beta{config.beta:g}", root=root)
@@ -158,8 +164,7 @@ def _score_model(
         likelihood=config.likelihood,
         smoothing=config.score_smoothing,
     )
-    val_key, test_key = jax.random.split(score_key)
-    synthetic_key = jax.random.fold_in(score_key, 2)
+    val_key, test_key, synthetic_key = scoring_keys(score_key)
     stacked = config.ensemble_size > 1
     if stacked:  # Every member sees the same sampling keys.
         val_key, test_key, synthetic_key = (

@@ -28,7 +28,13 @@ from absl import logging
 from experiments import plots
 from experiments.config import ConfigError, ExperimentConfig, check_output_dir, validate
 from experiments.files import atomic_write_bytes, claim_output_dir, new_run_dir, write_json
-from experiments.runner import config_mesh, config_model, environment_record, model_keys
+from experiments.runner import (
+    config_mesh,
+    config_model,
+    environment_record,
+    model_keys,
+    scoring_keys,
+)
 from jax_vae.baselines import BASELINES, fit_baseline
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import Dataset, load_dataset, one_class_split, synthetic_anomalies
@@ -173,9 +179,10 @@ def train_and_score_digit(
         padded += grid[-1:] * (-len(grid) % mesh.devices.size)
     keys = [model_keys(seed, name) for _, seed in padded]
     train_keys = jnp.stack([train_key for train_key, _ in keys])
-    # As the runner: each model's scoring key splits into its validation and test keys.
-    score_keys = jax.vmap(jax.random.split)(jnp.stack([score_key for _, score_key in keys]))
-    val_keys, test_keys = score_keys[:, 0], score_keys[:, 1]
+    # As the runner: each model's validation, test and synthetic-anomaly scoring keys.
+    val_keys, test_keys, synthetic_keys = jax.vmap(scoring_keys)(
+        jnp.stack([score_key for _, score_key in keys])
+    )
     betas = jnp.array([base.beta if beta is None else beta for beta, _ in padded], jnp.float32)
     model = config_model(base, name)
     logging.info("digit %d: training %d %s models together", digit, len(grid), name)
@@ -199,9 +206,6 @@ def train_and_score_digit(
         if run_dir and base.checkpoint_every
         else None,
     )
-    synthetic_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
-        jnp.stack([score_key for _, score_key in keys]), 2
-    )  # As the runner.
     synthetic = synthetic_anomalies(split.val_images, seed=config.split_seed)
     rows = []
     for smoothing in config.smoothings:
@@ -462,11 +466,11 @@ def run_baselines(
             )  # fmt: skip
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        synthetic = synthetic_anomalies(split.val_images, seed=base.seed)
         for name in names:
             logging.info("digit %d: fitting %s on %d images", digit, name, len(split.train_images))
             scorer = fit_baseline(name, split.train_images, seed=base.seed)
             val_scores = scorer(split.val_images)
-            synthetic = synthetic_anomalies(split.val_images, seed=base.seed)
             threshold = threshold_from_normals(val_scores, percentile=base.threshold_percentile)
             metrics = detection_metrics(
                 split.test_labels, scorer(split.test_images), threshold=threshold
