@@ -11,7 +11,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments import cli
-from experiments.sweeps import parse_int_list, run_baselines
+from experiments.config import parse_int_list
+from experiments.sweeps import run_baselines
 from jax_vae.baselines import BASELINES
 
 # Only the split, threshold, data and output flags apply to the baselines.

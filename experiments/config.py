@@ -1,4 +1,8 @@
-"""The experiment's configuration and its validation (no JAX, no data: fast)."""
+"""Run and sweep configurations and their validation (no data, no training: fast).
+
+The command-line entry points check their flags with this module alone, before
+importing the runner and its plotting and metrics libraries.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from jax_vae.data import SOURCES, TFDS_DATASETS
 from jax_vae.losses import LIKELIHOODS
 from jax_vae.models import ARCHITECTURES, MODEL_NAMES
 from jax_vae.scoring import VAE_SCORES
+from jax_vae.sharding import DATA, LAYOUTS
 
 
 class ConfigError(ValueError):
@@ -228,3 +233,109 @@ def load_run_config(run_dir: str, *, flag: str) -> ExperimentConfig:
         raise ConfigError(f"--{flag} {run_dir} is not a run folder (no config.json)") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--{flag} {run_dir}: unreadable config.json ({e!r})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A grid of runs: ``base`` settings for every model, swept over these axes."""
+
+    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    digits: tuple[int, ...] = tuple(range(10))
+    # Residual smoothings scored on the same trained models (scoring only, no retraining).
+    smoothings: tuple[float, ...] = (0.0,)
+    split_seed: int = 0
+    group_size: int | None = None  # Models vmapped together; None: backend default.
+    mesh_layout: str = "models"  # With several devices: spread models, or split batches.
+    base: ExperimentConfig = ExperimentConfig()
+
+
+def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
+    """Parses ``0-9`` or ``0,3,5`` or ``2-4,7`` into integers (in order, no repeats)."""
+    values: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                values.extend(range(int(lo), int(hi) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--{name} must be integers or ranges like 0-9, got {text!r}") from None
+    return _nonempty_unique(values, name=name, text=text)
+
+
+def parse_float_list(text: str, *, name: str) -> tuple[float, ...]:
+    """Parses ``0.5,1,2`` into floats (no repeats)."""
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma list of numbers, got {text!r}") from None
+    return _nonempty_unique(values, name=name, text=text)
+
+
+def _nonempty_unique(values, *, name: str, text: str) -> tuple:
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--{name} lists a value twice: {text}")
+    return tuple(values)
+
+
+def validate_sweep(config: SweepConfig) -> None:
+    """Checks every grid point with the runner's rules; ConfigError names the flag."""
+    if not config.betas or not config.seeds or not config.digits:
+        raise ConfigError("--betas, --seeds and --digits each need at least one value")
+    for beta in config.betas:
+        if not math.isfinite(beta) or beta < 0:
+            raise ConfigError(f"--betas must be finite numbers >= 0, got {beta}")
+    for seed in (*config.seeds, config.split_seed):
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"--seeds and --split_seed must be in [0, 2**32), got {seed}")
+    for digit in config.digits:
+        if not 0 <= digit <= 9:
+            raise ConfigError(f"--digits must be digits 0-9, got {digit}")
+    if config.group_size is not None and config.group_size < 0:
+        raise ConfigError(f"--group_size must be >= 0, got {config.group_size}")
+    if config.mesh_layout not in LAYOUTS:
+        raise ConfigError(
+            f"--mesh_layout must be one of {', '.join(LAYOUTS)}, got {config.mesh_layout!r}"
+        )
+    validate(
+        dataclasses.replace(config.base, output_dir=None),
+        data_parallel=config.mesh_layout == DATA,
+    )
+    if not config.smoothings:
+        raise ConfigError("--score_smoothing needs at least one value")
+    for smoothing in config.smoothings:  # Each by the runner's rules.
+        validate(
+            dataclasses.replace(config.base, output_dir=None, score_smoothing=smoothing),
+            data_parallel=config.mesh_layout == DATA,
+        )
+    if config.base.ensemble_size != 1:
+        raise ConfigError("--ensemble_size applies to experiments.main; a sweep varies --seeds")
+    if config.base.output_dir is not None:
+        check_output_dir(config.base.output_dir)
+
+
+def load_sweep_config(run_dir: str) -> SweepConfig:
+    """The settings a sweep folder was started with (its ``config.json``)."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        grid = {
+            f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
+            for f in dataclasses.fields(SweepConfig)
+            if f.name != "base" and f.name in record
+        }
+        base = {
+            f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
+            for f in dataclasses.fields(ExperimentConfig)
+            if f.name in record
+        }
+        return SweepConfig(**grid, base=ExperimentConfig(**{**base, "output_dir": run_dir}))
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {run_dir} is not a sweep folder (no config.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {run_dir}: not a sweep's config.json ({e!r})") from None

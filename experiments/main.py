@@ -15,8 +15,7 @@ import dataclasses
 from absl import app, flags
 
 from experiments import cli
-from experiments.config import ConfigError, load_run_config
-from experiments.runner import evaluate_run, run_experiment
+from experiments.config import ConfigError, load_run_config, validate
 
 cli.define_experiment_flags()
 flags.DEFINE_string(
@@ -60,12 +59,23 @@ def main(argv: list[str]) -> None:
     try:
         if FLAGS.resume and FLAGS.eval_only:
             raise ConfigError("--resume and --eval_only exclude each other")
+        fresh = not (FLAGS.resume or FLAGS.eval_only)
         if FLAGS.resume:
-            run_experiment(_saved_config("resume", RESUME_SETTINGS), resume=True)
+            config = _saved_config("resume", RESUME_SETTINGS)
         elif FLAGS.eval_only:
-            evaluate_run(_saved_config("eval_only", EVAL_SETTINGS))
+            config = _saved_config("eval_only", EVAL_SETTINGS)
         else:
-            run_experiment(cli.experiment_config_from_flags())
+            config = cli.experiment_config_from_flags()
+        # A resumed or re-scored run's folder exists by design; the runner checks it.
+        validate(config if fresh else dataclasses.replace(config, output_dir=None))
+        # Imported once the flags are known to be valid: the runner brings in
+        # matplotlib and scikit-learn (about a second), which a typo need not wait for.
+        from experiments import runner  # noqa: PLC0415
+
+        if FLAGS.eval_only:
+            runner.evaluate_run(config)
+        else:
+            runner.run_experiment(config, resume=bool(FLAGS.resume))
     except cli.USER_ERRORS as e:
         cli.fail(str(e))
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments import cli
-from experiments.config import ConfigError
-from experiments.sweeps import (
+from experiments.config import (
+    ConfigError,
     SweepConfig,
     load_sweep_config,
     parse_float_list,
     parse_int_list,
-    run_sweep,
+    validate_sweep,
 )
 
 cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed", "score_smoothing", "preset"))
@@ -57,21 +57,30 @@ def main(argv: list[str]) -> None:
             given = [n for n in grid_flags if FLAGS[n].present] + list(cli.explicit_flag_values())
             if given:
                 raise ConfigError(f"--resume keeps the sweep's settings; drop --{given[0]}")
-            run_sweep(load_sweep_config(FLAGS.resume), resume=True)
-            return
-        config = SweepConfig(
-            betas=parse_float_list(FLAGS.betas, name="betas"),
-            seeds=parse_int_list(FLAGS.seeds, name="seeds"),
-            digits=parse_int_list(FLAGS.digits, name="digits"),
-            smoothings=parse_float_list(FLAGS.score_smoothing, name="score_smoothing"),
-            split_seed=FLAGS.split_seed,
-            group_size=FLAGS.group_size,
-            mesh_layout=FLAGS.mesh_layout,
-            base=cli.experiment_config_from_flags(score_smoothing=0.0),  # Swept instead.
-        )
-        run_sweep(config)
+            config = load_sweep_config(FLAGS.resume)
+        else:
+            config = _config_from_flags()
+            validate_sweep(config)
+        # Imported once the flags are known to be valid (see experiments.main).
+        from experiments.sweeps import run_sweep  # noqa: PLC0415
+
+        run_sweep(config, resume=bool(FLAGS.resume))
     except cli.USER_ERRORS as e:
         cli.fail(str(e))
+
+
+def _config_from_flags() -> SweepConfig:
+    """The grid the flags describe (not yet validated)."""
+    return SweepConfig(
+        betas=parse_float_list(FLAGS.betas, name="betas"),
+        seeds=parse_int_list(FLAGS.seeds, name="seeds"),
+        digits=parse_int_list(FLAGS.digits, name="digits"),
+        smoothings=parse_float_list(FLAGS.score_smoothing, name="score_smoothing"),
+        split_seed=FLAGS.split_seed,
+        group_size=FLAGS.group_size,
+        mesh_layout=FLAGS.mesh_layout,
+        base=cli.experiment_config_from_flags(score_smoothing=0.0),  # Swept instead.
+    )
 
 
 if __name__ == "__main__":

@@ -66,12 +66,12 @@ def test_batch_size_must_divide_by_width():
         else:
             raise AssertionError("no error")
         # A sweep spreading whole models over the devices does not split batches.
-        from experiments import sweeps
-        from experiments.config import ConfigError, ExperimentConfig
-        sweeps.validate_sweep(sweeps.SweepConfig(base=ExperimentConfig(batch_size=126)))
+        from experiments.config import (
+            ConfigError, ExperimentConfig, SweepConfig, validate_sweep)
+        validate_sweep(SweepConfig(base=ExperimentConfig(batch_size=126)))
         try:
-            sweeps.validate_sweep(
-                sweeps.SweepConfig(mesh_layout="data", base=ExperimentConfig(batch_size=126)))
+            validate_sweep(
+                SweepConfig(mesh_layout="data", base=ExperimentConfig(batch_size=126)))
         except ConfigError as e:
             assert "data-parallel width" in str(e), e
         else:
@@ -91,10 +91,10 @@ def test_sweep_runs_on_4_devices(tmp_path, layout="models"):
     _run(f"""
         import os
         from experiments import sweeps
-        from experiments.config import ExperimentConfig
+        from experiments.config import ExperimentConfig, SweepConfig
         results = {{}}
         for n in (1, 4):
-            config = sweeps.SweepConfig(
+            config = SweepConfig(
                 betas=(1.0, 2.0), seeds=(0,), digits=(1,), mesh_layout="{layout}",
                 base=ExperimentConfig(epochs=1, num_devices=n, checkpoint_every=0,
                                       output_dir=r"{tmp_path}/s%d" % n))

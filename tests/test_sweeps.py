@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from experiments import runner, sweeps
-from experiments.config import ConfigError, ExperimentConfig
+from experiments.config import (
+    ConfigError,
+    ExperimentConfig,
+    SweepConfig,
+    load_sweep_config,
+    parse_float_list,
+    parse_int_list,
+)
 from jax_vae import data, metrics, models, scoring, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "s"
-    config = sweeps.SweepConfig(
+    config = SweepConfig(
         betas=(1.0, 4.0),
         seeds=(0, 1),
         digits=(0,),
@@ -120,14 +127,14 @@ def test_csv_json_and_summary_agree(sweep):
 
 
 def test_parse_lists():
-    assert sweeps.parse_int_list("0-9", name="digits") == tuple(range(10))
-    assert sweeps.parse_int_list("2-4,7", name="digits") == (2, 3, 4, 7)
-    assert sweeps.parse_float_list("0.5,1,2", name="betas") == (0.5, 1.0, 2.0)
+    assert parse_int_list("0-9", name="digits") == tuple(range(10))
+    assert parse_int_list("2-4,7", name="digits") == (2, 3, 4, 7)
+    assert parse_float_list("0.5,1,2", name="betas") == (0.5, 1.0, 2.0)
     for bad in ("", "a", "1,1", "3-x"):
         with pytest.raises(ConfigError):
-            sweeps.parse_int_list(bad, name="digits")
+            parse_int_list(bad, name="digits")
     with pytest.raises(ConfigError):
-        sweeps.parse_float_list("1,abc", name="betas")
+        parse_float_list("1,abc", name="betas")
 
 
 BAD_SWEEP_FLAGS = [
@@ -169,7 +176,7 @@ def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
     import shutil
 
     out = tmp_path / "s"
-    config = sweeps.SweepConfig(
+    config = SweepConfig(
         betas=(1.0,), seeds=(0, 1), digits=(1, 7),
         base=ExperimentConfig(epochs=3, models=("vae",), checkpoint_every=1, output_dir=str(out)),
     )  # fmt: skip
@@ -177,8 +184,8 @@ def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
     # Simulate a kill during digit 7's third epoch: no results, its last checkpoint gone.
     (out / "sweep.json").unlink()
     shutil.rmtree(out / "checkpoints" / "digit7_vae" / "3")
-    resumed = sweeps.run_sweep(sweeps.load_sweep_config(str(out)), resume=True,
+    resumed = sweeps.run_sweep(load_sweep_config(str(out)), resume=True,
                                out=open(os.devnull, "w"))["rows"]  # fmt: skip
     assert resumed == full
     with pytest.raises(ConfigError, match="complete"):
-        sweeps.run_sweep(sweeps.load_sweep_config(str(out)), resume=True)
+        sweeps.run_sweep(load_sweep_config(str(out)), resume=True)
