@@ -45,7 +45,7 @@ from jax_vae.checkpoints import Checkpointer
 from jax_vae.data import Dataset, load_dataset, one_class_split, synthetic_anomalies
 from jax_vae.losses import make_example_loss
 from jax_vae.metrics import detection_metrics, separation_auroc, threshold_from_normals
-from jax_vae.scoring import make_score_fn, score
+from jax_vae.scoring import make_score_fn, map_chunked
 from jax_vae.sharding import MODELS, is_main_process
 from jax_vae.train import train
 
@@ -129,27 +129,46 @@ def train_and_score_digit(
         else None,
     )
     synthetic = synthetic_anomalies(split.val_images, seed=config.split_seed)
-    rows = []
-    for smoothing in config.smoothings:
-        score_fn = make_score_fn(
+    score_fns = tuple(
+        make_score_fn(
             model,
             vae_score=base.vae_score,
             mc_samples=base.mc_samples,
             likelihood=base.likelihood,
             smoothing=smoothing,
         )
-        kwargs = dict(score_fn=score_fn, chunk_size=base.chunk_size, stacked=True)
-        val_scores = score(result.params, split.val_images, key=val_keys, **kwargs)
-        test_scores = score(result.params, split.test_images, key=test_keys, **kwargs)
-        synthetic_scores = score(result.params, synthetic, key=synthetic_keys, **kwargs)
+        for smoothing in config.smoothings
+    )
+
+    def all_smoothings(params, x, key):
+        # One program for every smoothing: XLA computes the shared
+        # reconstruction (same params, image and key) once, not once per smoothing.
+        return jnp.stack([fn(params, x, key) for fn in score_fns])
+
+    kwargs = dict(chunk_size=base.chunk_size, stacked=True)
+    # [K models, N images, smoothings] each.
+    val_scores = map_chunked(
+        all_smoothings, result.params, split.val_images, key=val_keys, **kwargs
+    )
+    test_scores = map_chunked(
+        all_smoothings, result.params, split.test_images, key=test_keys, **kwargs
+    )
+    synthetic_scores = map_chunked(
+        all_smoothings, result.params, synthetic, key=synthetic_keys, **kwargs
+    )
+    rows = []
+    for s, smoothing in enumerate(config.smoothings):
         for k, (beta, seed) in enumerate(grid):
-            threshold = threshold_from_normals(val_scores[k], percentile=base.threshold_percentile)
-            metrics = detection_metrics(split.test_labels, test_scores[k], threshold=threshold)
+            val = val_scores[k, :, s]
+            threshold = threshold_from_normals(val, percentile=base.threshold_percentile)
+            metrics = detection_metrics(
+                split.test_labels, test_scores[k, :, s], threshold=threshold
+            )
             rows.append(
                 {
                     "model": name, "beta": beta, "seed": seed, "digit": digit,
                     "smoothing": smoothing, **metrics._asdict(),
-                    "synthetic_auroc": separation_auroc(val_scores[k], synthetic_scores[k]),
+                    "synthetic_auroc": separation_auroc(val, synthetic_scores[k, :, s]),
                 }
             )  # fmt: skip
     return rows
