@@ -2,18 +2,27 @@
 
   python -m experiments.benchmark                 # default model, digit 0
   python -m experiments.benchmark --sweep_sizes=1,4,16 --epochs=3
+  python -m experiments.benchmark --profile       # also: time in matmuls (CPU)
 
 Prints, per model: FLOPs per training image (from XLA's cost analysis of one
 compiled training step), compile time, images/s, achieved GFLOP/s, the peak of
 a large float32 matmul on the same device, their ratio, and the 30-epoch time
 against its FLOP floor (FLOPs / peak). Then the cost of training K models as
-one vmapped program relative to K single trainings.
+one vmapped program relative to K single trainings. With ``--profile`` (CPU
+backend), a ``jax.profiler`` trace of a few epochs splits an epoch into the
+time spent in the matmuls (dots and fusions that contain one) and the rest.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import glob
+import gzip
+import json
+import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -31,6 +40,7 @@ flags.DEFINE_integer("epochs", 5, "Timed epochs per measurement (after compilati
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_list("sweep_sizes", ["1", "4", "16"], "K values for the K-model sweep cost.")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-matmul probe; 0 picks by backend.")
+flags.DEFINE_bool("profile", False, "Profile epochs: time in matmuls vs the rest (CPU).")
 FLAGS = flags.FLAGS
 
 
@@ -58,6 +68,58 @@ def step_flops_per_image(model, images: jax.Array, batch_size: int) -> float:
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost["flops"]) / batch_size
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) ")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((?:.*calls=%?([\w.\-]+))?")
+
+
+def matmul_instructions(hlo_text: str) -> set[str]:
+    """Names of the instructions of a compiled HLO module that are or contain a dot."""
+    has_dot: set[str] = set()
+    calls: dict[str, tuple[str, str]] = {}  # instruction -> (its computation, called one)
+    computation = ""
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            computation = _COMPUTATION.match(line).group(1)
+        elif match := _INSTRUCTION.match(line):
+            name, opcode, called = match.groups()
+            if opcode in ("dot", "convolution"):
+                has_dot.add(computation)
+                calls[name] = (computation, computation)
+            elif called:
+                calls[name] = (computation, called)
+    return {name for name, (_, called) in calls.items() if called in has_dot}
+
+
+def profile_epoch(
+    model, images: jax.Array, *, batch_size: int, epochs: int = 3
+) -> tuple[float, float]:
+    """(seconds per epoch, of which in matmuls) from a ``jax.profiler`` trace (CPU)."""
+    init_fn, epoch_fn = make_train_fns(model=model, batch_size=batch_size, learning_rate=1e-3)
+    state = init_fn(jax.random.key(0), images[0])
+    beta = jnp.float32(1.0)
+    compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, beta).compile()
+    matmuls = matmul_instructions(compiled.as_text())
+    state, means = compiled(state, images, beta)
+    jax.block_until_ready(means)
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir):
+            t = time.perf_counter()
+            for _ in range(epochs):
+                state, means = compiled(state, images, beta)
+                jax.block_until_ready(means)
+            seconds = (time.perf_counter() - t) / epochs
+        traces = glob.glob(f"{log_dir}/**/*.trace.json.gz", recursive=True)
+        if not traces:
+            raise RuntimeError("the profiler wrote no trace")
+        with gzip.open(traces[0]) as f:
+            events = json.load(f)["traceEvents"]
+    per_op = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in matmuls:
+            per_op[event["name"]] += event["dur"]
+    return seconds, sum(per_op.values()) / 1e6 / epochs
 
 
 def time_training(
@@ -115,7 +177,20 @@ def main(argv):
             f"{name.upper():<6}{flops / 1e6:>10.2f}{compile_s:>10.2f}{rate:>10.0f}{gflops:>9.1f}"
             f"{gflops / peak:>8.2f}{30 * epoch_s:>9.2f}{floor:>9.2f}{30 * epoch_s / floor:>8.2f}\n"
         )
+        if FLAGS.profile:
+            if backend != "cpu":
+                out.write("  (--profile splits CPU epochs only)\n")
+                continue
+            profiled_s, matmul_s = profile_epoch(model, images, batch_size=FLAGS.batch_size)
+            epoch_floor = floor / 30
+            out.write(
+                f"  profiled epoch {profiled_s * 1e3:.1f} ms: matmuls {matmul_s * 1e3:.1f} ms "
+                f"({matmul_s / epoch_floor:.2f}x the whole epoch's floor of "
+                f"{epoch_floor * 1e3:.1f} ms), the rest {(profiled_s - matmul_s) * 1e3:.1f} ms\n"
+            )
 
+    if not FLAGS.sweep_sizes:  # --sweep_sizes= skips the sweep cost.
+        return
     default_group = default_group_size()
     out.write(
         "\nK VAEs (betas 0.5..4) in one program vs K single trainings; vmapped in groups of "

@@ -1,0 +1,53 @@
+"""The benchmark's profile split: which compiled instructions count as matmuls."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import benchmark
+from jax_vae.models import make_model
+
+HLO = """\
+HloModule jit_f, entry_computation_layout={(f32[8,4]{1,0}, f32[4,2]{1,0})->f32[8,2]{1,0}}
+
+%fused_computation (param_0: f32[8,4], param_1: f32[4,2]) -> f32[8,2] {
+  %param_0 = f32[8,4]{1,0} parameter(0)
+  %param_1 = f32[4,2]{1,0} parameter(1)
+  ROOT %dot.0 = f32[8,2]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}
+}
+
+%fused_computation.1 (param_0.1: f32[8,2]) -> f32[8,2] {
+  %param_0.1 = f32[8,2]{1,0} parameter(0)
+  ROOT %tanh.0 = f32[8,2]{1,0} tanh(%param_0.1)
+}
+
+ENTRY %main.5 (a: f32[8,4], b: f32[4,2]) -> f32[8,2] {
+  %a = f32[8,4]{1,0} parameter(0)
+  %b = f32[4,2]{1,0} parameter(1)
+  %ynn_fusion = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation
+  %dot.7 = f32[2,2]{1,0} dot(%b, %b), lhs_contracting_dims={0}, rhs_contracting_dims={1}
+  ROOT %tanh_fusion = f32[8,2]{1,0} fusion(%ynn_fusion), kind=kLoop, calls=%fused_computation.1
+}
+"""
+
+
+def test_matmul_instructions_finds_dots_and_fusions_that_contain_one():
+    found = benchmark.matmul_instructions(HLO)
+    assert {"ynn_fusion", "dot.7"} <= found
+    assert "tanh_fusion" not in found and "a" not in found
+
+
+def test_compiled_matmul_is_found():
+    f = jax.jit(lambda a, b: jnp.tanh(a @ b)).lower(jnp.ones((8, 4)), jnp.ones((4, 2))).compile()
+    hlo = f.as_text()
+    found = benchmark.matmul_instructions(hlo)
+    entry = hlo[hlo.index("ENTRY") :]
+    assert any(f"%{name} = " in entry for name in found)
+
+
+def test_profile_epoch_splits_the_epoch():
+    images = jnp.asarray(np.random.default_rng(0).random((512, 784), np.float32))
+    seconds, matmul_seconds = benchmark.profile_epoch(make_model("ae"), images, batch_size=128)
+    assert 0 < matmul_seconds < seconds
