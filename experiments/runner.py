@@ -455,12 +455,16 @@ TABLE_COLUMNS = (
 
 def format_table(model_results: dict[str, dict[str, Any]]) -> str:
     """The side-by-side results table, one row per model."""
-    header = f"{'model':<6}" + "".join(f"{title:>11}" for title, _, _ in TABLE_COLUMNS)
+    # Each column: its title or a 7-character number, plus two spaces.
+    widths = [max(len(title), 7) + 2 for title, _, _ in TABLE_COLUMNS]
+    header = f"{'model':<6}" + "".join(
+        f"{title:>{w}}" for (title, _, _), w in zip(TABLE_COLUMNS, widths, strict=True)
+    )
     lines = [header, "-" * len(header)]
     for name, r in model_results.items():
         cells = "".join(
-            f"{r[key]:>11{fmt}}" if r.get(key) is not None else f"{'-':>11}"
-            for _, key, fmt in TABLE_COLUMNS
+            f"{r[key]:>{w}{fmt}}" if r.get(key) is not None else f"{'-':>{w}}"
+            for (_, key, fmt), w in zip(TABLE_COLUMNS, widths, strict=True)
         )
         lines.append(f"{name.upper():<6}{cells}")
     return "\n".join(lines) + "\n"

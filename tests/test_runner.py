@@ -246,3 +246,23 @@ def test_conv_architecture_needs_at_most_two_halvings():
         runner.run_experiment(ExperimentConfig(architecture="conv", hidden_dims=(8, 16, 32)))
     with pytest.raises(ConfigError, match="--architecture"):
         runner.run_experiment(ExperimentConfig(architecture="rnn"))
+
+
+def test_results_table_columns_are_separated_and_aligned():
+    result = {
+        "auroc": 0.99, "auprc": 0.98, "f1": 0.97, "precision": 0.96, "recall": 0.95,
+        "fpr": 0.05, "threshold": 0.0123, "synthetic_auroc": 0.9, "train_seconds": 123.45,
+    }  # fmt: skip
+    table = runner.format_table({"ae": result, "vae": {**result, "f1": None}})
+    header, _, ae, vae = table.splitlines()
+    titles = [title for title, _, _ in runner.TABLE_COLUMNS]
+    # Titles (some with one inner space) are at least two spaces apart.
+    assert [t.strip() for t in header.split("  ") if t] == ["model", *titles]
+
+    def ends(line):  # Where each word or number ends.
+        return [i + 1 for i, c in enumerate(line) if c != " " and line[i + 1 : i + 2] in ("", " ")]
+
+    # Each number ends where its column's title ends.
+    title_ends = [header.index(title) + len(title) for title in titles]
+    assert ends(ae)[1:] == ends(vae)[1:] == title_ends
+    assert vae.split()[3] == "-"
