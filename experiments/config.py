@@ -301,13 +301,10 @@ def validate_sweep(config: SweepConfig) -> None:
         raise ConfigError(
             f"--mesh_layout must be one of {', '.join(LAYOUTS)}, got {config.mesh_layout!r}"
         )
-    validate(
-        dataclasses.replace(config.base, output_dir=None),
-        data_parallel=config.mesh_layout == DATA,
-    )
     if not config.smoothings:
         raise ConfigError("--score_smoothing needs at least one value")
-    for smoothing in config.smoothings:  # Each by the runner's rules.
+    # The base settings at each smoothing, by the runner's rules.
+    for smoothing in config.smoothings:
         validate(
             dataclasses.replace(config.base, output_dir=None, score_smoothing=smoothing),
             data_parallel=config.mesh_layout == DATA,

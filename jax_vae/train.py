@@ -56,6 +56,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """The optimizer of every run (Adam); its state is part of :class:`TrainState`."""
+    return optax.adam(learning_rate)
+
+
 def init_state(
     key: jax.Array, example: jax.Array, *, model: nn.Module, optimizer: optax.GradientTransformation
 ) -> TrainState:
@@ -88,7 +93,7 @@ def init_states(
     This is the structure :func:`train` trains and checkpoints, e.g. the
     template to restore a checkpoint into.
     """
-    init = functools.partial(init_state, model=model, optimizer=optax.adam(learning_rate))
+    init = functools.partial(init_state, model=model, optimizer=make_optimizer(learning_rate))
     if jnp.ndim(key) == 1:
         return jax.vmap(init, in_axes=(0, None))(key, example)
     return init(key, example)
@@ -194,7 +199,7 @@ def make_train_fns(
     Returns:
       The two functions, ready for ``jax.jit`` and ``jax.vmap``.
     """
-    optimizer = optax.adam(learning_rate)
+    optimizer = make_optimizer(learning_rate)
     init_fn = functools.partial(init_state, model=model, optimizer=optimizer)
     epoch_fn = functools.partial(
         train_epoch,
