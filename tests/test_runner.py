@@ -221,9 +221,37 @@ def test_flagfile_run_writes_results(tmp_path):
     proc, _ = _run_main(f"--flagfile={flagfile}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "AUROC" in proc.stdout.upper() and "AE" in proc.stdout
-    assert "ae epoch 1/1" in proc.stderr  # Per-epoch progress is logged.
+    assert "ae epoch 1/1" in proc.stderr  # Per-epoch progress is logged...
+    assert "orbax" not in proc.stderr  # ...but not Orbax's checkpoint bookkeeping.
+    assert os.listdir(out / "checkpoints" / "ae") == ["1"]  # Which did happen.
     record = json.loads((out / "metrics.json").read_text())
     assert set(record["models"]) == {"ae"} and record["config"]["epochs"] == 1
+
+
+def test_library_info_filter_hides_only_library_info():
+    import logging as std_logging  # noqa: PLC0415
+
+    from experiments import cli  # noqa: PLC0415
+
+    def passes(path, level):
+        record = std_logging.LogRecord("absl", level, path, 1, "message", None, None)
+        return cli.LibraryInfoFilter(["orbax"]).filter(record)
+
+    orbax_file = os.path.join(os.sep, "venv", "site-packages", "orbax", "checkpoint", "a.py")
+    assert not passes(orbax_file, std_logging.INFO)
+    assert not passes(orbax_file, std_logging.DEBUG)
+    assert passes(orbax_file, std_logging.WARNING)
+    assert passes(os.path.join(ROOT, "jax_vae", "train.py"), std_logging.INFO)
+    assert passes(os.path.join(os.sep, "src", "orbax_notes.py"), std_logging.INFO)
+
+
+def test_verbosity_flag_shows_library_info(tmp_path):
+    proc, _ = _run_main(
+        "--models=ae", "--epochs=1", "--verbosity=0", f"--output_dir={tmp_path / 'run'}",
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "orbax" in proc.stderr and "ae epoch 1/1" in proc.stderr
 
 
 def test_preset_sets_defaults_and_explicit_flags_override(tmp_path):
