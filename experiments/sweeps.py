@@ -107,7 +107,10 @@ def train_and_score_digit(
     )
     betas = jnp.array([base.beta if beta is None else beta for beta, _ in padded], jnp.float32)
     model = config_model(base, name)
-    logging.info("digit %d: training %d %s models together", digit, len(grid), name)
+    logging.info(
+        "digit %d: training %d %s model%s together",
+        digit, len(grid), name, "" if len(grid) == 1 else "s",
+    )  # fmt: skip
     result = train(
         train_keys,
         split.train_images,
