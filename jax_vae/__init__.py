@@ -1,0 +1,28 @@
+"""jax-vae: one-class anomaly detection with a JAX/Flax autoencoder and beta-VAE.
+
+The modules, in the order data flows through them: ``data`` -> ``models`` ->
+``losses`` -> ``train`` -> ``scoring`` -> ``metrics``; beside them ``keys``
+(the key schedule), ``rules`` (argument rules), ``sharding``, ``checkpoints``
+and ``baselines``. ``import jax_vae`` is cheap: each module is imported on its
+first use (``jax_vae.train``), so scikit-learn or Orbax load only when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "baselines", "checkpoints", "data", "keys", "losses", "metrics", "models", "rules",
+    "scoring", "sharding", "train",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -15,7 +15,9 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import OneClassSVM
 
-BASELINES = ("pca", "knn", "ocsvm", "iforest")
+from jax_vae import rules
+from jax_vae.rules import BASELINES
+
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
@@ -46,6 +48,7 @@ def fit_baseline(
     Returns:
       ``scorer(images [M, 784]) -> scores [M]`` (float32).
     """
+    rules.choice("name", name, BASELINES)
     x = np.asarray(train_images, dtype=np.float32)
     if name == "pca":
         pca = PCA(n_components=pca_components, random_state=seed).fit(x)
@@ -64,10 +67,8 @@ def fit_baseline(
     if name == "ocsvm":
         svm = OneClassSVM(kernel="rbf", gamma="scale", nu=ocsvm_nu).fit(x)
         return _as_float32(lambda images: -svm.decision_function(np.asarray(images, np.float32)))
-    if name == "iforest":
-        forest = IsolationForest(n_estimators=100, random_state=seed).fit(x)
-        return _as_float32(lambda images: -forest.score_samples(np.asarray(images, np.float32)))
-    raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+    forest = IsolationForest(n_estimators=100, random_state=seed).fit(x)  # "iforest".
+    return _as_float32(lambda images: -forest.score_samples(np.asarray(images, np.float32)))
 
 
 def _as_float32(fn: Scorer) -> Scorer:

@@ -16,11 +16,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_vae import errors
 from jax_vae.losses import LossTerms
 
-
-class CheckpointError(Exception):
-    """A checkpoint folder is unreadable, foreign, or does not fit the model."""
+CheckpointError = errors.CheckpointError
 
 
 def _state_tree(state) -> dict[str, Any]:

@@ -19,8 +19,10 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-SOURCES = ("bundled", "tfds", "idx")
-TFDS_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+from jax_vae import errors, rules
+from jax_vae.rules import DATASETS as TFDS_DATASETS
+from jax_vae.rules import SOURCES
+
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
 
@@ -44,8 +46,7 @@ _IDX_UBYTE = 0x08
 _TFDS_PROBE_HOST = ("storage.googleapis.com", 443)
 
 
-class DataError(Exception):
-    """A data file or data source is missing, corrupt or unusable."""
+DataError = errors.DataError
 
 
 class Dataset(NamedTuple):
@@ -70,6 +71,7 @@ class OneClassSplit(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     test_digits: np.ndarray
+    fingerprint: str = ""  # Of the training and held-out images (SplitIndices).
 
 
 # --------------------------------------------------------------------------- IDX
@@ -318,6 +320,68 @@ def _to_float(images: np.ndarray) -> np.ndarray:
     return (images.reshape(images.shape[0], NUM_PIXELS) / np.float32(255.0)).astype(np.float32)
 
 
+class SplitIndices(NamedTuple):
+    """Which images a one-class split takes: training and held-out normals, test images."""
+
+    train: np.ndarray  # Into Dataset.train_images, sorted.
+    val: np.ndarray  # Into Dataset.train_images, sorted.
+    test: np.ndarray  # Into Dataset.test_images, sorted.
+    fingerprint: str  # A hash of the training and held-out images, in order.
+
+
+def split_indices(
+    dataset: Dataset,
+    *,
+    normal_digit: int = 0,
+    val_fraction: float = 0.1,
+    anomaly_fraction: float | None = None,
+    seed: int = 0,
+    prefix: str = "",
+) -> SplitIndices:
+    """The one-class split as indices (cheap: no float images); see :func:`one_class_split`.
+
+    The fingerprint hashes the training and held-out images themselves, not
+    their indices: another source that orders the same files differently
+    gives another fingerprint, so a run cannot be resumed or re-scored on it.
+
+    Args:
+      dataset: Raw images and labels.
+      normal_digit: The class treated as normal (0-9).
+      val_fraction: Share of the normal training images held out.
+      anomaly_fraction: None, or the anomalies' share of the test set.
+      seed: Seed of the hold-out and anomaly sampling.
+      prefix: Put before argument names in errors (``--`` for flags).
+    """
+    rules.normal_class(f"{prefix}normal_digit", normal_digit)
+    rules.number(f"{prefix}val_fraction", val_fraction, low=0, high=1, high_open=True)
+    if anomaly_fraction is not None:
+        rules.fraction(f"{prefix}anomaly_fraction", anomaly_fraction)
+    rules.seed("seed", seed)
+    rng = np.random.default_rng(seed)
+
+    normal_idx = rng.permutation(np.flatnonzero(dataset.train_labels == normal_digit))
+    n_val = rules.held_out(
+        f"{prefix}val_fraction", val_fraction, normal_idx.size, f"class {normal_digit}"
+    )
+    val_idx, train_idx = np.sort(normal_idx[:n_val]), np.sort(normal_idx[n_val:])
+
+    test_normal = np.flatnonzero(dataset.test_labels == normal_digit)
+    test_anomaly = np.flatnonzero(dataset.test_labels != normal_digit)
+    if anomaly_fraction is not None:
+        n_anomalies = int(round(test_normal.size * anomaly_fraction / (1 - anomaly_fraction)))
+        if n_anomalies > test_anomaly.size:
+            raise rules.InvalidArgument(
+                f"{prefix}anomaly_fraction {anomaly_fraction} needs {n_anomalies} anomalies, "
+                f"the test set has {test_anomaly.size}"
+            )
+        test_anomaly = rng.choice(test_anomaly, size=n_anomalies, replace=False)
+    test_idx = np.sort(np.concatenate([test_normal, test_anomaly]))
+    digest = hashlib.sha256()
+    for part in (train_idx, val_idx):
+        digest.update(np.ascontiguousarray(dataset.train_images[part]).tobytes())
+    return SplitIndices(train_idx, val_idx, test_idx, digest.hexdigest()[:16])
+
+
 def one_class_split(
     dataset: Dataset,
     *,
@@ -332,7 +396,7 @@ def one_class_split(
       dataset: Raw images and labels.
       normal_digit: The class treated as normal (0-9).
       val_fraction: Fraction of the normal training images held out to
-        calibrate the threshold, in [0, 1).
+        calibrate the threshold, in [0, 1); at least one image when > 0.
       anomaly_fraction: None for the full test set (all other digits are
         anomalies); otherwise all test normals plus anomalies sampled from the
         other digits so that they make up this fraction, in (0, 1).
@@ -342,42 +406,23 @@ def one_class_split(
       The split, with test images in their original order.
 
     Raises:
-      ValueError: An argument is out of range, or the test set does not have
-        enough anomalies for ``anomaly_fraction``.
+      InvalidArgument: An argument is out of range, ``val_fraction`` holds
+        out no image (or all), or the test set does not have enough anomalies
+        for ``anomaly_fraction``.
     """
-    if not 0 <= normal_digit <= 9:
-        raise ValueError(f"normal_digit must be 0-9, got {normal_digit}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if anomaly_fraction is not None and not 0 < anomaly_fraction < 1:
-        raise ValueError(f"anomaly_fraction must be in (0, 1), got {anomaly_fraction}")
-    rng = np.random.default_rng(seed)
-
-    normal_idx = np.flatnonzero(dataset.train_labels == normal_digit)
-    normal_idx = rng.permutation(normal_idx)
-    n_val = int(round(val_fraction * normal_idx.size))
-    val_idx, train_idx = np.sort(normal_idx[:n_val]), np.sort(normal_idx[n_val:])
-
-    test_normal = np.flatnonzero(dataset.test_labels == normal_digit)
-    test_anomaly = np.flatnonzero(dataset.test_labels != normal_digit)
-    if anomaly_fraction is not None:
-        n_anomalies = int(round(test_normal.size * anomaly_fraction / (1 - anomaly_fraction)))
-        if n_anomalies > test_anomaly.size:
-            raise ValueError(
-                f"anomaly_fraction {anomaly_fraction} needs {n_anomalies} anomalies, "
-                f"the test set has {test_anomaly.size}"
-            )
-        test_anomaly = rng.choice(test_anomaly, size=n_anomalies, replace=False)
-    test_idx = np.sort(np.concatenate([test_normal, test_anomaly]))
-    digits = dataset.test_labels[test_idx].astype(np.int32)
-
+    idx = split_indices(
+        dataset, normal_digit=normal_digit, val_fraction=val_fraction,
+        anomaly_fraction=anomaly_fraction, seed=seed,
+    )  # fmt: skip
+    digits = dataset.test_labels[idx.test].astype(np.int32)
     return OneClassSplit(
         normal_digit=normal_digit,
-        train_images=_to_float(dataset.train_images[train_idx]),
-        val_images=_to_float(dataset.train_images[val_idx]),
-        test_images=_to_float(dataset.test_images[test_idx]),
+        train_images=_to_float(dataset.train_images[idx.train]),
+        val_images=_to_float(dataset.train_images[idx.val]),
+        test_images=_to_float(dataset.test_images[idx.test]),
         test_labels=(digits != normal_digit).astype(np.int32),
         test_digits=digits,
+        fingerprint=idx.fingerprint,
     )
 
 

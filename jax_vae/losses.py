@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_vae import rules
 from jax_vae.models import VAE, reparameterize
+from jax_vae.rules import LIKELIHOODS
 
 
 class LossTerms(NamedTuple):
@@ -53,7 +55,6 @@ batched_beta_vae_loss = jax.vmap(beta_vae_loss, in_axes=(0, 0, 0, 0, None))
 ExampleLoss = Callable[[dict, jax.Array, jax.Array, jax.Array], LossTerms]
 
 
-LIKELIHOODS = ("gaussian", "bernoulli")
 
 
 def bernoulli_nll(x: jax.Array, logits: jax.Array) -> jax.Array:
@@ -70,15 +71,8 @@ def reconstruction_nll(x: jax.Array, logits: jax.Array, likelihood: str) -> jax.
     sigmoid output (``gaussian``) or binary cross-entropy (``bernoulli``)."""
     if likelihood == "gaussian":
         return squared_error(x, jax.nn.sigmoid(logits))
-    check_likelihood(likelihood)
+    rules.choice("likelihood", likelihood, LIKELIHOODS)
     return bernoulli_nll(x, logits)
-
-
-def check_likelihood(likelihood: str) -> None:
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(
-            f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}"
-        )
 
 
 def make_example_loss(model: nn.Module, *, likelihood: str = "gaussian") -> ExampleLoss:
@@ -94,10 +88,7 @@ def make_example_loss(model: nn.Module, *, likelihood: str = "gaussian") -> Exam
       ``loss(params, x, key, beta) -> LossTerms`` for one image ``x`` [784];
       lift it over a batch with ``jax.vmap``.
     """
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(
-            f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}"
-        )
+    rules.choice("likelihood", likelihood, LIKELIHOODS)
     if isinstance(model, VAE):
         if likelihood == "gaussian":
 

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import numpy as np
 from sklearn import metrics as skm
 
+from jax_vae import rules
+
 
 class DetectionMetrics(NamedTuple):
     """Threshold-free (AUROC, AUPRC) and thresholded metrics; anomaly = positive."""
@@ -33,8 +35,7 @@ def threshold_from_normals(normal_scores: np.ndarray, *, percentile: float = 95.
     normal_scores = np.asarray(normal_scores)
     if normal_scores.size == 0:
         raise ValueError("need at least one held-out normal score to set a threshold")
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    rules.percentile("percentile", percentile)
     return float(np.percentile(normal_scores, percentile))
 
 
@@ -86,3 +87,26 @@ def detection_metrics(
         fpr=float(fp / (fp + tn)),
         threshold=float(threshold),
     )
+
+
+def evaluate(
+    labels: np.ndarray,
+    val_scores: np.ndarray,
+    test_scores: np.ndarray,
+    synthetic_scores: np.ndarray,
+    *,
+    percentile: float = 95.0,
+) -> dict[str, float]:
+    """Every reported number of one model: the one path from scores to metrics.
+
+    The threshold is the ``percentile`` of the held-out normal scores; the
+    test metrics follow (:func:`detection_metrics`), and ``synthetic_auroc``
+    is how well the scores separate the held-out normals from their synthetic
+    corruptions (:func:`separation_auroc`, normal data only).
+
+    Returns:
+      ``auroc, auprc, f1, precision, recall, fpr, threshold, synthetic_auroc``.
+    """
+    threshold = threshold_from_normals(val_scores, percentile=percentile)
+    metrics = detection_metrics(labels, test_scores, threshold=threshold)
+    return {**metrics._asdict(), "synthetic_auroc": separation_auroc(val_scores, synthetic_scores)}

@@ -14,7 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_vae import rules
 from jax_vae.data import NUM_PIXELS
+from jax_vae.rules import ARCHITECTURES, MODEL_NAMES
 
 
 class MLP(nn.Module):
@@ -206,8 +208,6 @@ class ConvVAE(VAE):
         return self.decoder(z)
 
 
-MODEL_NAMES = ("ae", "vae")
-ARCHITECTURES = ("mlp", "conv")
 
 
 def make_model(
@@ -221,12 +221,12 @@ def make_model(
 
     For ``conv``, ``hidden_dims`` are the channels of the strided convolutions.
     """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
-        )
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    rules.choice("architecture", architecture, ARCHITECTURES)
+    rules.choice("name", name, MODEL_NAMES)
+    rules.widths("hidden_dims", tuple(hidden_dims))
+    rules.at_least("latent_dim", latent_dim, 1)
+    if architecture == "conv":
+        rules.conv_depth("hidden_dims", tuple(hidden_dims))
     classes = {
         ("ae", "mlp"): AutoEncoder, ("vae", "mlp"): VAE,
         ("ae", "conv"): ConvAutoEncoder, ("vae", "conv"): ConvVAE,

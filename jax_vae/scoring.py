@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.errors import ScopeParamShapeError
 
-from jax_vae.losses import check_likelihood, kl_divergence, reconstruction_nll, squared_error
+from jax_vae import keys as keys_lib
+from jax_vae import rules
+from jax_vae.losses import kl_divergence, reconstruction_nll, squared_error
 from jax_vae.models import VAE, reparameterize
+from jax_vae.rules import VAE_SCORES
 from jax_vae.sharding import local_copy
 
-VAE_SCORES = ("mean", "mc", "elbo", "iwae")
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+class Parts(NamedTuple):
+    """The three scored parts of a one-class split (images, or their scores)."""
+
+    val: Any  # Held-out normals: they set the threshold.
+    test: Any
+    synthetic: Any  # Corrupted held-out normals (jax_vae.data.synthetic_anomalies).
 
 
 def mean_squared_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
@@ -64,8 +75,7 @@ def make_residual_error(smoothing: float = 0.0) -> Callable[[jax.Array, jax.Arra
     Returns:
       ``error(x, x_hat) -> scalar`` for flattened images.
     """
-    if smoothing < 0 or not np.isfinite(smoothing):
-        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing}")
+    rules.smoothing("smoothing", smoothing)
     if smoothing == 0:
         return mean_squared_error
 
@@ -123,14 +133,12 @@ def make_score_fn(
       ``score(params, x, key) -> scalar`` for one image; ``key`` is unused by
       deterministic scores.
     """
-    if vae_score not in VAE_SCORES:
-        raise ValueError(f"unknown vae_score {vae_score!r}; choose one of {', '.join(VAE_SCORES)}")
-    if mc_samples < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-    check_likelihood(likelihood)
+    rules.choice("vae_score", vae_score, VAE_SCORES)
+    rules.at_least("mc_samples", mc_samples, 1)
+    rules.choice("likelihood", likelihood, rules.LIKELIHOODS)
     error = make_residual_error(smoothing)
-    if smoothing and isinstance(model, VAE) and vae_score in ("elbo", "iwae"):
-        raise ValueError(f"smoothing applies to reconstruction scores, not vae_score={vae_score}")
+    if isinstance(model, VAE):
+        rules.smoothing_needs_reconstruction("smoothing", smoothing, vae_score)
     reconstruct = make_reconstruct_fn(model)
     if not isinstance(model, VAE) or vae_score == "mean":
 
@@ -175,12 +183,14 @@ def make_score_fn(
 def _chunk_runner(fn: Callable, stacked: bool) -> Callable:
     # One jitted program per per-example function, reused across calls (e.g.
     # the validation and the test set), so each chunk shape compiles once.
-    def run_chunk(params, chunk, chunk_key):
-        keys = jax.random.split(chunk_key, chunk.shape[0])
-        return jax.vmap(fn, in_axes=(None, 0, 0))(params, chunk, keys)
+    def run_chunk(params, chunk, part_key, start):
+        # Image i's key depends on its index alone, so scores do not change with
+        # the chunk size (jax_vae.keys).
+        image_keys = keys_lib.image_keys(part_key, start + jnp.arange(chunk.shape[0]))
+        return jax.vmap(fn, in_axes=(None, 0, 0))(params, chunk, image_keys)
 
     if stacked:  # K models: stacked params and one key per model.
-        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, 0))
+        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, 0, None))
     return jax.jit(run_chunk)
 
 
@@ -200,8 +210,9 @@ def map_chunked(
       params: Model parameters; with ``stacked``, K models' parameters stacked
         on a leading axis.
       images: [N, 784] images (host or device).
-      key: Typed PRNG key; each image gets its own key derived from it. A
-        fixed key is used when None (deterministic functions ignore it). With
+      key: PRNG key of the scored part; image i gets ``fold_in(key, i)``
+        (:func:`jax_vae.keys.image_keys`), whatever the chunk size. A fixed key
+        is used when None (deterministic functions ignore it). With
         ``stacked``, [K] keys: model k sees exactly the keys it would alone.
       chunk_size: Images per compiled call; bounds the memory of one call.
       stacked: Evaluate K models at once (vmapped over the model axis).
@@ -209,26 +220,39 @@ def map_chunked(
     Returns:
       The outputs stacked over the N images ([K, N, ...] when ``stacked``), as
       NumPy arrays.
+
+    Raises:
+      InvalidArgument: No images, a bad chunk size, or parameters stacked for
+        K models without ``stacked=True``.
     """
     n = images.shape[0]
     if n == 0:
-        raise ValueError("map_chunked needs at least one image")
+        raise rules.InvalidArgument("map_chunked needs at least one image")
+    rules.at_least("chunk_size", chunk_size, 1)
     if key is None:
         key = jax.random.key(0)
         if stacked:
             key = jnp.stack([key] * jax.tree.leaves(params)[0].shape[0])
+    key = keys_lib.as_typed(jnp.asarray(key))
     chunk_size = min(chunk_size, n)
     run_chunk = _chunk_runner(fn, stacked)
-    fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if stacked else jax.random.fold_in
     axis = 1 if stacked else 0
 
     outputs = []
-    for index, start in enumerate(range(0, n, chunk_size)):
+    for start in range(0, n, chunk_size):
         chunk = images[start : start + chunk_size]
         real = chunk.shape[0]
         if real < chunk_size:  # Pad so every call has the one compiled shape.
             chunk = np.pad(np.asarray(chunk), ((0, chunk_size - real), (0, 0)))
-        out = run_chunk(params, chunk, fold_in(key, index))
+        try:
+            out = run_chunk(params, chunk, key, start)
+        except ScopeParamShapeError:
+            if stacked:
+                raise
+            raise rules.InvalidArgument(
+                "the parameters do not fit the model: parameters of K models stacked on a "
+                "leading axis need stacked=True (and [K] keys)"
+            ) from None
         outputs.append(
             jax.tree.map(lambda a, r=real: jax.lax.slice_in_dim(a, 0, r, axis=axis), out)
         )
@@ -246,3 +270,48 @@ def score(
 ) -> np.ndarray:
     """Per-image anomaly scores [N] (or [K, N] when ``stacked``), via :func:`map_chunked`."""
     return map_chunked(score_fn, params, images, key=key, chunk_size=chunk_size, stacked=stacked)
+
+
+def stack_scores(score_fns: tuple[ScoreFn, ...]) -> ScoreFn:
+    """One per-example function giving every score as an array [S].
+
+    Scoring S variants (e.g. smoothings) of the same model in one program lets
+    XLA compute the shared reconstruction once instead of S times.
+    """
+
+    def stacked(params, x, key):
+        return jnp.stack([fn(params, x, key) for fn in score_fns])
+
+    return stacked
+
+
+def score_parts(
+    params: Any,
+    images: Parts,
+    *,
+    score_fn: ScoreFn,
+    key: jax.Array,
+    chunk_size: int = 2048,
+    stacked: bool = False,
+) -> Parts:
+    """Scores of the validation, test and synthetic images of a split.
+
+    Args:
+      params: Model parameters ([K] stacked with ``stacked``).
+      images: The parts' images.
+      score_fn: Per-example score.
+      key: The model's scoring key ([K] with ``stacked``); each part gets its
+        own key (:func:`jax_vae.keys.score_keys`).
+      chunk_size: Images per compiled call.
+      stacked: K models at once.
+
+    Returns:
+      Scores per part, [N] or [K, N] (with a trailing axis for stacked scores).
+    """
+    part_keys = (jax.vmap(keys_lib.score_keys) if stacked else keys_lib.score_keys)(key)
+    return Parts(
+        *(
+            score(params, part, score_fn=score_fn, key=k, chunk_size=chunk_size, stacked=stacked)
+            for part, k in zip(images, part_keys, strict=True)
+        )
+    )

@@ -21,9 +21,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA = "data"
-MODELS = "models"
-LAYOUTS = (DATA, MODELS)
+from jax_vae import rules
+from jax_vae.rules import LAYOUTS
+
+DATA, MODELS = LAYOUTS
 
 # Environment variables that say this process is one of several.
 _CLUSTER_ENV = (
@@ -44,8 +45,7 @@ def make_mesh(layout: str = DATA, *, devices: list | None = None) -> Mesh:
     Returns:
       The mesh, with an automatically partitioned axis.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown mesh layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    rules.choice("layout", layout, LAYOUTS)
     devices = list(devices) if devices is not None else jax.devices()
     return jax.make_mesh(
         (len(devices),), (layout,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices

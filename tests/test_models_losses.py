@@ -43,7 +43,7 @@ def test_default_architecture_is_784_400_20():
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="name must be one of ae, vae"):
         models.make_model("gan")
 
 

@@ -17,26 +17,31 @@ def _model_and_params(name):
     return model, params
 
 
-@pytest.mark.parametrize(
-    "name,kind", [("ae", "mean"), ("vae", "mean"), ("vae", "mc"), ("vae", "elbo")]
-)
-@pytest.mark.parametrize("chunk_size", [7, 64, 1000])
-def test_chunked_scores_equal_per_sample_loop(name, kind, chunk_size):
+KINDS = [("ae", "mean"), ("vae", "mean"), ("vae", "mc"), ("vae", "elbo"), ("vae", "iwae")]
+
+
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_chunked_scores_equal_per_sample_loop_whatever_the_chunk_size(name, kind):
     model, params = _model_and_params(name)
     images = np.asarray(jax.random.uniform(jax.random.key(1), (50, 784)))
     score_fn = scoring.make_score_fn(model, vae_score=kind, mc_samples=3)
     key = jax.random.key(5)
-    got = scoring.score(params, images, score_fn=score_fn, key=key, chunk_size=chunk_size)
-    assert got.shape == (50,) and got.dtype == np.float32
-    # Reference: one call per image with the key the chunking derives for it.
-    size = min(chunk_size, 50)
-    expected = []
-    for i in range(50):
-        chunk_key = jax.random.fold_in(key, i // size)
-        expected.append(
-            float(score_fn(params, images[i], jax.random.split(chunk_key, size)[i % size]))
-        )
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # Reference: one call per image with its key, fold_in(key, index) (jax_vae.keys).
+    expected = [float(score_fn(params, images[i], jax.random.fold_in(key, i))) for i in range(50)]
+    for chunk_size in (7, 64, 50):  # Partial chunks, one padded chunk, the whole set.
+        got = scoring.score(params, images, score_fn=score_fn, key=key, chunk_size=chunk_size)
+        assert got.shape == (50,) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_stacked_params_without_stacked_say_what_to_pass():
+    model, _ = _model_and_params("vae")
+    stacked = jax.vmap(lambda k: models.init_params(model, k, jnp.zeros(784)))(
+        jax.random.split(jax.random.key(0), 3)
+    )
+    with pytest.raises(ValueError, match="need stacked=True"):
+        images = np.zeros((4, 784), np.float32)
+        scoring.score(stacked, images, score_fn=scoring.make_score_fn(model))
 
 
 def test_reconstruction_score_is_pixel_mse():
@@ -174,7 +179,7 @@ def test_smoothing_rejects_bad_settings():
     model, _ = _model_and_params("vae")
     with pytest.raises(ValueError, match="smoothing"):
         scoring.make_score_fn(model, smoothing=-1.0)
-    with pytest.raises(ValueError, match="smoothing applies"):
+    with pytest.raises(ValueError, match="smoothing needs a reconstruction score"):
         scoring.make_score_fn(model, vae_score="elbo", smoothing=1.0)
     with pytest.raises(ValueError, match="square"):
         scoring.make_residual_error(1.0)(jnp.zeros(10), jnp.zeros(10))

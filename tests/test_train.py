@@ -73,8 +73,8 @@ def test_vmap_over_betas_equals_separate_runs():
     betas = jnp.array([0.5, 4.0])
     keys = jax.random.split(jax.random.key(0), 2)
     vmapped = jax.jit(
-        jax.vmap(functools.partial(train.train_scan, **kwargs), in_axes=(0, 0, None))
-    )(keys, betas, images)
+        jax.vmap(functools.partial(train.train_scan, **kwargs), in_axes=(0, None, 0))
+    )(keys, images, betas)
     for i in range(2):
         single = train.train(keys[i], images, beta=float(betas[i]), **kwargs)
         chex.assert_trees_all_close(
@@ -85,21 +85,20 @@ def test_vmap_over_betas_equals_separate_runs():
     assert not np.allclose(vmapped.history.kl[0], vmapped.history.kl[1])
 
 
-@pytest.mark.parametrize("group_size", [0, 2])  # All vmapped; pairs plus a remainder.
-def test_batched_driver_equals_separate_runs(group_size):
+def test_batched_driver_equals_separate_runs():
     images = _images()
     model = models.make_model("vae", **SMALL)
     keys = jax.random.split(jax.random.key(1), 3)
     betas = jnp.array([1.0, 2.0, 8.0])
-    batched = train.train(
-        keys, images, model=model, beta=betas, epochs=2, batch_size=64, group_size=group_size
-    )
-    chex.assert_shape(batched.history.total, (3, 2))
-    for i in range(3):
-        single = train.train(
-            keys[i], images, model=model, beta=float(betas[i]), epochs=2, batch_size=64
-        )
-        np.testing.assert_allclose(batched.history.total[i], single.history.total, rtol=1e-4)
+    run = functools.partial(train.train, model=model, epochs=2, batch_size=64)
+    singles = [run(keys[i], images, float(betas[i])) for i in range(3)]
+    for group_size in (0, 2):  # All vmapped; pairs plus a remainder (lax.map).
+        batched = run(keys, images, betas, group_size=group_size)
+        chex.assert_shape(batched.history.total, (3, 2))
+        for i in range(3):
+            np.testing.assert_allclose(
+                batched.history.total[i], singles[i].history.total, rtol=1e-4
+            )
 
 
 def test_non_finite_loss_names_the_epoch():

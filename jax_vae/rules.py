@@ -1,0 +1,180 @@
+"""The rules an argument must follow, shared by the library and the command line.
+
+Each rule lives here once. The library calls it with its parameter's name
+(``beta``), the command-line validation with the flag's (``--beta``), so the
+same check gives a message that reads right in both places. This module imports
+no JAX (and nothing heavy), so checking flags costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from jax_vae.errors import InvalidArgument  # noqa: F401  (re-exported: rules raise it)
+
+MODEL_NAMES = ("ae", "vae")
+ARCHITECTURES = ("mlp", "conv")
+VAE_SCORES = ("mean", "mc", "elbo", "iwae")
+LIKELIHOODS = ("gaussian", "bernoulli")
+SOURCES = ("bundled", "tfds", "idx")
+DATASETS = ("mnist", "fashion_mnist", "kmnist")
+LAYOUTS = ("data", "models")
+BASELINES = ("pca", "knn", "ocsvm", "iforest")
+NUM_CLASSES = 10
+MAX_SMOOTHING = 10.0  # Pixels; a blur wider than a 28x28 digit says nothing.
+SEED_LIMIT = 2**32
+
+
+
+
+def number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    note: str = "",
+) -> None:
+    """Checks that ``value`` is a finite number (an integer with ``integer``) in a range.
+
+    Args:
+      name: How the caller names the argument (``beta`` or ``--beta``).
+      value: The value.
+      low: Lower bound (inclusive unless ``low_open``); None: unbounded.
+      high: Upper bound (inclusive unless ``high_open``); None: unbounded.
+      low_open: Exclude ``low``.
+      high_open: Exclude ``high``.
+      integer: Require an ``int`` (``bool`` is not one).
+      note: Appended to the message, e.g. what the value means.
+
+    Raises:
+      InvalidArgument: Naming ``name``, the allowed range and the value.
+    """
+    kind = "an integer" if integer else "a finite number"
+    is_number = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not is_number or not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be {kind}, got {value!r}")
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        if high is None:
+            bound = f"{'>' if low_open else '>='} {low:g}"
+        elif low is None:
+            bound = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise InvalidArgument(f"{name} must be {bound}{note}, got {value}")
+
+
+def at_least(name: str, value: Any, low: int, note: str = "") -> None:
+    """An integer >= ``low``."""
+    number(name, value, low=low, integer=True, note=note)
+
+
+def choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """One of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise InvalidArgument(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def choices(name: str, values: Iterable[str], allowed: Iterable[str]) -> None:
+    """At least one value, each one of ``allowed``, none twice."""
+    values, allowed = tuple(values), tuple(allowed)
+    if not values:
+        raise InvalidArgument(f"{name} must name at least one of {', '.join(allowed)}")
+    for value in values:
+        choice(name, value, allowed)
+    if len(set(values)) != len(values):
+        raise InvalidArgument(f"{name} lists a value twice: {','.join(values)}")
+
+
+def seed(name: str, value: Any) -> None:
+    """A seed of ``jax.random.key`` and NumPy: an integer in [0, 2**32)."""
+    number(name, value, low=0, high=SEED_LIMIT, high_open=True, integer=True)
+
+
+def normal_class(name: str, value: Any) -> None:
+    """The index of the normal class."""
+    number(name, value, low=0, high=NUM_CLASSES - 1, integer=True)
+
+
+def beta(name: str, value: Any) -> None:
+    """A KL weight."""
+    number(name, value, low=0)
+
+
+def fraction(name: str, value: Any) -> None:
+    """A share strictly between 0 and 1."""
+    number(name, value, low=0, high=1, low_open=True, high_open=True)
+
+
+def percentile(name: str, value: Any) -> None:
+    """A threshold percentile of held-out normal scores."""
+    number(name, value, low=0, high=100, low_open=True)
+
+
+def smoothing(name: str, value: Any) -> None:
+    """A Gaussian sigma in pixels; 0 means none."""
+    number(name, value, low=0, high=MAX_SMOOTHING, note=" pixels")
+
+
+def smoothing_needs_reconstruction(name: str, value: float, vae_score: str) -> None:
+    """Likelihood scores (ELBO, IWAE) have no residual to smooth."""
+    if value and vae_score in ("elbo", "iwae"):
+        raise InvalidArgument(
+            f"{name} needs a reconstruction score (mean or mc), not vae_score={vae_score}"
+        )
+
+
+def conv_depth(name: str, hidden_dims: tuple[int, ...], side: int = 28) -> None:
+    """The conv models halve the image once per entry: ``side`` must divide evenly."""
+    if side % 2 ** len(hidden_dims):
+        raise InvalidArgument(
+            f"{name}: architecture conv halves {side}x{side} once per entry; give 1 or 2 "
+            f"channel counts, got {list(hidden_dims)}"
+        )
+
+
+def widths(name: str, value: Any) -> None:
+    """A non-empty sequence of positive layer widths."""
+    if not value or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
+        raise InvalidArgument(
+            f"{name} must be a comma list of positive widths, got {list(value or [])}"
+        )
+
+
+def held_out(name: str, value: float, num_normal: int, what: str = "the normal class") -> int:
+    """How many of ``num_normal`` images a hold-out share keeps back; at least one.
+
+    Args:
+      name: The share's name.
+      value: The share, in (0, 1) (0 is allowed by the library when nothing
+        needs holding out; pass it only where that is meant).
+      num_normal: Normal training images.
+      what: The class, for the message.
+
+    Returns:
+      ``round(value * num_normal)``, the held-out count.
+
+    Raises:
+      InvalidArgument: No image would be held out, or none left to train on;
+        the message names the smallest (or largest) share that works.
+    """
+    held = int(round(value * num_normal))
+    if value > 0 and held == 0:
+        smallest = math.ceil(1e4 / num_normal) / 1e4  # Rounded up: round(it * n) >= 1.
+        raise InvalidArgument(
+            f"{name} {value:g} holds out no image of {what} ({num_normal} training images); "
+            f"use at least {smallest:g}"
+        )
+    if held >= num_normal:
+        raise InvalidArgument(
+            f"{name} {value:g} leaves no training image of {what} ({num_normal} images)"
+        )
+    return held

@@ -1,0 +1,101 @@
+"""The key schedule (jax_vae.keys) and the library as a researcher meets it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import ROOT, run_single
+
+from experiments.config import ExperimentConfig
+from jax_vae import keys, models, rules, train
+
+
+def _data(key: jax.Array) -> tuple[int, ...]:
+    return tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def test_every_key_of_an_ensemble_is_used_once():
+    # Everything K members draw over a few epochs: init, shuffles, steps, examples, scores.
+    members, epochs, steps, batch = 4, 3, 3, 5
+    schedule = keys.member_keys(7, "vae", members)
+    used = []
+    for train_key, score_key in zip(schedule.train, schedule.score, strict=True):
+        init, epoch = keys.init_keys(train_key)
+        used += [train_key, score_key, init, *jax.random.split(init), epoch]  # params, sample
+        for _ in range(epochs):
+            epoch, shuffle, step = keys.epoch_keys(epoch)
+            step_keys = jax.random.split(step, steps)
+            used += [epoch, shuffle, step, *step_keys, *jax.random.split(step_keys[0], batch)]
+        for part in keys.score_keys(score_key):
+            used += [part, *keys.image_keys(part, jnp.arange(3))]
+    data = [_data(k) for k in used]
+    assert len(set(data)) == len(data), "a key is used twice"
+    # The driver follows exactly this schedule: its last epoch key is the one chained above.
+    x = jax.random.uniform(jax.random.key(0), (10, 784))
+    m = models.make_model("vae", hidden_dims=(8,), latent_dim=2)
+    result = train.train(schedule.train[-1], x, model=m, epochs=epochs, batch_size=5, hooks=())
+    assert _data(result.state.key) == _data(epoch)
+
+
+def test_member_zero_is_the_single_model_and_members_are_independent():
+    single = keys.model_keys(3, "ae")
+    ensemble = keys.member_keys(3, "ae", 3)
+    assert _data(ensemble.train[0]) == _data(single.train)
+    assert _data(ensemble.score[0]) == _data(single.score)
+    # The old schedule's bug: member 0's training key split into member 1's root.
+    children = {_data(k) for k in jax.random.split(ensemble.train[0])}
+    assert not children & {_data(k) for k in (*ensemble.train[1:], *ensemble.score[1:])}
+    # The documented tree: model node = fold_in(key(seed), index of the name).
+    node = jax.random.fold_in(jax.random.key(3), rules.MODEL_NAMES.index("ae"))
+    assert _data(single.train) == _data(jax.random.fold_in(node, keys.TRAIN))
+
+
+def test_library_reproduces_the_runner_exactly(tmp_path):
+    # The README's functional snippet (with 2 epochs) against experiments.main.
+    from jax_vae import data, metrics, scoring  # noqa: PLC0415
+
+    split = data.one_class_split(data.load_dataset("bundled"), normal_digit=0)
+    model = models.VAE(hidden_dims=(400,), latent_dim=20)
+    train_key, score_key = keys.model_keys(0, "vae")
+    result = train.train(train_key, split.train_images, 2.0, model=model, epochs=2)
+    score_fn = scoring.make_score_fn(model)
+    images = scoring.Parts(
+        split.val_images, split.test_images, data.synthetic_anomalies(split.val_images)
+    )
+    scores = scoring.score_parts(result.params, images, score_fn=score_fn, key=score_key)
+    library = metrics.evaluate(split.test_labels, *scores)
+    runner = run_single(ExperimentConfig(beta=2.0, epochs=2, models=("vae",),
+                                         output_dir=str(tmp_path / "r")))  # fmt: skip
+    for name, value in library.items():
+        assert runner["models"]["vae"][name] == value, name
+
+
+def test_numpy_images_and_legacy_keys_are_accepted(split0):
+    m = models.make_model("ae", hidden_dims=(8,), latent_dim=2)
+    images = split0.train_images[:200]  # NumPy, as one_class_split returns them.
+    typed = train.train_scan(jax.random.key(0), images, model=m, epochs=1, batch_size=50)
+    legacy = train.train_scan(jax.random.PRNGKey(0), images, model=m, epochs=1, batch_size=50)
+    np.testing.assert_array_equal(typed.history.total, legacy.history.total)
+    with pytest.raises(ValueError, match="key must be a jax.random.key"):
+        train.train_scan(jnp.zeros(3), images, model=m, epochs=1)
+
+
+def test_package_exports_its_modules_and_progress_has_a_switch():
+    code = (
+        "import sys, jax_vae, jax\n"
+        "assert 'sklearn' not in sys.modules and 'orbax' not in sys.modules\n"
+        "from absl import logging\n"
+        "logging.set_verbosity('info')  # The documented switch: per-epoch lines in a script.\n"
+        "m = jax_vae.models.make_model('ae', hidden_dims=(8,), latent_dim=2)\n"
+        "x = jax.random.uniform(jax.random.key(0), (20, 784))\n"
+        "jax_vae.train.train(jax.random.key(0), x, model=m, epochs=2, batch_size=10)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model epoch 2/2" in proc.stderr
