@@ -2,43 +2,53 @@
 
   python -m experiments.baselines --digits=0-9
 
-Writes baselines.json, baselines.csv and summary.txt (AUROC per digit and mean)
+The same pipeline as the models (split, threshold, metrics, synthetic AUROC);
+writes baselines.json, baselines.csv and summary.txt (AUROC per digit and mean)
 into a new output folder. Invalid settings exit with code 1 and one line.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from experiments import cli
-from experiments.config import parse_int_list
-from experiments.sweeps import run_baselines
-from jax_vae.baselines import BASELINES
+from experiments.config import ConfigError, SweepConfig, parse_int_list, validate_sweep
+from jax_vae import rules
 
 # Only the split, threshold, data and output flags apply to the baselines.
 cli.define_experiment_flags(
     exclude=(
         "beta", "normal_digit", "latent_dim", "hidden_dims", "epochs", "batch_size",
         "learning_rate", "models", "vae_score", "mc_samples", "chunk_size", "score_smoothing",
-        "preset",
+        "preset", "num_devices", "checkpoint_every", "likelihood", "kl_warmup_epochs",
+        "ensemble_size", "architecture",
     )
 )  # fmt: skip
 flags.DEFINE_string("digits", "0-9", "Normal digits: a list and/or ranges, e.g. 0-9 or 1,7.")
-flags.DEFINE_list("baselines", list(BASELINES), f"Baselines to fit: {', '.join(BASELINES)}.")
+flags.DEFINE_list("baselines", list(rules.BASELINES), "Baselines to fit.")
+flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
-    cli.start(argv)
+def body():
+    names = tuple(b.strip().lower() for b in FLAGS.baselines)
     try:
-        run_baselines(
-            parse_int_list(FLAGS.digits, name="digits"),
-            tuple(b.strip().lower() for b in FLAGS.baselines),
-            cli.experiment_config_from_flags(),
-        )
-    except cli.USER_ERRORS as e:
-        cli.fail(str(e))
+        rules.choices("--baselines", names, rules.BASELINES)
+    except rules.InvalidArgument as e:
+        raise ConfigError(str(e)) from None
+    config = SweepConfig(
+        betas=(1.0,), seeds=(FLAGS.seed,), digits=parse_int_list(FLAGS.digits, name="digits"),
+        base=cli.experiment_config_from_flags(models=names, checkpoint_every=0),
+    )  # fmt: skip
+    validate_sweep(config)
+
+    def work():
+        from experiments import pipeline, report  # noqa: PLC0415  (JAX, plots: after the checks)
+
+        report.write(pipeline.run(config, kind="baselines"))
+
+    return work
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.command(body)

@@ -1,4 +1,10 @@
-"""Flags shared by the runner and the sweep, and their one-line error handling."""
+"""What the commands share: flags, their parsing, and the one-line error contract.
+
+Nothing here imports JAX: a command parses and validates its flags first, and
+only then starts JAX and the pipeline (:func:`command`), so a typo fails in a
+fraction of a second. Every user error ends the command with one line on
+stderr and exit code 1; Ctrl-C with one line and exit code 130.
+"""
 
 from __future__ import annotations
 
@@ -6,81 +12,35 @@ import dataclasses
 import logging as std_logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-import jax
-from absl import flags, logging
+from absl import app, flags, logging
 
 from experiments.config import PRESETS, ConfigError, ExperimentConfig
-from jax_vae.checkpoints import CheckpointError
-from jax_vae.data import SOURCES, TFDS_DATASETS, DataError
-from jax_vae.losses import LIKELIHOODS
-from jax_vae.models import MODEL_NAMES
-from jax_vae.scoring import VAE_SCORES
-from jax_vae.sharding import initialize_distributed
-from jax_vae.train import NonFiniteLossError
+from jax_vae import errors
 
 FLAGS = flags.FLAGS
-_D = ExperimentConfig()
-
-# Errors that end a run with one line on stderr and exit code 1.
-USER_ERRORS = (ConfigError, DataError, NonFiniteLossError, CheckpointError)
-
-
-# Help text of the flag of every ExperimentConfig field; the default comes from the field.
-FLAG_HELP = {
-    "beta": "KL weight of the beta-VAE (relative to the summed squared error).",
-    "normal_digit": "The digit treated as normal (0-9).",
-    "latent_dim": "Latent size of both models.",
-    "hidden_dims": "Encoder hidden widths; the decoder mirrors them.",
-    "epochs": "Training epochs.",
-    "batch_size": "Training batch size.",
-    "learning_rate": "Adam learning rate.",
-    "seed": "Seed of the split, initialization, shuffling and sampling.",
-    "val_fraction": "Fraction of normal training images held out for the threshold.",
-    "anomaly_fraction": "Anomaly share of the test set; unset = full test set.",
-    "threshold_percentile": "Percentile of held-out normal scores used as threshold.",
-    "models": f"Models to train: {', '.join(MODEL_NAMES)}.",
-    "data_source": f"One of {', '.join(SOURCES)}.",
-    "data_dir": "tfds data dir (tfds) or folder of IDX files (idx).",
-    "dataset": f"One of {', '.join(TFDS_DATASETS)} (bundled: mnist only).",
-    "output_dir": "New folder for the results; default: a new folder under runs/.",
-    "vae_score": f"VAE anomaly score: {', '.join(VAE_SCORES)}.",
-    "mc_samples": "Draws for --vae_score=mc, elbo or iwae.",
-    "score_smoothing": "Gaussian sigma (pixels) blurring the reconstruction residual; 0: MSE.",
-    "chunk_size": "Images per compiled scoring call (bounds memory).",
-    "num_devices": "Devices to use (0: all of them).",
-    "checkpoint_every": "Epochs between checkpoints (0: none).",
-    "likelihood": f"Reconstruction term: {', '.join(LIKELIHOODS)}.",
-    "kl_warmup_epochs": "Linear KL warm-up epochs (0: none).",
-    "ensemble_size": "Seeds per model, trained together; scores averaged.",
-    "architecture": "mlp, or conv (--hidden_dims are then channels).",
-    "preset": f"Named configuration ({', '.join(PRESETS)}); explicit flags override it.",
-}
-_DEFINERS = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
-# Fields whose default is None, by the type their flag parses.
-_NONE_DEFAULT_DEFINERS = {
-    "anomaly_fraction": flags.DEFINE_float,
-    "data_dir": flags.DEFINE_string,
-    "output_dir": flags.DEFINE_string,
-    "preset": flags.DEFINE_string,
-}
+_DEFINERS = {
+    "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string,
+    "float | None": flags.DEFINE_float, "str | None": flags.DEFINE_string,
+}  # fmt: skip
 
 
 def define_experiment_flags(*, exclude: Iterable[str] = ()) -> None:
-    """Defines one flag per ExperimentConfig field, except those excluded."""
-    assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(ExperimentConfig)}
-    for name, help_text in FLAG_HELP.items():
-        if name in exclude:
+    """Defines one flag per ExperimentConfig field (default and help from the field).
+
+    The command's module adopts them as its own (``--help`` lists them) with
+    ``flags.adopt_module_key_flags(cli)``.
+    """
+    for field in dataclasses.fields(ExperimentConfig):
+        if field.name in exclude:
             continue
-        default = getattr(_D, name)
-        if isinstance(default, tuple):
-            flags.DEFINE_list(name, [str(v) for v in default], help_text)
-        elif default is None:
-            _NONE_DEFAULT_DEFINERS[name](name, None, help_text)
+        help_text = field.metadata["help"]
+        if isinstance(field.default, tuple):
+            flags.DEFINE_list(field.name, [str(v) for v in field.default], help_text)
         else:
-            _DEFINERS[type(default)](name, default, help_text)
+            _DEFINERS[field.type](field.name, field.default, help_text)
 
 
 def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
@@ -122,10 +82,10 @@ def explicit_flag_values() -> dict[str, Any]:
     }
 
 
-def fail(message: str) -> NoReturn:
-    """Ends the program with one line on stderr and exit code 1."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Ends the program with one line on stderr."""
     sys.stderr.write(f"error: {message}\n")
-    sys.exit(1)
+    sys.exit(code)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -169,12 +129,13 @@ def quiet_libraries(packages: Iterable[str] = QUIET_LIBRARIES) -> None:
     handler.addFilter(LibraryInfoFilter(packages))
 
 
-def start(argv: list[str]) -> None:
-    """Common start of a command: no positional arguments; INFO logging by default
-    (without the INFO lines of QUIET_LIBRARIES); joins a multi-host run when flags or
-    the cluster environment say so."""
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def start() -> None:
+    """Starts JAX: joins a multi-host run when flags or the cluster say so; INFO logging
+    by default (without the INFO lines of QUIET_LIBRARIES)."""
+    import jax  # noqa: PLC0415  (only once the flags are known to be valid)
+
+    from jax_vae.sharding import initialize_distributed  # noqa: PLC0415
+
     try:
         joined = initialize_distributed(
             coordinator_address=FLAGS.coordinator_address,
@@ -192,3 +153,26 @@ def start(argv: list[str]) -> None:
         quiet_libraries()
     if joined:
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def command(body: Callable[[], Callable[[], Any]]) -> None:
+    """Runs a command: ``body()`` checks the flags and returns the work to do.
+
+    ``body`` runs before JAX starts, so that its errors come at once; the work
+    it returns runs after :func:`start`. A user error (:class:`jax_vae.errors.Error`)
+    is one line and exit code 1; Ctrl-C one line and exit code 130.
+    """
+
+    def main(argv: list[str]) -> None:
+        try:
+            if len(argv) > 1:
+                raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+            work = body()
+            start()
+            work()
+        except errors.Error as e:
+            fail(str(e))
+        except KeyboardInterrupt as e:  # The pipeline's Interrupted says where to go on.
+            fail(str(e) or "interrupted", code=130)
+
+    app.run(main, flags_parser=parse_flags)

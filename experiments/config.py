@@ -1,60 +1,66 @@
-"""Run and sweep configurations and their validation (no data, no training: fast).
+"""Run and sweep settings and their validation: no JAX, no data, so a bad flag fails fast.
 
-The command-line entry points check their flags with this module alone, before
-importing the runner and its plotting and metrics libraries.
+Every rule comes from :mod:`jax_vae.rules`, the same functions the library
+calls; here they are called with the flag's name. A single run is a grid of
+one (:meth:`SweepConfig.single`), so runs, sweeps and baselines share one
+pipeline (:mod:`experiments.pipeline`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+from typing import Any
 
-import jax
-
-from jax_vae.data import SOURCES, TFDS_DATASETS
-from jax_vae.losses import LIKELIHOODS
-from jax_vae.models import ARCHITECTURES, MODEL_NAMES
-from jax_vae.scoring import VAE_SCORES
-from jax_vae.sharding import DATA, LAYOUTS
+from jax_vae import rules
+from jax_vae.rules import InvalidArgument
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidArgument):
     """An invalid setting; the message names the flag."""
+
+
+def _flag(default: Any, help_text: str) -> Any:
+    """A setting with its flag's help text (``experiments.cli`` defines the flag from it)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Every setting of one run; field names are the runner's flag names."""
+    """Every setting of one run; field names are the flag names, metadata the flags' help."""
 
-    beta: float = 1.0
-    normal_digit: int = 0
-    latent_dim: int = 20
-    hidden_dims: tuple[int, ...] = (400,)
-    epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    seed: int = 0
-    val_fraction: float = 0.1
-    anomaly_fraction: float | None = None
-    threshold_percentile: float = 95.0
-    models: tuple[str, ...] = MODEL_NAMES
-    data_source: str = "bundled"
-    data_dir: str | None = None
-    dataset: str = "mnist"
-    output_dir: str | None = None
-    vae_score: str = "mean"
-    mc_samples: int = 10
-    score_smoothing: float = 0.0  # Gaussian blur (pixels) of the residual; 0: plain MSE.
-    chunk_size: int = 2048
-    num_devices: int = 0  # 0: every visible device (data parallel when more than one).
-    checkpoint_every: int = 5  # Epochs between checkpoints (and the last); 0: none.
-    likelihood: str = "gaussian"  # Reconstruction term: summed squared error or BCE.
-    kl_warmup_epochs: int = 0  # Linear KL warm-up over this many epochs; 0: none.
-    ensemble_size: int = 1  # Seeds per model trained together; their scores are averaged.
-    architecture: str = "mlp"  # "conv": strided convolutions with --hidden_dims channels.
-    preset: str | None = None  # A named configuration (PRESETS); explicit flags override it.
+    beta: float = _flag(1.0, "KL weight of the beta-VAE (relative to the summed squared error).")
+    normal_digit: int = _flag(0, "The digit treated as normal (0-9).")
+    latent_dim: int = _flag(20, "Latent size of both models.")
+    hidden_dims: tuple[int, ...] = _flag((400,), "Encoder hidden widths; the decoder mirrors them.")
+    epochs: int = _flag(30, "Training epochs.")
+    batch_size: int = _flag(128, "Training batch size.")
+    learning_rate: float = _flag(1e-3, "Adam learning rate.")
+    seed: int = _flag(0, "Training seed: initialization, shuffling, sampling (not the split).")
+    split_seed: int = _flag(0, "Seed of the held-out normals, sampled and synthetic anomalies.")
+    val_fraction: float = _flag(0.1, "Share of normal training images held out for the threshold.")
+    anomaly_fraction: float | None = _flag(None, "Anomaly share of the test set; unset: all.")
+    threshold_percentile: float = _flag(95.0, "Percentile of held-out normal scores: threshold.")
+    models: tuple[str, ...] = _flag(
+        rules.MODEL_NAMES,
+        f"Models: {', '.join(rules.MODEL_NAMES)} (or baselines: {', '.join(rules.BASELINES)}).",
+    )
+    data_source: str = _flag("bundled", f"One of {', '.join(rules.SOURCES)}.")
+    data_dir: str | None = _flag(None, "tfds data dir (tfds) or folder of IDX files (idx).")
+    dataset: str = _flag("mnist", f"One of {', '.join(rules.DATASETS)} (bundled: mnist only).")
+    output_dir: str | None = _flag(None, "New folder for the results; default: one under runs/.")
+    vae_score: str = _flag("mean", f"VAE anomaly score: {', '.join(rules.VAE_SCORES)}.")
+    mc_samples: int = _flag(10, "Draws for --vae_score=mc, elbo or iwae.")
+    score_smoothing: float = _flag(0.0, "Gaussian sigma (pixels) blurring the residual; 0: MSE.")
+    chunk_size: int = _flag(2048, "Images per compiled scoring call (bounds memory).")
+    num_devices: int = _flag(0, "Devices to use (0: all; several: data parallel).")
+    checkpoint_every: int = _flag(5, "Epochs between checkpoints (and the last); 0: none.")
+    likelihood: str = _flag("gaussian", f"Reconstruction term: {', '.join(rules.LIKELIHOODS)}.")
+    kl_warmup_epochs: int = _flag(0, "Linear KL warm-up epochs (0: none).")
+    ensemble_size: int = _flag(1, "Seeds per model, trained together; scores averaged.")
+    architecture: str = _flag("mlp", "mlp, or conv (--hidden_dims are then channels).")
+    preset: str | None = _flag(None, "Named configuration (best); explicit flags override it.")
 
 
 # Named configurations. "best" is the candidate with the highest synthetic-anomaly
@@ -65,16 +71,33 @@ class ExperimentConfig:
 PRESETS: dict[str, dict[str, object]] = {
     "best": {"models": ("vae",), "beta": 0.5, "epochs": 60, "score_smoothing": 2.0},
 }
+SWEPT = ("beta", "seed", "normal_digit", "score_smoothing")  # Lists in a sweep.
 
 
-def _finite(name: str, value: float) -> None:
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"--{name} must be a finite number, got {value}")
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A grid of runs: ``base`` settings for every model, swept over these axes.
 
+    Every model of ``base.models`` is trained for each seed and class; the
+    beta-VAEs also for each beta (the AE has none); each trained model is
+    scored at every smoothing (no retraining).
+    """
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    digits: tuple[int, ...] = tuple(range(10))
+    smoothings: tuple[float, ...] = (0.0,)
+    group_size: int | None = None  # Models vmapped together; None: backend default.
+    mesh_layout: str = "models"  # With several devices: spread models, or split batches.
+    base: ExperimentConfig = ExperimentConfig()
+
+    @classmethod
+    def single(cls, config: ExperimentConfig) -> SweepConfig:
+        """The grid of one run: its beta, seed, class and smoothing; data parallel."""
+        return cls(
+            betas=(config.beta,), seeds=(config.seed,), digits=(config.normal_digit,),
+            smoothings=(config.score_smoothing,), mesh_layout="data", base=config,
+        )  # fmt: skip
 
 
 def check_output_dir(path: str) -> None:
@@ -104,150 +127,87 @@ def check_output_dir(path: str) -> None:
         )
 
 
-def validate(config: ExperimentConfig, *, data_parallel: bool = True) -> None:
-    """Checks every setting; raises ConfigError naming the first bad flag.
-
-    Args:
-      config: The settings.
-      data_parallel: Batches are split over the devices, so ``batch_size``
-        must divide by their number (a sweep spreading models needs not).
-    """
-    if config.preset is not None and config.preset not in PRESETS:
-        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {config.preset!r}")
-    _finite("beta", config.beta)
-    if config.beta < 0:
-        raise ConfigError(f"--beta must be >= 0, got {config.beta}")
-    if not 0 <= config.normal_digit <= 9:
-        raise ConfigError(f"--normal_digit must be a digit 0-9, got {config.normal_digit}")
-    if config.latent_dim < 1:
-        raise ConfigError(f"--latent_dim must be >= 1, got {config.latent_dim}")
-    if not config.hidden_dims or any(h < 1 for h in config.hidden_dims):
-        raise ConfigError(
-            f"--hidden_dims must be a comma list of positive widths, got {list(config.hidden_dims)}"
-        )
-    if config.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
-    if config.batch_size < 1:
-        raise ConfigError(f"--batch_size must be >= 1, got {config.batch_size}")
-    _finite("learning_rate", config.learning_rate)
-    if config.learning_rate <= 0:
-        raise ConfigError(f"--learning_rate must be > 0, got {config.learning_rate}")
-    if not 0 <= config.seed < 2**32:
-        raise ConfigError(f"--seed must be in [0, 2**32), got {config.seed}")
-    _finite("val_fraction", config.val_fraction)
-    if not 0 < config.val_fraction < 1:
-        raise ConfigError(
-            f"--val_fraction must be in (0, 1) (the held-out normals set the threshold), "
-            f"got {config.val_fraction}"
-        )
-    if config.anomaly_fraction is not None:
-        _finite("anomaly_fraction", config.anomaly_fraction)
-        if not 0 < config.anomaly_fraction < 1:
-            raise ConfigError(
-                f"--anomaly_fraction must be in (0, 1), got {config.anomaly_fraction}"
-            )
-    _finite("threshold_percentile", config.threshold_percentile)
-    if not 0 < config.threshold_percentile <= 100:
-        raise ConfigError(
-            f"--threshold_percentile must be in (0, 100], got {config.threshold_percentile}"
-        )
-    if not config.models:
-        raise ConfigError(f"--models must name at least one of {', '.join(MODEL_NAMES)}")
-    for name in config.models:
-        _choice("models", name, MODEL_NAMES)
-    if len(set(config.models)) != len(config.models):
-        raise ConfigError(f"--models lists a model twice: {','.join(config.models)}")
-    _choice("data_source", config.data_source, SOURCES)
-    _choice("dataset", config.dataset, TFDS_DATASETS)
-    if config.data_source == "bundled" and config.dataset != "mnist":
-        raise ConfigError(
-            f"--dataset={config.dataset} needs --data_source=tfds or idx (only mnist is bundled)"
-        )
-    if config.data_source == "idx" and not config.data_dir:
-        raise ConfigError("--data_source=idx needs --data_dir with the four IDX files")
-    if config.data_dir and config.data_source == "idx" and not os.path.isdir(config.data_dir):
-        raise ConfigError(f"--data_dir {config.data_dir} is not a directory")
-    _choice("vae_score", config.vae_score, VAE_SCORES)
-    if config.mc_samples < 1:
-        raise ConfigError(f"--mc_samples must be >= 1, got {config.mc_samples}")
-    _finite("score_smoothing", config.score_smoothing)
-    if not 0 <= config.score_smoothing <= 10:
-        raise ConfigError(
-            f"--score_smoothing must be in [0, 10] pixels, got {config.score_smoothing}"
-        )
-    if config.score_smoothing and "vae" in config.models and config.vae_score in ("elbo", "iwae"):
-        raise ConfigError(
-            f"--score_smoothing needs a reconstruction score, not --vae_score={config.vae_score}"
-        )
-    if config.chunk_size < 1:
-        raise ConfigError(f"--chunk_size must be >= 1, got {config.chunk_size}")
-    _choice("likelihood", config.likelihood, LIKELIHOODS)
-    _choice("architecture", config.architecture, ARCHITECTURES)
-    if config.architecture == "conv" and 28 % 2 ** len(config.hidden_dims):
-        raise ConfigError(
-            "--architecture=conv halves 28x28 once per --hidden_dims entry: give 1 or 2 "
-            f"channel counts, got {list(config.hidden_dims)}"
-        )
-    if config.kl_warmup_epochs < 0:
-        raise ConfigError(f"--kl_warmup_epochs must be >= 0, got {config.kl_warmup_epochs}")
-    if config.ensemble_size < 1:
-        raise ConfigError(f"--ensemble_size must be >= 1, got {config.ensemble_size}")
-    if config.checkpoint_every < 0:
-        raise ConfigError(
-            f"--checkpoint_every must be >= 0 (0 = no checkpoints), got {config.checkpoint_every}"
-        )
-    if config.num_devices < 0:
-        raise ConfigError(f"--num_devices must be >= 0 (0 = all), got {config.num_devices}")
-    if config.num_devices > jax.device_count():
-        raise ConfigError(
-            f"--num_devices {config.num_devices} exceeds the {jax.device_count()} visible devices"
-        )
-    width = config.num_devices or jax.device_count()
-    if data_parallel and config.batch_size % width:
-        raise ConfigError(
-            f"--batch_size {config.batch_size} must divide by the data-parallel width "
-            f"({width} devices; see --num_devices)"
-        )
-    if config.output_dir is not None:
-        check_output_dir(config.output_dir)
-
-
-def load_run_config(run_dir: str, *, flag: str) -> ExperimentConfig:
-    """The settings a run folder was started with (its ``config.json``).
-
-    Raises:
-      ConfigError: The folder is missing or not a run folder of this project.
-    """
-    path = os.path.join(run_dir, "config.json")
+def _rule(check, *args, **kwargs) -> None:
+    """Runs a rule; its error becomes a ConfigError (the message already names the flag)."""
     try:
-        with open(path) as f:
-            record = json.load(f)
-        values = {}
-        for field in dataclasses.fields(ExperimentConfig):
-            if field.name not in record:  # Added later; its default is the old behaviour.
-                continue
-            value = record[field.name]
-            values[field.name] = tuple(value) if isinstance(value, list) else value
-        return ExperimentConfig(**values)
-    except FileNotFoundError:
-        raise ConfigError(f"--{flag} {run_dir} is not a run folder (no config.json)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--{flag} {run_dir}: unreadable config.json ({e!r})") from None
+        check(*args, **kwargs)
+    except InvalidArgument as e:
+        raise ConfigError(str(e)) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    """A grid of runs: ``base`` settings for every model, swept over these axes."""
+def validate(config: ExperimentConfig) -> None:
+    """Checks every setting that needs no data; raises ConfigError naming the first bad flag.
 
-    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    digits: tuple[int, ...] = tuple(range(10))
-    # Residual smoothings scored on the same trained models (scoring only, no retraining).
-    smoothings: tuple[float, ...] = (0.0,)
-    split_seed: int = 0
-    group_size: int | None = None  # Models vmapped together; None: backend default.
-    mesh_layout: str = "models"  # With several devices: spread models, or split batches.
-    base: ExperimentConfig = ExperimentConfig()
+    What needs the data (the batch against the training set, the held-out
+    share against the class size) or the devices (``--num_devices``) is
+    checked by the pipeline, still before any training.
+    """
+    c = config
+    if c.preset is not None:
+        _rule(rules.choice, "--preset", c.preset, tuple(PRESETS))
+    _rule(rules.beta, "--beta", c.beta)
+    _rule(rules.normal_class, "--normal_digit", c.normal_digit)
+    _rule(rules.at_least, "--latent_dim", c.latent_dim, 1)
+    _rule(rules.widths, "--hidden_dims", c.hidden_dims)
+    _rule(rules.at_least, "--epochs", c.epochs, 1)
+    _rule(rules.at_least, "--batch_size", c.batch_size, 1)
+    _rule(rules.number, "--learning_rate", c.learning_rate, low=0, low_open=True)
+    _rule(rules.seed, "--seed", c.seed)
+    _rule(rules.seed, "--split_seed", c.split_seed)
+    _rule(rules.fraction, "--val_fraction", c.val_fraction)
+    if c.anomaly_fraction is not None:
+        _rule(rules.fraction, "--anomaly_fraction", c.anomaly_fraction)
+    _rule(rules.percentile, "--threshold_percentile", c.threshold_percentile)
+    _rule(rules.choices, "--models", c.models, rules.MODEL_NAMES + rules.BASELINES)
+    _rule(rules.choice, "--data_source", c.data_source, rules.SOURCES)
+    _rule(rules.choice, "--dataset", c.dataset, rules.DATASETS)
+    if c.data_source == "bundled" and c.dataset != "mnist":
+        raise ConfigError(
+            f"--dataset={c.dataset} needs --data_source=tfds or idx (only mnist is bundled)"
+        )
+    if c.data_source == "idx" and not c.data_dir:
+        raise ConfigError("--data_source=idx needs --data_dir with the four IDX files")
+    if c.data_dir and c.data_source == "idx" and not os.path.isdir(c.data_dir):
+        raise ConfigError(f"--data_dir {c.data_dir} is not a directory")
+    _rule(rules.choice, "--vae_score", c.vae_score, rules.VAE_SCORES)
+    _rule(rules.at_least, "--mc_samples", c.mc_samples, 1)
+    _rule(rules.smoothing, "--score_smoothing", c.score_smoothing)
+    if "vae" in c.models:
+        _rule(rules.smoothing_needs_reconstruction, "--score_smoothing", c.score_smoothing,
+              c.vae_score)  # fmt: skip
+    _rule(rules.at_least, "--chunk_size", c.chunk_size, 1)
+    _rule(rules.choice, "--likelihood", c.likelihood, rules.LIKELIHOODS)
+    _rule(rules.choice, "--architecture", c.architecture, rules.ARCHITECTURES)
+    if c.architecture == "conv":
+        _rule(rules.conv_depth, "--hidden_dims", c.hidden_dims)
+    _rule(rules.at_least, "--kl_warmup_epochs", c.kl_warmup_epochs, 0)
+    _rule(rules.at_least, "--ensemble_size", c.ensemble_size, 1)
+    _rule(rules.at_least, "--checkpoint_every", c.checkpoint_every, 0, " (0 = no checkpoints)")
+    _rule(rules.at_least, "--num_devices", c.num_devices, 0, " (0 = all)")
+    if c.output_dir is not None:
+        check_output_dir(c.output_dir)
+
+
+def validate_sweep(config: SweepConfig) -> None:
+    """Checks every axis and the base settings at each axis value; ConfigError names the flag."""
+    for flag, values, rule in (
+        ("--betas", config.betas, rules.beta),
+        ("--seeds", config.seeds, rules.seed),
+        ("--digits", config.digits, rules.normal_class),
+        ("--score_smoothing", config.smoothings, rules.smoothing),
+    ):
+        if not values:
+            raise ConfigError(f"{flag} needs at least one value")
+        for value in values:
+            _rule(rule, flag, value)
+    if config.group_size is not None:
+        _rule(rules.at_least, "--group_size", config.group_size, 0)
+    _rule(rules.choice, "--mesh_layout", config.mesh_layout, rules.LAYOUTS)
+    validate(config.base)
+    if "vae" in config.base.models:
+        for smoothing in config.smoothings:
+            _rule(rules.smoothing_needs_reconstruction, "--score_smoothing", smoothing,
+                  config.base.vae_score)  # fmt: skip
 
 
 def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
@@ -282,57 +242,48 @@ def _nonempty_unique(values, *, name: str, text: str) -> tuple:
     return tuple(values)
 
 
-def validate_sweep(config: SweepConfig) -> None:
-    """Checks every grid point with the runner's rules; ConfigError names the flag."""
-    if not config.betas or not config.seeds or not config.digits:
-        raise ConfigError("--betas, --seeds and --digits each need at least one value")
-    for beta in config.betas:
-        if not math.isfinite(beta) or beta < 0:
-            raise ConfigError(f"--betas must be finite numbers >= 0, got {beta}")
-    for seed in (*config.seeds, config.split_seed):
-        if not 0 <= seed < 2**32:
-            raise ConfigError(f"--seeds and --split_seed must be in [0, 2**32), got {seed}")
-    for digit in config.digits:
-        if not 0 <= digit <= 9:
-            raise ConfigError(f"--digits must be digits 0-9, got {digit}")
-    if config.group_size is not None and config.group_size < 0:
-        raise ConfigError(f"--group_size must be >= 0, got {config.group_size}")
-    if config.mesh_layout not in LAYOUTS:
-        raise ConfigError(
-            f"--mesh_layout must be one of {', '.join(LAYOUTS)}, got {config.mesh_layout!r}"
-        )
-    if not config.smoothings:
-        raise ConfigError("--score_smoothing needs at least one value")
-    # The base settings at each smoothing, by the runner's rules.
-    for smoothing in config.smoothings:
-        validate(
-            dataclasses.replace(config.base, output_dir=None, score_smoothing=smoothing),
-            data_parallel=config.mesh_layout == DATA,
-        )
-    if config.base.ensemble_size != 1:
-        raise ConfigError("--ensemble_size applies to experiments.main; a sweep varies --seeds")
-    if config.base.output_dir is not None:
-        check_output_dir(config.base.output_dir)
+def read_record(run_dir: str, *, flag: str) -> dict[str, Any]:
+    """The ``config.json`` of a run or sweep folder.
 
-
-def load_sweep_config(run_dir: str) -> SweepConfig:
-    """The settings a sweep folder was started with (its ``config.json``)."""
-    path = os.path.join(run_dir, "config.json")
+    Raises:
+      ConfigError: The folder has none, or it is unreadable.
+    """
     try:
-        with open(path) as f:
-            record = json.load(f)
-        grid = {
-            f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
-            for f in dataclasses.fields(SweepConfig)
-            if f.name != "base" and f.name in record
-        }
-        base = {
-            f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
-            for f in dataclasses.fields(ExperimentConfig)
-            if f.name in record
-        }
-        return SweepConfig(**grid, base=ExperimentConfig(**{**base, "output_dir": run_dir}))
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"--resume {run_dir} is not a sweep folder (no config.json)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume {run_dir}: not a sweep's config.json ({e!r})") from None
+        raise ConfigError(f"--{flag} {run_dir} is not a run folder (no config.json)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--{flag} {run_dir}: unreadable config.json ({e!r})") from None
+
+
+def _fields(cls, record: dict[str, Any]) -> dict[str, Any]:
+    # Fields missing from an older record keep their defaults (the old behaviour).
+    return {
+        f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
+        for f in dataclasses.fields(cls)
+        if f.name in record and f.name != "base"
+    }
+
+
+def load_config(run_dir: str, *, flag: str) -> SweepConfig:
+    """The grid a run or sweep folder was started with, ``output_dir`` = the folder.
+
+    A run's record has no grid fields: it loads as its grid of one. Runs from
+    before ``--split_seed`` existed split with their ``seed``, and load so.
+    """
+    record = read_record(run_dir, flag=flag)
+    try:
+        base = _fields(ExperimentConfig, record)
+        if "betas" not in record:  # A single run.
+            base.setdefault("split_seed", base.get("seed", 0))
+            return SweepConfig.single(ExperimentConfig(**{**base, "output_dir": run_dir}))
+        grid = _fields(SweepConfig, record)
+        return SweepConfig(**grid, base=ExperimentConfig(**{**base, "output_dir": run_dir}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--{flag} {run_dir}: not a config.json of this project ({e})") from None
+
+
+def load_run_config(run_dir: str, *, flag: str) -> ExperimentConfig:
+    """The settings of a single run's folder (see :func:`load_config`)."""
+    return load_config(run_dir, flag=flag).base

@@ -60,17 +60,30 @@ def new_run_dir(label: str, *, root: str = "runs") -> str:
     return path
 
 
+def prepare_output_dir(path: str) -> None:
+    """Creates a new run folder and checks that it takes files, before any data is loaded.
+
+    Raises:
+      ConfigError: The folder holds files, or cannot be created or written.
+    """
+    check_output_dir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        atomic_write_bytes(os.path.join(path, ".probe"), b"")
+        os.unlink(os.path.join(path, ".probe"))
+    except OSError as e:
+        raise ConfigError(f"--output_dir {path} cannot be written ({e.strerror or e})") from None
+
+
 def claim_output_dir(path: str, config_record: dict[str, Any]) -> None:
-    """Creates a run folder and claims it by linking ``config.json`` into it.
+    """Claims a prepared run folder by linking ``config.json`` into it.
 
     ``os.link`` fails if the file exists, so two runs started on the same
     folder cannot both claim it.
 
     Raises:
-      ConfigError: The folder holds files, cannot be created, or was claimed.
+      ConfigError: The folder was claimed by another run.
     """
-    check_output_dir(path)
-    os.makedirs(path, exist_ok=True)
     staged = os.path.join(path, ".config.json.staged")
     write_json(staged, config_record)
     try:

@@ -5,17 +5,19 @@
   python -m experiments.main --resume=runs/<run>            # continue an interrupted run
   python -m experiments.main --eval_only=runs/<run> --threshold_percentile=99
 
-Invalid settings exit with code 1 and one line on stderr, before any training.
+A run is the pipeline's grid of one: ``experiments.sweep`` with the same flags
+gives the same row. Invalid settings exit with code 1 and one line on stderr,
+before any training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags
+from absl import flags
 
 from experiments import cli
-from experiments.config import ConfigError, load_run_config, validate
+from experiments.config import ConfigError, SweepConfig, load_run_config, validate
 
 cli.define_experiment_flags()
 flags.DEFINE_string(
@@ -24,6 +26,7 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "eval_only", None, "Re-score the saved models of this finished run, no training."
 )
+flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 # Settings a resumed run may change (where it runs, where the data is) and,
@@ -51,34 +54,30 @@ def _saved_config(flag: str, allowed: set[str]):
                 f"--{flag} keeps the run's settings (may change: {', '.join(sorted(allowed))})"
             )
         changes[name] = value
-    return dataclasses.replace(saved, output_dir=run_dir, **changes)
+    return dataclasses.replace(saved, **changes)
 
 
-def main(argv: list[str]) -> None:
-    cli.start(argv)
-    try:
-        if FLAGS.resume and FLAGS.eval_only:
-            raise ConfigError("--resume and --eval_only exclude each other")
-        fresh = not (FLAGS.resume or FLAGS.eval_only)
-        if FLAGS.resume:
-            config = _saved_config("resume", RESUME_SETTINGS)
-        elif FLAGS.eval_only:
-            config = _saved_config("eval_only", EVAL_SETTINGS)
-        else:
-            config = cli.experiment_config_from_flags()
-        # A resumed or re-scored run's folder exists by design; the runner checks it.
-        validate(config if fresh else dataclasses.replace(config, output_dir=None))
-        # Imported once the flags are known to be valid: the runner brings in
-        # matplotlib and scikit-learn (about a second), which a typo need not wait for.
-        from experiments import runner  # noqa: PLC0415
+def body():
+    if FLAGS.resume and FLAGS.eval_only:
+        raise ConfigError("--resume and --eval_only exclude each other")
+    if FLAGS.resume:
+        config = _saved_config("resume", RESUME_SETTINGS)
+    elif FLAGS.eval_only:
+        config = _saved_config("eval_only", EVAL_SETTINGS)
+    else:
+        config = cli.experiment_config_from_flags()
+    # A resumed or re-scored run's folder exists by design; the pipeline checks it.
+    validate(config if not (FLAGS.resume or FLAGS.eval_only) else
+             dataclasses.replace(config, output_dir=None))  # fmt: skip
 
-        if FLAGS.eval_only:
-            runner.evaluate_run(config)
-        else:
-            runner.run_experiment(config, resume=bool(FLAGS.resume))
-    except cli.USER_ERRORS as e:
-        cli.fail(str(e))
+    def work():
+        from experiments import pipeline, report  # noqa: PLC0415  (JAX, plots: after the checks)
+
+        grid = SweepConfig.single(config)
+        report.write(pipeline.run(grid, resume=bool(FLAGS.resume), eval_only=bool(FLAGS.eval_only)))
+
+    return work
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.command(body)

@@ -111,14 +111,9 @@ def latent_scatter(means: np.ndarray, digits: np.ndarray, normal_digit: int) -> 
     for d in sorted(range(10), key=lambda d: d == normal_digit):
         sel = digits == d
         if np.any(sel):
-            ax.scatter(
-                points[sel, 0],
-                points[sel, 1],
-                s=4 if d != normal_digit else 8,
-                alpha=0.6,
-                color=cmap(d),
-                label=f"{d}{' (normal)' if d == normal_digit else ''}",
-            )
+            label = f"{d} (normal)" if d == normal_digit else str(d)
+            ax.scatter(points[sel, 0], points[sel, 1], s=4 if d != normal_digit else 8, alpha=0.6,
+                       color=cmap(d), label=label)  # fmt: skip
     ax.set(xlabel=f"{axis_name} 1", ylabel=f"{axis_name} 2", title="VAE latent means, test images")
     ax.legend(markerscale=3, fontsize=7, loc="best")
     return fig
@@ -181,21 +176,11 @@ def best_per_digit(summary: dict[str, dict]) -> Figure:
     for i, (label, s) in enumerate(best.items()):
         means = [s["digits"][d][0] for d in digits]
         stds = [s["digits"][d][1] for d in digits]
-        ax.bar(
-            x + i * width,
-            means,
-            width,
-            yerr=stds,
-            capsize=2,
-            label=f"{label} (mean {s['mean'][0]:.4f})",
-        )
+        ax.bar(x + i * width, means, width, yerr=stds, capsize=2,
+               label=f"{label} (mean {s['mean'][0]:.4f})")  # fmt: skip
     ax.set_xticks(x + width * (len(best) - 1) / 2, [str(d) for d in digits])
     lows = [s["digits"][d][0] for s in best.values() for d in digits]
-    ax.set(
-        xlabel="normal digit",
-        ylabel="test AUROC",
-        ylim=(max(0.0, min(lows) - 0.05), 1.0),
-        title="best AE and best beta-VAE (chosen by mean test AUROC over digits)",
-    )
+    ax.set(xlabel="normal digit", ylabel="test AUROC", ylim=(max(0.0, min(lows) - 0.05), 1.0),
+           title="best AE and best beta-VAE (chosen by mean test AUROC over digits)")  # fmt: skip
     ax.legend(fontsize=8, loc="lower left")
     return fig

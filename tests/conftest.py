@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from jax_vae import data
+# Two test workers share one accelerator where there is one: neither may take most of its
+# memory up front (set before JAX starts).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from jax_vae import data  # noqa: E402
 
 
 @pytest.fixture(scope="session")

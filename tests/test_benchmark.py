@@ -51,3 +51,22 @@ def test_profile_epoch_splits_the_epoch():
     images = jnp.asarray(np.random.default_rng(0).random((512, 784), np.float32))
     seconds, matmul_seconds = benchmark.profile_epoch(make_model("ae"), images, batch_size=128)
     assert 0 < matmul_seconds < seconds
+
+
+def test_bad_flags_fail_before_the_peak_probe():
+    from helpers import cli, one_line_error  # noqa: PLC0415
+
+    for args, needle in ((["--models=vea"], "--models must be one of ae, vae, got 'vea'"),
+                         (["--epochs=0"], "--epochs must be >= 1"),
+                         (["--sweep_sizes=a"], "--sweep_sizes must be integers")):  # fmt: skip
+        assert needle in one_line_error(cli("benchmark", *args, timeout=30))
+
+
+def test_a_disturbed_peak_probe_is_flagged(monkeypatch, caplog, capsys):
+    from absl import flags  # noqa: PLC0415
+
+    flags.FLAGS(["benchmark", "--epochs=1", "--sweep_sizes="])
+    monkeypatch.setattr(benchmark, "matmul_peak_gflops", lambda size: 0.001)  # "Disturbed".
+    benchmark.benchmark(("ae",), ())
+    assert "AE" in capsys.readouterr().out
+    assert "not trustworthy" in caplog.text

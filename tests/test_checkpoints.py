@@ -5,29 +5,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import time
 
 import chex
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, cli, cli_argv, run_single
 
-from experiments import runner
-from experiments.config import ExperimentConfig, load_run_config
+from experiments.config import ConfigError, ExperimentConfig, load_run_config
 from jax_vae import checkpoints, models, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold")
+SMALL_RUN = ("--epochs=6", "--checkpoint_every=1", "--normal_digit=1", "--hidden_dims=64",
+             "--latent_dim=8", "--anomaly_fraction=0.1")  # fmt: skip
 
 
 def _main(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.main", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return cli("main", *args, timeout=timeout)
 
 
 def _metrics(run_dir):
@@ -74,7 +72,7 @@ def test_changed_model_shape_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
-    proc = _main("--epochs=8", "--checkpoint_every=1", "--normal_digit=1", f"--output_dir={out}")
+    proc = _main(*SMALL_RUN, f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -82,11 +80,10 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", "--epochs=8", "--checkpoint_every=1",
-         "--normal_digit=1", f"--output_dir={out}"],
+        cli_argv("main", *SMALL_RUN, f"--output_dir={out}"),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    first = out / "checkpoints" / "ae" / "2"
+    first = out / "checkpoints" / "digit1_ae" / "2"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -103,8 +100,7 @@ def test_eval_only_reproduces_and_writes_beside(uninterrupted):
     before = sorted(os.listdir(uninterrupted))
     stored = json.loads((uninterrupted / "metrics.json").read_text())
     config = load_run_config(str(uninterrupted), flag="eval_only")
-    result = runner.evaluate_run(dataclasses.replace(config, output_dir=str(uninterrupted)),
-                                 out=open(os.devnull, "w"))  # fmt: skip
+    result = run_single(config, eval_only=True)
     for name in ("ae", "vae"):
         for key in METRICS:
             assert result["models"][name][key] == stored["models"][name][key], (name, key)
@@ -113,11 +109,8 @@ def test_eval_only_reproduces_and_writes_beside(uninterrupted):
     assert set(os.listdir(uninterrupted)) == set(before) | {os.path.basename(eval_dir)}
     assert json.loads((uninterrupted / "metrics.json").read_text()) == stored  # Untouched.
     # Re-scored with a smoothed residual: a labelled folder, the same models, other scores.
-    smoothed = runner.evaluate_run(
-        dataclasses.replace(config, output_dir=str(uninterrupted), score_smoothing=1.5),
-        out=open(os.devnull, "w"),
-    )
-    assert os.path.basename(smoothed["output_dir"]).endswith("eval_p95_s1.5")
+    smoothed = run_single(dataclasses.replace(config, score_smoothing=1.5), eval_only=True)
+    assert os.path.basename(smoothed["output_dir"]).endswith("eval_p95_af0.1_s1.5")
     assert smoothed["models"]["ae"]["auroc"] != stored["models"]["ae"]["auroc"]
     assert smoothed["models"]["ae"]["history"] == stored["models"]["ae"]["history"]
     # Another threshold: a new folder, other F1, same AUROC.
@@ -132,7 +125,7 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     (run / "metrics.json").unlink()  # Pretend it was interrupted after training.
-    for root, _, files in os.walk(run / "checkpoints" / "ae" / "8"):
+    for root, _, files in os.walk(run / "checkpoints" / "digit1_ae" / "6"):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
@@ -148,24 +141,65 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_
     ]
     changed = _main(f"--resume={run}", "--latent_dim=10")
     assert changed.returncode == 1
-    assert "--latent_dim=10 differs from the run's latent_dim=20" in changed.stderr
-
-
-def test_same_flags_same_metrics(tmp_path):
-    results = []
-    for i in range(2):
-        config = ExperimentConfig(epochs=1, normal_digit=4, output_dir=str(tmp_path / f"r{i}"))
-        runner.run_experiment(config, out=open(os.devnull, "w"))
-        results.append(_metrics(tmp_path / f"r{i}"))
-    assert results[0] == results[1]
+    assert "--latent_dim=10 differs from the run's latent_dim=8" in changed.stderr
 
 
 def test_run_config_from_before_a_field_existed_gets_its_default(tmp_path):
     # Runs written before --score_smoothing and --preset existed can still be resumed
     # and re-scored: the missing settings take their defaults (the old behaviour).
-    record = dataclasses.asdict(ExperimentConfig(beta=2.0, epochs=3))
-    for added_later in ("score_smoothing", "preset"):
+    # Before --split_seed, a run's --seed also seeded its split: it loads so.
+    record = dataclasses.asdict(ExperimentConfig(beta=2.0, epochs=3, seed=4))
+    for added_later in ("score_smoothing", "preset", "split_seed"):
         del record[added_later]
     (tmp_path / "config.json").write_text(json.dumps(record))
     config = load_run_config(str(tmp_path), flag="eval_only")
-    assert config == ExperimentConfig(beta=2.0, epochs=3)
+    assert config == ExperimentConfig(beta=2.0, epochs=3, seed=4, split_seed=4,
+                                      output_dir=str(tmp_path))  # fmt: skip
+
+
+def test_resume_or_eval_on_other_images_is_refused(uninterrupted, tmp_path, monkeypatch):
+    # Another source may order the same images differently (tfds vs the IDX files): the
+    # held-out normals would then include training images. The split's fingerprint says so.
+    import shutil  # noqa: PLC0415
+
+    from jax_vae import data  # noqa: PLC0415
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    real = data.load_dataset("bundled")
+    order = np.random.default_rng(0).permutation(len(real.train_labels))
+    shuffled = real._replace(train_images=real.train_images[order],
+                             train_labels=real.train_labels[order])  # fmt: skip
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: shuffled)
+    config = load_run_config(str(run), flag="eval_only")
+    with pytest.raises(ConfigError, match="class 1: the training and held-out images differ"):
+        run_single(config, eval_only=True)
+    (run / "metrics.json").unlink()
+    with pytest.raises(ConfigError, match="split fingerprint"):
+        run_single(config, resume=True)
+    assert not (run / "metrics.json").exists()
+    assert sorted(os.listdir(run)) == sorted(set(os.listdir(uninterrupted)) - {"metrics.json"})
+
+
+def test_ctrl_c_is_one_line_exit_130_and_resumable(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        cli_argv("main", "--models=ae", "--epochs=60", "--checkpoint_every=2",
+                 "--normal_digit=1", "--hidden_dims=32", f"--output_dir={out}"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    second = out / "checkpoints" / "digit1_ae" / "2"
+    deadline = time.time() + 240
+    while not second.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]  # After the progress lines: one line that says it all.
+    assert re.fullmatch(
+        rf"error: interrupted in epoch \d+/60 of ae; continue from epoch \d+ with "
+        rf"--resume={re.escape(str(out))}", line), line
+    assert (out / "checkpoints" / "digit1_ae" / "2").exists()  # Checkpoints intact.
+    saved = int(re.search(r"from epoch (\d+)", line).group(1))
+    checkpointer = checkpoints.Checkpointer(str(out / "checkpoints" / "digit1_ae"))
+    assert checkpointer.latest_epoch() == saved

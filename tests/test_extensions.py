@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_single
 
-from experiments import runner
-from experiments.config import ConfigError, ExperimentConfig
-from jax_vae import losses, models, scoring, train
+from experiments.config import ExperimentConfig
+from jax_vae import keys, losses, models, scoring, train
 
 SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
@@ -96,11 +94,12 @@ def test_iwae_score_matches_reference():
 def test_ensemble_members_and_averaged_scores():
     images = jax.random.uniform(jax.random.key(1), (200, 784))
     model = models.make_model("ae", **SMALL)
-    key = jax.random.key(5)
-    keys = runner.ensemble_keys(key, 3)
-    assert jnp.array_equal(jax.random.key_data(keys[0]), jax.random.key_data(key))
-    together = train.train(keys, images, model=model, beta=jnp.ones(3), epochs=2, batch_size=50)
-    alone = [train.train(keys[i], images, model=model, epochs=2, batch_size=50) for i in range(3)]
+    members = keys.member_keys(5, "ae", 3).train
+    single = keys.model_keys(5, "ae").train
+    assert jnp.array_equal(jax.random.key_data(members[0]), jax.random.key_data(single))
+    together = train.train(members, images, jnp.ones(3), model=model, epochs=2, batch_size=50)
+    alone = [train.train(members[i], images, model=model, epochs=2, batch_size=50)
+             for i in range(3)]  # fmt: skip
     # A one-member ensemble is the single model; member i is model i trained alone.
     for i in range(3):
         chex.assert_trees_all_close(
@@ -119,22 +118,16 @@ def test_ensemble_members_and_averaged_scores():
 def test_runner_with_extensions(tmp_path):
     config = ExperimentConfig(
         epochs=2, normal_digit=1, ensemble_size=2, likelihood="bernoulli", kl_warmup_epochs=2,
+        models=("vae",),
+        hidden_dims=(64,), latent_dim=8, anomaly_fraction=0.1,
         vae_score="iwae", mc_samples=3, output_dir=str(tmp_path / "r"),
     )  # fmt: skip
-    result = runner.run_experiment(config, out=open(os.devnull, "w"))
-    for name in ("ae", "vae"):
-        assert result["models"][name]["auroc"] > 0.9
-        assert len(result["models"][name]["history"]["total"]) == 2
+    result = run_single(config)
+    assert result["models"]["vae"]["auroc"] > 0.9
+    assert len(result["models"]["vae"]["history"]["total"]) == 2
     # The ensemble's checkpoints restore for --eval_only.
-    again = runner.evaluate_run(config, out=open(os.devnull, "w"))
+    again = run_single(config, eval_only=True)
     assert again["models"]["vae"]["auroc"] == pytest.approx(
         result["models"]["vae"]["auroc"], abs=1e-6
     )
 
-
-@pytest.mark.parametrize(
-    "field,value", [("likelihood", "poisson"), ("kl_warmup_epochs", -1), ("ensemble_size", 0)]
-)
-def test_extension_settings_are_validated(field, value):
-    with pytest.raises(ConfigError, match=f"--{field}"):
-        runner.run_experiment(ExperimentConfig(**{field: value}))

@@ -7,24 +7,21 @@ import dataclasses
 import itertools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import cli, one_line_error, run_grid, run_single
 
-from experiments import runner, sweeps
+from experiments import report
 from experiments.config import (
     ConfigError,
     ExperimentConfig,
     SweepConfig,
-    load_sweep_config,
+    load_config,
     parse_float_list,
     parse_int_list,
 )
-from jax_vae import data, metrics, models, scoring, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jax_vae import data, keys, metrics, models, scoring, train
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +32,23 @@ def sweep(tmp_path_factory):
         seeds=(0, 1),
         digits=(0,),
         smoothings=(0.0, 1.5),
-        base=ExperimentConfig(epochs=1, models=("ae", "vae"), output_dir=str(out)),
+        base=ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(64,), latent_dim=8,
+                              output_dir=str(out)),
     )
-    return config, out, sweeps.run_sweep(config, out=open(os.devnull, "w"))
+    return config, out, run_grid(config, kind="sweep")
 
 
 def test_sweep_equals_models_trained_one_by_one(sweep, split0):
     config, _, result = sweep
     vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
     assert len(vae_rows) == 8  # 2 betas x 2 seeds x 2 smoothings.
-    model = models.make_model("vae")
+    model = models.make_model("vae", hidden_dims=(64,), latent_dim=8)
     synthetic = data.synthetic_anomalies(split0.val_images, seed=0)
     for (beta, seed), rows in itertools.groupby(
         sorted(vae_rows, key=lambda r: (r["beta"], r["seed"])), key=lambda r: (r["beta"], r["seed"])
     ):
-        train_key, _ = runner.model_keys(seed, "vae")
-        single = train.train(train_key, split0.train_images, model=model, beta=beta, epochs=1)
+        train_key, _ = keys.model_keys(seed, "vae")
+        single = train.train(train_key, split0.train_images, beta, model=model, epochs=1)
         for row in rows:  # Each smoothing scores the same trained model.
             score_fn = scoring.make_score_fn(model, smoothing=row["smoothing"])
             val = scoring.score(single.params, split0.val_images, score_fn=score_fn)
@@ -67,23 +65,21 @@ def test_sweep_equals_models_trained_one_by_one(sweep, split0):
     assert len({round(r["auroc"], 6) for r in vae_rows}) == 8
 
 
-def test_sweep_seed_equals_runner_run(sweep, tmp_path):
-    # With split_seed == seed, a grid point reproduces `experiments.main` for that seed.
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_sweep_row_equals_the_single_run_with_the_same_flags(sweep, tmp_path, seed):
+    # `seed` is the training seed in both commands; the split has its own split_seed.
     config, _, result = sweep
-    single = runner.run_experiment(
-        dataclasses.replace(
-            config.base, beta=4.0, seed=0, score_smoothing=1.5, output_dir=str(tmp_path / "r")
-        ),
-        out=open(os.devnull, "w"),
-    )
+    single = run_single(dataclasses.replace(
+        config.base, beta=4.0, seed=seed, score_smoothing=1.5, output_dir=str(tmp_path / "r")))
     for name, beta in (("ae", None), ("vae", 4.0)):
         row = next(
             r
             for r in result["rows"]
-            if (r["model"], r["beta"], r["seed"], r["smoothing"]) == (name, beta, 0, 1.5)
+            if (r["model"], r["beta"], r["seed"], r["smoothing"]) == (name, beta, seed, 1.5)
         )
-        for key in ("auroc", "synthetic_auroc"):
-            assert row[key] == pytest.approx(single["models"][name][key], abs=1e-4)
+        # Trained in a vmapped group vs alone: equal up to float rounding.
+        for key in ("auroc", "synthetic_auroc", "f1"):
+            assert row[key] == pytest.approx(single["models"][name][key], abs=2e-4)
 
 
 def test_csv_json_and_summary_agree(sweep):
@@ -120,9 +116,9 @@ def test_csv_json_and_summary_agree(sweep):
         assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
     summary_text = (out / "summary.txt").read_text()
     assert "VAE b=4 s=1.5" in summary_text and "synth AUROC" in summary_text
-    synthetic = sweeps.summarize(record["rows"], metric="synthetic_auroc")
+    synthetic = report.summarize(record["rows"], metric="synthetic_auroc")
     chosen = max(synthetic, key=lambda label: synthetic[label]["mean"][0])
-    assert sweeps.select_by_synthetic_auroc(record["rows"]) == chosen
+    assert report.select_by_synthetic_auroc(record["rows"]) == chosen
     assert f"selected by synthetic AUROC (normal data only): {chosen} " in summary_text
 
 
@@ -137,38 +133,37 @@ def test_parse_lists():
         parse_float_list("1,abc", name="betas")
 
 
-BAD_SWEEP_FLAGS = [
-    (["--betas=1,abc"], "--betas"),
-    (["--betas=-1"], "--betas"),
-    (["--betas=nan"], "--betas"),
-    (["--seeds=0,x"], "--seeds"),
-    (["--digits=0-10"], "--digits"),
-    (["--digits="], "--digits"),
-    (["--group_size=-1"], "--group_size"),
-    (["--epochs=0"], "--epochs"),
-    (["--batch_size=5000"], "--batch_size"),
-    (["--models=svm"], "--models"),
-    (["--beta=2"], "beta"),  # The sweep takes --betas, not --beta.
-    (["--score_smoothing=1,-1"], "--score_smoothing"),
-    (["--score_smoothing=1", "--vae_score=elbo"], "--score_smoothing"),
+BAD_SWEEPS = [
+    (dict(betas=(-1.0,)), "--betas must be >= 0"),
+    (dict(betas=(float("nan"),)), "--betas must be a finite number"),
+    (dict(seeds=(-1,)), "--seeds"),
+    (dict(digits=(10,)), "--digits"),
+    (dict(digits=()), "--digits needs at least one value"),
+    (dict(group_size=-1), "--group_size"),
+    (dict(mesh_layout="rows"), "--mesh_layout"),
+    (dict(smoothings=(1.0, -1.0)), "--score_smoothing"),
+    (dict(base=ExperimentConfig(epochs=0)), "--epochs"),
+    (dict(smoothings=(1.0,), base=ExperimentConfig(vae_score="elbo")), "--score_smoothing needs"),
 ]
 
 
-@pytest.mark.parametrize(
-    "args,needle", BAD_SWEEP_FLAGS, ids=[" ".join(a) for a, _ in BAD_SWEEP_FLAGS]
-)
+@pytest.mark.parametrize("fields,needle", BAD_SWEEPS, ids=[str(f) for f, _ in BAD_SWEEPS])
+def test_sweep_rules_name_their_flag(fields, needle):
+    from experiments.config import validate_sweep  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match=needle):
+        validate_sweep(SweepConfig(**fields))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--betas=1,abc"], "--betas"),
+    (["--digits=0-10"], "--digits"),
+    (["--beta=2"], "beta"),  # The sweep takes --betas, not --beta.
+    (["--batch_size=5000", "--digits=5"], "--batch_size must be in [1, 4879]"),
+])  # fmt: skip
 def test_invalid_sweep_flags_exit_with_one_line(args, needle, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *args, f"--output_dir={tmp_path / 'out'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1, proc.stderr
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert needle in lines[0], lines[0]
+    line = one_line_error(cli("sweep", *args, f"--output_dir={tmp_path / 'out'}"))
+    assert needle in line, line
     assert not (tmp_path / "out").exists()
 
 
@@ -178,14 +173,16 @@ def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
     out = tmp_path / "s"
     config = SweepConfig(
         betas=(1.0,), seeds=(0, 1), digits=(1, 7),
-        base=ExperimentConfig(epochs=3, models=("vae",), checkpoint_every=1, output_dir=str(out)),
+        base=ExperimentConfig(epochs=3, models=("vae",), checkpoint_every=1, hidden_dims=(32,),
+                              latent_dim=4, anomaly_fraction=0.1, output_dir=str(out)),
     )  # fmt: skip
-    full = sweeps.run_sweep(config, out=open(os.devnull, "w"))["rows"]
+    full = run_grid(config, kind="sweep")["rows"]
     # Simulate a kill during digit 7's third epoch: no results, its last checkpoint gone.
     (out / "sweep.json").unlink()
     shutil.rmtree(out / "checkpoints" / "digit7_vae" / "3")
-    resumed = sweeps.run_sweep(load_sweep_config(str(out)), resume=True,
-                               out=open(os.devnull, "w"))["rows"]  # fmt: skip
-    assert resumed == full
+    resumed = run_grid(load_config(str(out), flag="resume"), kind="sweep", resume=True)["rows"]
+    strip = ("train_seconds", "compile_seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in strip} for r in full]
     with pytest.raises(ConfigError, match="complete"):
-        sweeps.run_sweep(load_sweep_config(str(out)), resume=True)
+        run_grid(load_config(str(out), flag="resume"), kind="sweep", resume=True)

@@ -1,0 +1,361 @@
+"""One pipeline for runs, sweeps and baselines: grid -> train -> evaluate -> records.
+
+A single run is a grid of one (:meth:`SweepConfig.single`). For each class of
+the grid: its one-class split; for each model, every (beta, seed) point (times
+the ensemble members) trained together as one vmapped program, restored from
+its checkpoints (``--eval_only``), or, for a scikit-learn baseline, fitted per
+seed; then scored on the held-out normals, the test set and the synthetic
+anomalies at every smoothing, and evaluated by :func:`jax_vae.metrics.evaluate`.
+Keys come from :mod:`jax_vae.keys`, so the library alone reproduces each row.
+:mod:`experiments.report` turns the records into files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from experiments.config import ConfigError, SweepConfig, read_record, validate_sweep
+from experiments.files import claim_output_dir, new_run_dir, prepare_output_dir
+from jax_vae import data, keys, rules, scoring, sharding, train
+from jax_vae.checkpoints import Checkpointer
+from jax_vae.losses import make_example_loss
+from jax_vae.metrics import evaluate
+from jax_vae.models import make_model
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
+KINDS = ("run", "sweep", "baselines")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says how to continue (a KeyboardInterrupt)."""
+
+
+@dataclasses.dataclass
+class Group:
+    """One (class, model) of the grid, trained and scored: its points' results."""
+
+    digit: int
+    name: str
+    points: list[tuple[float | None, int]]  # (beta, seed); the AE and baselines have no beta.
+    scores: scoring.Parts  # [points, images, smoothings] each.
+    history: dict[str, np.ndarray] | None  # Per point [points, epochs]; None for baselines.
+    params: Any = None  # Per point (an ensemble's first member), kept for single runs' plots.
+    model: Any = None
+
+
+@dataclasses.dataclass
+class Result:
+    """Everything a command reports: the records and, for a single run, their details."""
+
+    kind: str
+    grid: SweepConfig
+    output_dir: str
+    record: dict[str, Any]  # config.json.
+    rows: list[dict[str, Any]]  # One per (class, model, beta, seed, smoothing).
+    groups: list[Group]
+    splits: dict[int, data.OneClassSplit]  # Kept for single runs only.
+
+
+def config_model(base, name: str):
+    """Model ``name`` with the configured widths, latent size and architecture."""
+    return make_model(
+        name, hidden_dims=base.hidden_dims, latent_dim=base.latent_dim,
+        architecture=base.architecture,
+    )  # fmt: skip
+
+
+def config_mesh(base, layout: str) -> jax.sharding.Mesh | None:
+    """The mesh over ``--num_devices`` devices (all when 0); None for a single device."""
+    if base.num_devices > jax.device_count():
+        raise ConfigError(
+            f"--num_devices {base.num_devices} exceeds the {jax.device_count()} visible devices"
+        )
+    width = base.num_devices or jax.device_count()
+    if layout == sharding.DATA and base.batch_size % width:
+        raise ConfigError(
+            f"--batch_size {base.batch_size} must divide by the data-parallel width "
+            f"({width} devices; see --num_devices)"
+        )
+    return sharding.make_mesh(layout, devices=jax.devices()[:width]) if width > 1 else None
+
+
+def environment_record() -> dict[str, Any]:
+    """Package versions and devices, for reproducibility."""
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "versions": versions,
+        "devices": [f"{d.platform}:{d.device_kind}:{d.id}" for d in jax.devices()],
+        "backend": jax.default_backend(),
+    }
+
+
+def points_of(grid: SweepConfig, name: str) -> list[tuple[float | None, int]]:
+    """(beta, seed) of every model of one kind; only beta-VAEs have a beta."""
+    betas = grid.betas if name == "vae" else (None,)
+    return [(beta, seed) for beta in betas for seed in grid.seeds]
+
+
+def _default_dir(kind: str, grid: SweepConfig) -> str:
+    base = grid.base
+    if kind == "run":
+        return new_run_dir(f"digit{base.normal_digit}_beta{base.beta:g}")
+    return new_run_dir(f"{kind}_{len(grid.digits)}digits")
+
+
+def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> dict[str, dict[str, Any]]:
+    """Every class's split rules, before any training; its sizes and fingerprint."""
+    base, splits = grid.base, {}
+    for digit in grid.digits:
+        try:
+            idx = data.split_indices(
+                dataset, normal_digit=digit, val_fraction=base.val_fraction,
+                anomaly_fraction=base.anomaly_fraction, seed=base.split_seed, prefix="--",
+            )  # fmt: skip
+            if set(base.models) & set(rules.MODEL_NAMES):
+                train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs,
+                                 prefix="--", what=f" of class {digit}")  # fmt: skip
+        except rules.InvalidArgument as e:
+            raise ConfigError(str(e)) from None
+        splits[str(digit)] = {
+            "train": int(idx.train.size), "val": int(idx.val.size), "test": int(idx.test.size),
+            "test_anomalies": int((dataset.test_labels[idx.test] != digit).sum()),
+            "fingerprint": idx.fingerprint,
+        }  # fmt: skip
+    return splits
+
+
+def _check_same_splits(saved: dict[str, Any], splits: dict[str, Any], run_dir: str) -> None:
+    for digit, split in splits.items():
+        old = saved.get("splits", {}).get(digit, {}).get("fingerprint")
+        if old is not None and old != split["fingerprint"]:
+            raise ConfigError(
+                f"class {digit}: the training and held-out images differ from those of the "
+                f"run in {run_dir} (split fingerprint {split['fingerprint']}, saved {old}); "
+                "use the run's data source and files"
+            )
+
+
+def run(
+    grid: SweepConfig, *, kind: str = "run", resume: bool = False, eval_only: bool = False
+) -> Result:
+    """Trains (or restores) and evaluates every model of the grid.
+
+    Args:
+      grid: The grid; a single run is ``SweepConfig.single(config)``.
+      kind: ``run``, ``sweep`` or ``baselines``: how the output folder is named.
+      resume: Continue the interrupted run in ``grid.base.output_dir`` from its
+        checkpoints; the result equals an uninterrupted run's.
+      eval_only: Re-score the final checkpoints of the run in
+        ``grid.base.output_dir``; results go to a new folder inside it.
+
+    Returns:
+      The records, ready for :func:`experiments.report.write`.
+
+    Raises:
+      ConfigError: A bad setting, checked before any training.
+      DataError, CheckpointError, NonFiniteLossError: As the library.
+      Interrupted: Ctrl-C during training.
+    """
+    base = grid.base
+    rules.choice("kind", kind, KINDS)
+    run_dir = base.output_dir
+    validate_sweep(dataclasses.replace(grid, base=dataclasses.replace(base, output_dir=None)))
+    saved: dict[str, Any] = {}
+    if resume or eval_only:
+        saved = read_record(run_dir, flag="resume" if resume else "eval_only")
+        done = "metrics.json" if kind == "run" else f"{kind}.json"
+        if resume and os.path.exists(os.path.join(run_dir, done)):
+            hint = f"use --eval_only={run_dir} to re-score it" if kind == "run" else "nothing to do"
+            raise ConfigError(f"the {kind} in {run_dir} is complete ({done} exists); {hint}")
+    if eval_only:
+        label = f"p{base.threshold_percentile:g}"
+        if base.anomaly_fraction is not None:
+            label += f"_af{base.anomaly_fraction:g}"
+        if base.score_smoothing:
+            label += f"_s{base.score_smoothing:g}"
+        output_dir = new_run_dir(f"eval_{label}", root=run_dir)
+    else:
+        output_dir = run_dir or _default_dir(kind, grid)
+    writer = sharding.is_main_process()  # Multi-host: only process 0 writes files.
+    created = writer and not resume and not os.path.exists(output_dir)
+    if writer and not resume:
+        prepare_output_dir(output_dir)  # Before the data: an unwritable folder fails now.
+    try:
+        dataset = data.load_dataset(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
+        splits = _check_splits(dataset, grid)
+        if saved:
+            _check_same_splits(saved, splits, run_dir)
+        mesh = config_mesh(base, grid.mesh_layout)
+        record = {
+            **({} if kind == "run" else {
+                k: v for k, v in dataclasses.asdict(grid).items() if k != "base"}),
+            **{k: v for k, v in dataclasses.asdict(base).items()
+               if kind == "run" or k not in ("beta", "seed", "normal_digit", "score_smoothing")},
+            "output_dir": output_dir, **({"evaluated_run": run_dir} if eval_only else {}),
+            **environment_record(), "splits": splits,
+        }  # fmt: skip
+        if writer and not resume:
+            claim_output_dir(output_dir, record)
+    except BaseException:
+        if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
+            os.rmdir(output_dir)  # Nothing was written: leave no empty folder behind.
+        raise
+    logging.info("%s folder %s", kind, output_dir)
+
+    result = Result(kind, grid, output_dir, record, [], [], {})
+    for digit in grid.digits:
+        split = data.one_class_split(
+            dataset, normal_digit=digit, val_fraction=base.val_fraction,
+            anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
+        )  # fmt: skip
+        synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed)
+        images = scoring.Parts(split.val_images, split.test_images, synthetic)
+        for name in base.models:
+            if name in rules.BASELINES:
+                group, timing = _fit_baselines(grid, digit, name, split, images)
+            else:
+                group, timing = _train_and_score(
+                    grid, digit, name, split, images, mesh=mesh,
+                    checkpoint_dir=os.path.join(run_dir or output_dir, "checkpoints",
+                                                f"digit{digit}_{name}"),
+                    eval_only=eval_only, keep_params=kind == "run",
+                )  # fmt: skip
+            result.groups.append(group)
+            result.rows.extend(_rows(group, grid, split.test_labels, timing))
+        if kind == "run":
+            result.splits[digit] = split
+    return result
+
+
+def _rows(group: Group, grid: SweepConfig, labels: np.ndarray, timing: dict) -> list[dict]:
+    """One record per (point, smoothing): identity, metrics, timing, history."""
+    smoothings = grid.smoothings if group.history is not None else (None,)
+    rows = []
+    for s, smoothing in enumerate(smoothings):
+        for p, (beta, seed) in enumerate(group.points):
+            scores = [part[p, :, s] for part in group.scores]
+            rows.append({
+                "model": group.name, "beta": beta, "seed": seed, "digit": group.digit,
+                "smoothing": smoothing,
+                **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
+                **timing,
+                **({} if group.history is None else
+                   {"history": {k: [float(v) for v in h[p]] for k, h in group.history.items()}}),
+            })  # fmt: skip
+    return rows
+
+
+def _fit_baselines(grid, digit, name, split, images) -> tuple[Group, dict]:
+    """A scikit-learn baseline per seed, scored like the models (one 'smoothing')."""
+    from jax_vae.baselines import fit_baseline  # noqa: PLC0415  (scikit-learn: only here)
+
+    points = points_of(grid, name)
+    t = time.perf_counter()
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for _, seed in points:
+        logging.info("class %d: fitting %s (seed %d) on %d images", digit, name, seed,
+                     len(split.train_images))  # fmt: skip
+        scorer = fit_baseline(name, split.train_images, seed=seed)
+        for i, part in enumerate(images):
+            parts[i].append(scorer(part)[:, None])
+    timing = {"train_seconds": time.perf_counter() - t}
+    return Group(digit, name, points, scoring.Parts(*map(np.stack, parts)), None), timing
+
+
+def _train_and_score(
+    grid, digit, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params
+) -> tuple[Group, dict]:
+    """Trains (or restores) every point of one model kind together, then scores them."""
+    base, points = grid.base, points_of(grid, name)
+    members = base.ensemble_size
+    model_keys = [keys.member_keys(seed, name, members) for _, seed in points]
+    train_keys = jnp.concatenate([k.train for k in model_keys])
+    score_keys = jnp.concatenate([k.score for k in model_keys])
+    betas = jnp.repeat(jnp.array([base.beta if b is None else b for b, _ in points]), members)
+    k = len(points) * members
+    if mesh is not None and grid.mesh_layout == sharding.MODELS:
+        pad = -k % mesh.devices.size  # Whole models per device: repeat the last; dropped below.
+        train_keys = jnp.concatenate([train_keys, jnp.repeat(train_keys[-1:], pad)])
+        betas = jnp.concatenate([betas, jnp.repeat(betas[-1:], pad)])
+    if train_keys.shape[0] == 1:  # One model: trained unbatched, exactly as the library does.
+        train_keys, betas = train_keys[0], betas[0]
+    model = config_model(base, name)
+    label = f"{name} (class {digit})" if len(grid.digits) > 1 else name
+    checkpointer = None
+    if base.checkpoint_every or eval_only:
+        checkpointer = Checkpointer(checkpoint_dir, every=max(base.checkpoint_every, 1))
+    if eval_only:
+        if checkpointer.latest_epoch() != base.epochs:
+            raise ConfigError(
+                f"{label} has no final checkpoint in {checkpoint_dir} (latest: epoch "
+                f"{checkpointer.latest_epoch()} of {base.epochs}); finish it with --resume first"
+            )
+        template = train.init_state(train_keys, split.train_images[0], model=model,
+                                    learning_rate=base.learning_rate)  # fmt: skip
+        state, history = checkpointer.restore(template)
+        params, history, timing = state.params, train.stack_history(history), {}
+    else:
+        logging.info(
+            "class %d: training %d %s model%s together (%d epochs, %d images)",
+            digit, k, name, "" if k == 1 else "s", base.epochs, len(split.train_images),
+        )  # fmt: skip
+        last = [0]  # The last finished epoch, for the message on Ctrl-C.
+        try:
+            trained = train.train(
+                train_keys, split.train_images, betas, model=model, epochs=base.epochs,
+                batch_size=base.batch_size, learning_rate=base.learning_rate,
+                loss_fn=make_example_loss(model, likelihood=base.likelihood),
+                kl_warmup_epochs=base.kl_warmup_epochs, name=label,
+                hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch)),
+                group_size=grid.group_size, mesh=mesh, checkpointer=checkpointer,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            saved = checkpointer.latest_epoch() if checkpointer else None
+            where = os.path.dirname(os.path.dirname(checkpoint_dir))
+            raise Interrupted(
+                f"interrupted in epoch {last[0] + 1}/{base.epochs} of {label}; "
+                + (f"continue from epoch {saved} with --resume={where}" if saved else
+                   "no checkpoint to resume from yet")
+            ) from None
+        params, history = trained.params, trained.history
+        timing = {
+            "train_seconds": trained.train_seconds, "compile_seconds": trained.compile_seconds,
+            "images_per_second": trained.epochs_run * k * len(split.train_images)
+            / trained.train_seconds if trained.epochs_run else None,
+        }  # fmt: skip
+    params = sharding.on_one_device(params)  # Score on one device.
+    if jnp.ndim(train_keys) == 0:  # Give the single model its leading axis back.
+        params, history = jax.tree.map(lambda a: a[None], (params, history))
+    params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
+    history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
+               for f, h in history._asdict().items()}  # fmt: skip
+    score_fn = scoring.stack_scores(tuple(
+        scoring.make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples,
+                              likelihood=base.likelihood, smoothing=s)
+        for s in grid.smoothings
+    ))  # fmt: skip
+    scores = scoring.score_parts(
+        params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
+        key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
+    )  # fmt: skip
+    # [points * members, N, S] -> the members' mean score [points, N, S].
+    scores = scoring.Parts(*(
+        np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
+    ))  # fmt: skip
+    first_members = jax.tree.map(lambda a: a[::members], params) if keep_params else None
+    return Group(digit, name, points, scores, history, first_members, model), timing

@@ -1,0 +1,237 @@
+"""One writer for every command: tables on stdout, result files, plots.
+
+A single run writes ``results.txt``, ``scores.npz``, its plots and, last,
+``metrics.json``; a sweep or a baselines run writes ``<kind>.csv``,
+``summary.txt`` (and a sweep its plots) and, last, ``<kind>.json``. The last
+file marks the run complete. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+from absl import logging
+
+from experiments import plots
+from experiments.files import atomic_write_bytes, write_json, write_npz
+from experiments.pipeline import Result
+from jax_vae import sharding
+from jax_vae.scoring import make_reconstruct_fn, map_chunked
+
+GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
+LATENT_POINTS = 5000  # Test images in the latent scatter plot.
+CSV_FIELDS = (
+    "model", "beta", "seed", "digit", "smoothing", "auroc", "auprc", "f1",
+    "precision", "recall", "fpr", "threshold", "synthetic_auroc",
+)  # fmt: skip
+TABLE_COLUMNS = (
+    ("AUROC", "auroc", ".4f"),
+    ("AUPRC", "auprc", ".4f"),
+    ("F1", "f1", ".4f"),
+    ("precision", "precision", ".4f"),
+    ("recall", "recall", ".4f"),
+    ("FPR", "fpr", ".4f"),
+    ("threshold", "threshold", ".5f"),
+    ("synth AUROC", "synthetic_auroc", ".4f"),
+    ("train s", "train_seconds", ".2f"),
+)
+IDENTITY = ("model", "beta", "seed", "digit", "smoothing")
+
+
+def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
+    """Prints the result's table and writes its files (process 0).
+
+    Returns:
+      The content of the completion file (``metrics.json`` or ``<kind>.json``),
+      plus ``output_dir``.
+    """
+    path = result.output_dir
+    writer = sharding.is_main_process()
+    if result.kind == "run":
+        models = {r["model"]: {k: v for k, v in r.items() if k not in IDENTITY}
+                  for r in result.rows}  # fmt: skip
+        record = {"config": result.record, "models": models}
+        table = format_table(models)
+    else:
+        summary = summarize(result.rows)
+        record = {"config": result.record, "rows": result.rows, "summary": summary}
+        table = _tables(result.rows, summary, select=result.kind == "sweep")
+    (out or sys.stdout).write(table)
+    if writer:
+        if result.kind == "run":
+            atomic_write_bytes(os.path.join(path, "results.txt"), table.encode())
+            _write_run_files(result)
+            write_json(os.path.join(path, "metrics.json"), record)  # Last: marks completion.
+        else:
+            csv_text = rows_to_csv(result.rows).encode()
+            atomic_write_bytes(os.path.join(path, f"{result.kind}.csv"), csv_text)
+            atomic_write_bytes(os.path.join(path, "summary.txt"), table.encode())
+            if result.kind == "sweep":
+                plots.save(plots.auroc_vs_beta(summary), os.path.join(path, "auroc_vs_beta.png"))
+                plots.save(plots.best_per_digit(summary), os.path.join(path, "best_per_digit.png"))
+            write_json(os.path.join(path, f"{result.kind}.json"), record)  # Last.
+        logging.info("results in %s", path)
+    return {**record, "output_dir": path}
+
+
+def _write_run_files(result: Result) -> None:
+    """scores.npz and the plots of a single run."""
+    (digit,) = result.grid.digits
+    split, path = result.splits[digit], result.output_dir
+    labels = split.test_labels
+    arrays = {"labels": labels, "digits": split.test_digits}
+    for g in result.groups:
+        for part, scores in g.scores._asdict().items():
+            arrays[f"{g.name}_{part}"] = scores[0, :, 0]
+    write_npz(os.path.join(path, "scores.npz"), arrays)
+    rows = {r["model"]: r for r in result.rows}
+    test = {g.name: arrays[f"{g.name}_test"] for g in result.groups}
+    plots.save(plots.roc_curves(labels, test, {n: r["auroc"] for n, r in rows.items()}),
+               os.path.join(path, "roc.png"))  # fmt: skip
+    plots.save(plots.score_histograms(labels, test, {n: r["threshold"] for n, r in rows.items()}),
+               os.path.join(path, "score_histograms.png"))  # fmt: skip
+    models = [g for g in result.groups if g.params is not None]
+    if not models:  # Baselines only: nothing to reconstruct.
+        return
+    rng = np.random.default_rng(result.grid.base.split_seed)
+    picks = np.concatenate([
+        rng.choice(np.flatnonzero(labels == c), size=min(GRID_IMAGES, int((labels == c).sum())),
+                   replace=False)
+        for c in (0, 1)
+    ])  # fmt: skip
+    inputs = split.test_images[picks]
+    first = {g.name: jax.tree.map(lambda a: a[0], g.params) for g in models}
+    reconstructions = {
+        g.name: np.asarray(jax.jit(jax.vmap(make_reconstruct_fn(g.model), in_axes=(None, 0)))(
+            first[g.name], inputs))
+        for g in models
+    }  # fmt: skip
+    titles = [f"{d}{' (A)' if a else ''}" for d, a in zip(split.test_digits[picks], labels[picks],
+                                                            strict=True)]  # fmt: skip
+    plots.save(plots.reconstruction_grid(inputs, reconstructions, titles),
+               os.path.join(path, "reconstructions.png"))  # fmt: skip
+    plots.save(plots.training_curves({n: r["history"] for n, r in rows.items() if "history" in r}),
+               os.path.join(path, "training_curves.png"))  # fmt: skip
+    vae = next((g for g in models if g.name == "vae"), None)
+    if vae is not None:
+        subset = rng.permutation(labels.size)[:LATENT_POINTS]
+        means = map_chunked(
+            lambda p, x, k: vae.model.apply(p, x, method="encode")[0], first["vae"],
+            split.test_images[subset], chunk_size=result.grid.base.chunk_size,
+        )  # fmt: skip
+        plots.save(plots.latent_scatter(means, split.test_digits[subset], digit),
+                   os.path.join(path, "latent.png"))  # fmt: skip
+
+
+def format_table(model_results: dict[str, dict[str, Any]]) -> str:
+    """The side-by-side results table, one row per model."""
+    # Each column: its title or a 7-character number, plus two spaces.
+    widths = [max(len(title), 7) + 2 for title, _, _ in TABLE_COLUMNS]
+    header = f"{'model':<8}" + "".join(
+        f"{title:>{w}}" for (title, _, _), w in zip(TABLE_COLUMNS, widths, strict=True)
+    )
+    lines = [header, "-" * len(header)]
+    for name, r in model_results.items():
+        cells = "".join(
+            f"{r[key]:>{w}{fmt}}" if r.get(key) is not None else f"{'-':>{w}}"
+            for (_, key, fmt), w in zip(TABLE_COLUMNS, widths, strict=True)
+        )
+        lines.append(f"{name.upper():<8}{cells}")
+    return "\n".join(lines) + "\n"
+
+
+def _label(row: dict[str, Any], smoothed: bool) -> str:
+    label = f"VAE b={row['beta']:g}" if row["model"] == "vae" else row["model"].upper()
+    if smoothed and row.get("smoothing") is not None:
+        label += f" s={row['smoothing']:g}"
+    return label
+
+
+def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str, dict[str, Any]]:
+    """Mean and std over seeds per configuration and class, plus the mean over classes.
+
+    The std of the class mean is over seeds of each seed's mean over classes.
+
+    Returns:
+      ``{label: {"digits": {d: (mean, std)}, "mean": (mean, std), "model", "beta",
+      "smoothing"}}`` with labels ``VAE b=<beta>`` for beta-VAEs and the
+      upper-case model name otherwise (``AE``, ``PCA``, ...), followed by
+      `` s=<smoothing>`` when any row is scored with a smoothed residual.
+    """
+    smoothed = any(r.get("smoothing") for r in rows)
+    configs: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = configs.setdefault(_label(r, smoothed), {
+            "model": r["model"], "beta": r["beta"], "smoothing": r.get("smoothing"), "values": {}})
+        entry["values"].setdefault(r["digit"], {})[r["seed"]] = r[metric]
+    summary = {}
+    for label, entry in configs.items():
+        values = entry.pop("values")
+        digits = sorted(values)
+        seeds = sorted(set.intersection(*(set(values[d]) for d in digits)))
+        seed_means = [np.mean([values[d][s] for d in digits]) for s in seeds]
+        summary[label] = {
+            **entry,
+            "digits": {d: (float(np.mean(list(values[d].values()))),
+                           float(np.std(list(values[d].values())))) for d in digits},
+            "mean": (float(np.mean(seed_means)), float(np.std(seed_means))),
+        }  # fmt: skip
+    return summary
+
+
+def format_summary(summary: dict[str, dict[str, Any]], *, metric: str = "AUROC") -> str:
+    """The summary as a table: one row per configuration, one column per class."""
+    digits = sorted({d for s in summary.values() for d in s["digits"]})
+    title = f"{metric} mean+-std"
+    width = max(len(title), *(len(label) for label in summary)) + 1
+    header = f"{title:<{width}}" + "".join(f"{d:>16}" for d in digits) + f"{'mean':>16}"
+    lines = [header, "-" * len(header)]
+    for label, s in summary.items():
+        cells = "".join(f"{_pm(*s['digits'][d]):>16}" for d in digits)
+        lines.append(f"{label:<{width}}{cells}{_pm(*s['mean']):>16}")
+    return "\n".join(lines) + "\n"
+
+
+def select_by_synthetic_auroc(rows: list[dict[str, Any]]) -> str:
+    """The configuration label with the highest mean synthetic AUROC over classes and seeds.
+
+    The selection rule of the ``best`` preset: it uses normal data only (held-out
+    normals and corruptions of them), never test labels.
+    """
+    synthetic = summarize(rows, metric="synthetic_auroc")
+    return max(synthetic, key=lambda label: synthetic[label]["mean"][0])
+
+
+def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool) -> str:
+    """The test AUROC table, the synthetic-anomaly AUROC (normal data only) table and,
+    with ``select``, the configuration that the synthetic AUROC selects."""
+    synthetic_summary = summarize(rows, metric="synthetic_auroc")
+    text = f"{format_summary(summary)}\n{format_summary(synthetic_summary, metric='synth AUROC')}"
+    if not select:
+        return text
+    chosen = select_by_synthetic_auroc(rows)
+    return (
+        f"{text}\nselected by synthetic AUROC (normal data only): {chosen} "
+        f"(synth AUROC {synthetic_summary[chosen]['mean'][0]:.4f}, "
+        f"test AUROC {summary[chosen]['mean'][0]:.4f})\n"
+    )
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f}+-{std:.4f}"
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """One CSV line per model, beta, seed, class and smoothing (empty where none)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+    return buffer.getvalue()

@@ -1,0 +1,52 @@
+"""Helpers of the tests: the pipeline in-process, the CLIs as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_grid(grid, **kwargs):
+    """The pipeline and its writer, as a command runs them (tables to /dev/null)."""
+    from experiments import pipeline, report  # noqa: PLC0415
+
+    with open(os.devnull, "w") as devnull:
+        return report.write(pipeline.run(grid, **kwargs), out=devnull)
+
+
+def run_single(config, **kwargs):
+    """``experiments.main`` in-process: the grid of one."""
+    from experiments.config import SweepConfig  # noqa: PLC0415
+
+    return run_grid(SweepConfig.single(config), **kwargs)
+
+
+def cli_argv(module: str, *args: str) -> list[str]:
+    """``python -m experiments.<module> ARGS``, with Python's Ctrl-C handler installed even
+    where the test runner was started with SIGINT ignored (a background CI job)."""
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = [{module!r}, *sys.argv[1:]]; "
+        f"runpy.run_module('experiments.{module}', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", start, *args]
+
+
+def cli(module: str, *args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    """Runs ``python -m experiments.<module> ARGS`` to the end."""
+    return subprocess.run(
+        cli_argv(module, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=env,
+    )  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The single stderr line of a command that failed with ``code``."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
