@@ -1,9 +1,10 @@
 """Classical baselines on exactly the runner's one-class split: PCA, kNN, OC-SVM, IsolationForest.
 
-  python -m experiments.baselines --digits=0-9
+  python -m experiments.baselines --classes=0-9
+  python -m experiments.baselines --dataset=fashion_mnist
 
 The same pipeline as the models (split, threshold, metrics, synthetic AUROC);
-writes baselines.json, baselines.csv and summary.txt (AUROC per digit and mean)
+writes baselines.json, baselines.csv and summary.txt (AUROC per class and mean)
 into a new output folder. Invalid settings exit with code 1 and one line.
 """
 
@@ -12,19 +13,19 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import cli
-from experiments.config import ConfigError, SweepConfig, parse_int_list, validate_sweep
+from experiments.config import ConfigError, SweepConfig, validate_sweep
 from jax_vae import rules
 
 # Only the split, threshold, data and output flags apply to the baselines.
 cli.define_experiment_flags(
     exclude=(
-        "beta", "normal_digit", "latent_dim", "hidden_dims", "epochs", "batch_size",
+        "beta", "normal_class", "latent_dim", "hidden_dims", "epochs", "batch_size",
         "learning_rate", "models", "vae_score", "mc_samples", "chunk_size", "score_smoothing",
         "preset", "num_devices", "checkpoint_every", "likelihood", "kl_warmup_epochs",
         "ensemble_size", "architecture",
     )
 )  # fmt: skip
-flags.DEFINE_string("digits", "0-9", "Normal digits: a list and/or ranges, e.g. 0-9 or 1,7.")
+cli.define_class_list_flags()
 flags.DEFINE_list("baselines", list(rules.BASELINES), "Baselines to fit.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
@@ -36,10 +37,9 @@ def body():
         rules.choices("--baselines", names, rules.BASELINES)
     except rules.InvalidArgument as e:
         raise ConfigError(str(e)) from None
-    config = SweepConfig(
-        betas=(1.0,), seeds=(FLAGS.seed,), digits=parse_int_list(FLAGS.digits, name="digits"),
-        base=cli.experiment_config_from_flags(models=names, checkpoint_every=0),
-    )  # fmt: skip
+    base = cli.experiment_config_from_flags(models=names, checkpoint_every=0)
+    config = SweepConfig(betas=(1.0,), seeds=(FLAGS.seed,),
+                         classes=cli.classes_from_flags(base.dataset), base=base)  # fmt: skip
     validate_sweep(config)
 
     def work():

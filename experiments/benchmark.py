@@ -38,7 +38,7 @@ from jax_vae.models import make_model
 from jax_vae.train import default_group_size, init_state, make_epoch_fn, train
 
 flags.DEFINE_list("models", ["ae", "vae"], "Models to benchmark.")
-flags.DEFINE_integer("normal_digit", 0, "Digit whose training images are used.")
+flags.DEFINE_integer("normal_class", 0, "Digit whose training images are used.")
 flags.DEFINE_integer("epochs", 5, "Timed epochs per measurement (after compilation).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("sweep_sizes", "1,4,16", "K values for the K-model sweep cost; empty: skip.")
@@ -151,7 +151,7 @@ def body():
     sizes = parse_int_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
     try:
         rules.choices("--models", models, rules.MODEL_NAMES)
-        rules.normal_class("--normal_digit", FLAGS.normal_digit)
+        rules.normal_class("--normal_class", FLAGS.normal_class)
         rules.at_least("--epochs", FLAGS.epochs, 1)
         rules.at_least("--batch_size", FLAGS.batch_size, 1)
         rules.at_least("--matmul_size", FLAGS.matmul_size, 0, " (0 = by backend)")
@@ -166,7 +166,7 @@ def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
     """Prints the throughput table and the sweep cost (see the module docstring)."""
     backend = jax.default_backend()
     size = FLAGS.matmul_size or (4096 if backend == "cpu" else 8192)
-    split = one_class_split(load_dataset(), normal_digit=FLAGS.normal_digit)
+    split = one_class_split(load_dataset(), normal_class=FLAGS.normal_class)
     images = jax.device_put(split.train_images)
     n = images.shape[0]
     if FLAGS.batch_size > n:

@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from experiments.config import PRESETS, ConfigError, ExperimentConfig
-from jax_vae import errors
+from experiments.config import ConfigError, ExperimentConfig, parse_classes, preset_values
+from jax_vae import errors, rules
 
 FLAGS = flags.FLAGS
 _DEFINERS = {
@@ -37,7 +37,10 @@ def define_experiment_flags(*, exclude: Iterable[str] = ()) -> None:
         if field.name in exclude:
             continue
         help_text = field.metadata["help"]
-        if isinstance(field.default, tuple):
+        if field.name == "normal_class":  # An index or a name: parsed with the dataset known.
+            flags.DEFINE_string(field.name, str(field.default), help_text)
+            flags.DEFINE_integer("normal_digit", None, "MNIST: the normal digit (--normal_class).")
+        elif isinstance(field.default, tuple):
             flags.DEFINE_list(field.name, [str(v) for v in field.default], help_text)
         else:
             _DEFINERS[field.type](field.name, field.default, help_text)
@@ -55,10 +58,13 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
             values[field.name] = overrides[field.name]
         elif field.name in FLAGS:  # Fields without a flag keep their defaults.
             values[field.name] = FLAGS[field.name].value
+    dataset = values.get("dataset", "mnist")
     # An unknown preset sets nothing here; validate() names it.
-    for name, value in PRESETS.get(values.get("preset"), {}).items():
+    for name, value in preset_values(values.get("preset"), dataset).items():
         if name not in overrides and not FLAGS[name].present:
             values[name] = value
+    if "normal_class" in FLAGS and "normal_class" not in overrides:
+        values["normal_class"] = _normal_class(dataset)
     if "hidden_dims" in values:
         try:
             values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])
@@ -70,6 +76,39 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     if "models" in values:
         values["models"] = tuple(m.strip().lower() for m in values["models"])
     return ExperimentConfig(**values)
+
+
+def _normal_class(dataset: str) -> int:
+    """--normal_class (an index or a name of one of the dataset's classes) or --normal_digit."""
+    text = FLAGS.normal_class
+    if FLAGS["normal_digit"].present:
+        if dataset != "mnist":
+            raise ConfigError(
+                f"--normal_digit is for MNIST; {dataset} has classes: use --normal_class"
+            )
+        if FLAGS["normal_class"].present:
+            raise ConfigError("--normal_digit and --normal_class name the same thing; give one")
+        text = FLAGS.normal_digit
+    return rules.class_index("--normal_class", text, dataset if dataset in rules.DATASETS
+                             else "mnist")  # fmt: skip
+
+
+def define_class_list_flags() -> None:
+    """--classes (indices, ranges or names) and its MNIST alias --digits, for grids."""
+    flags.DEFINE_string("classes", "0-9", "Normal classes: indices, ranges or names, e.g. 0-9, "
+                        "1,7 or Sandal,Bag.")  # fmt: skip
+    flags.DEFINE_string("digits", None, "MNIST: the normal digits (--classes).")
+
+
+def classes_from_flags(dataset: str) -> tuple[int, ...]:
+    """The grid's classes from --classes, or --digits on MNIST."""
+    if FLAGS["digits"].present:
+        if dataset != "mnist":
+            raise ConfigError(f"--digits is for MNIST; {dataset} has classes: use --classes")
+        if FLAGS["classes"].present:
+            raise ConfigError("--digits and --classes name the same thing; give one")
+        return parse_classes(FLAGS.digits, name="digits", dataset=dataset)
+    return parse_classes(FLAGS.classes, name="classes", dataset=dataset)
 
 
 def explicit_flag_values() -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Train an AE and a beta-VAE on one MNIST digit and report anomaly-detection metrics.
+"""Train an AE and a beta-VAE on one normal class and report anomaly-detection metrics.
 
   python -m experiments.main --beta=2
   python -m experiments.main --normal_digit=3 --models=vae --vae_score=mc
+  python -m experiments.main --dataset=fashion_mnist --normal_class=Sandal
   python -m experiments.main --resume=runs/<run>            # continue an interrupted run
   python -m experiments.main --eval_only=runs/<run> --threshold_percentile=99
 

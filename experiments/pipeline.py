@@ -44,7 +44,7 @@ class Interrupted(KeyboardInterrupt):
 class Group:
     """One (class, model) of the grid, trained and scored: its points' results."""
 
-    digit: int
+    normal: int  # The normal class.
     name: str
     points: list[tuple[float | None, int]]  # (beta, seed); the AE and baselines have no beta.
     scores: scoring.Parts  # [points, images, smoothings] each.
@@ -110,41 +110,46 @@ def points_of(grid: SweepConfig, name: str) -> list[tuple[float | None, int]]:
     return [(beta, seed) for beta in betas for seed in grid.seeds]
 
 
+def _name(base, index: int) -> str:
+    """The class in messages and logs: ``digit 3``, ``Sandal``."""
+    return rules.class_label(base.dataset, index)
+
+
 def _default_dir(kind: str, grid: SweepConfig) -> str:
     base = grid.base
     if kind == "run":
-        return new_run_dir(f"digit{base.normal_digit}_beta{base.beta:g}")
-    return new_run_dir(f"{kind}_{len(grid.digits)}digits")
+        return new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_beta{base.beta:g}")
+    return new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 
 def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> dict[str, dict[str, Any]]:
     """Every class's split rules, before any training; its sizes and fingerprint."""
     base, splits = grid.base, {}
-    for digit in grid.digits:
+    for normal in grid.classes:
         try:
             idx = data.split_indices(
-                dataset, normal_digit=digit, val_fraction=base.val_fraction,
+                dataset, normal_class=normal, val_fraction=base.val_fraction,
                 anomaly_fraction=base.anomaly_fraction, seed=base.split_seed, prefix="--",
             )  # fmt: skip
             if set(base.models) & set(rules.MODEL_NAMES):
                 train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs,
-                                 prefix="--", what=f" of class {digit}")  # fmt: skip
+                                 prefix="--", what=f" of {_name(base, normal)}")  # fmt: skip
         except rules.InvalidArgument as e:
             raise ConfigError(str(e)) from None
-        splits[str(digit)] = {
+        splits[str(normal)] = {
             "train": int(idx.train.size), "val": int(idx.val.size), "test": int(idx.test.size),
-            "test_anomalies": int((dataset.test_labels[idx.test] != digit).sum()),
+            "test_anomalies": int((dataset.test_labels[idx.test] != normal).sum()),
             "fingerprint": idx.fingerprint,
         }  # fmt: skip
     return splits
 
 
 def _check_same_splits(saved: dict[str, Any], splits: dict[str, Any], run_dir: str) -> None:
-    for digit, split in splits.items():
-        old = saved.get("splits", {}).get(digit, {}).get("fingerprint")
+    for normal, split in splits.items():
+        old = saved.get("splits", {}).get(normal, {}).get("fingerprint")
         if old is not None and old != split["fingerprint"]:
             raise ConfigError(
-                f"class {digit}: the training and held-out images differ from those of the "
+                f"class {normal}: the training and held-out images differ from those of the "
                 f"run in {run_dir} (split fingerprint {split['fingerprint']}, saved {old}); "
                 "use the run's data source and files"
             )
@@ -205,7 +210,7 @@ def run(
             **({} if kind == "run" else {
                 k: v for k, v in dataclasses.asdict(grid).items() if k != "base"}),
             **{k: v for k, v in dataclasses.asdict(base).items()
-               if kind == "run" or k not in ("beta", "seed", "normal_digit", "score_smoothing")},
+               if kind == "run" or k not in ("beta", "seed", "normal_class", "score_smoothing")},
             "output_dir": output_dir, **({"evaluated_run": run_dir} if eval_only else {}),
             **environment_record(), "splits": splits,
         }  # fmt: skip
@@ -218,27 +223,27 @@ def run(
     logging.info("%s folder %s", kind, output_dir)
 
     result = Result(kind, grid, output_dir, record, [], [], {})
-    for digit in grid.digits:
+    for normal in grid.classes:
         split = data.one_class_split(
-            dataset, normal_digit=digit, val_fraction=base.val_fraction,
+            dataset, normal_class=normal, val_fraction=base.val_fraction,
             anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
         )  # fmt: skip
         synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed)
         images = scoring.Parts(split.val_images, split.test_images, synthetic)
         for name in base.models:
             if name in rules.BASELINES:
-                group, timing = _fit_baselines(grid, digit, name, split, images)
+                group, timing = _fit_baselines(grid, normal, name, split, images)
             else:
                 group, timing = _train_and_score(
-                    grid, digit, name, split, images, mesh=mesh,
+                    grid, normal, name, split, images, mesh=mesh,
                     checkpoint_dir=os.path.join(run_dir or output_dir, "checkpoints",
-                                                f"digit{digit}_{name}"),
+                                                f"{rules.class_slug(base.dataset, normal)}_{name}"),
                     eval_only=eval_only, keep_params=kind == "run",
                 )  # fmt: skip
             result.groups.append(group)
             result.rows.extend(_rows(group, grid, split.test_labels, timing))
         if kind == "run":
-            result.splits[digit] = split
+            result.splits[normal] = split
     return result
 
 
@@ -250,7 +255,7 @@ def _rows(group: Group, grid: SweepConfig, labels: np.ndarray, timing: dict) -> 
         for p, (beta, seed) in enumerate(group.points):
             scores = [part[p, :, s] for part in group.scores]
             rows.append({
-                "model": group.name, "beta": beta, "seed": seed, "digit": group.digit,
+                "model": group.name, "beta": beta, "seed": seed, "normal_class": group.normal,
                 "smoothing": smoothing,
                 **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
                 **timing,
@@ -260,7 +265,7 @@ def _rows(group: Group, grid: SweepConfig, labels: np.ndarray, timing: dict) -> 
     return rows
 
 
-def _fit_baselines(grid, digit, name, split, images) -> tuple[Group, dict]:
+def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:
     """A scikit-learn baseline per seed, scored like the models (one 'smoothing')."""
     from jax_vae.baselines import fit_baseline  # noqa: PLC0415  (scikit-learn: only here)
 
@@ -268,17 +273,17 @@ def _fit_baselines(grid, digit, name, split, images) -> tuple[Group, dict]:
     t = time.perf_counter()
     parts: list[list[np.ndarray]] = [[], [], []]
     for _, seed in points:
-        logging.info("class %d: fitting %s (seed %d) on %d images", digit, name, seed,
-                     len(split.train_images))  # fmt: skip
+        logging.info("%s: fitting %s (seed %d) on %d images", _name(grid.base, normal), name,
+                     seed, len(split.train_images))  # fmt: skip
         scorer = fit_baseline(name, split.train_images, seed=seed)
         for i, part in enumerate(images):
             parts[i].append(scorer(part)[:, None])
     timing = {"train_seconds": time.perf_counter() - t}
-    return Group(digit, name, points, scoring.Parts(*map(np.stack, parts)), None), timing
+    return Group(normal, name, points, scoring.Parts(*map(np.stack, parts)), None), timing
 
 
 def _train_and_score(
-    grid, digit, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params
+    grid, normal, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params
 ) -> tuple[Group, dict]:
     """Trains (or restores) every point of one model kind together, then scores them."""
     base, points = grid.base, points_of(grid, name)
@@ -295,7 +300,7 @@ def _train_and_score(
     if train_keys.shape[0] == 1:  # One model: trained unbatched, exactly as the library does.
         train_keys, betas = train_keys[0], betas[0]
     model = config_model(base, name)
-    label = f"{name} (class {digit})" if len(grid.digits) > 1 else name
+    label = f"{name} ({_name(base, normal)})" if len(grid.classes) > 1 else name
     checkpointer = None
     if base.checkpoint_every or eval_only:
         checkpointer = Checkpointer(checkpoint_dir, every=max(base.checkpoint_every, 1))
@@ -311,8 +316,9 @@ def _train_and_score(
         params, history, timing = state.params, train.stack_history(history), {}
     else:
         logging.info(
-            "class %d: training %d %s model%s together (%d epochs, %d images)",
-            digit, k, name, "" if k == 1 else "s", base.epochs, len(split.train_images),
+            "%s: training %d %s model%s together (%d epochs, %d images)",
+            _name(base, normal), k, name, "" if k == 1 else "s", base.epochs,
+            len(split.train_images),
         )  # fmt: skip
         last = [0]  # The last finished epoch, for the message on Ctrl-C.
         try:
@@ -358,4 +364,4 @@ def _train_and_score(
         np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
     ))  # fmt: skip
     first_members = jax.tree.map(lambda a: a[::members], params) if keep_params else None
-    return Group(digit, name, points, scores, history, first_members, model), timing
+    return Group(normal, name, points, scores, history, first_members, model), timing

@@ -97,8 +97,10 @@ def training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
     return fig
 
 
-def latent_scatter(means: np.ndarray, digits: np.ndarray, normal_digit: int) -> Figure:
-    """Latent means in 2-D (the first two principal components when wider), by digit."""
+def latent_scatter(
+    means: np.ndarray, classes: np.ndarray, normal_class: int, names: tuple[str, ...]
+) -> Figure:
+    """Latent means in 2-D (the first two principal components when wider), by class."""
     if means.shape[1] > 2:
         centred = means - means.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -107,29 +109,29 @@ def latent_scatter(means: np.ndarray, digits: np.ndarray, normal_digit: int) -> 
         points, axis_name = np.pad(means, ((0, 0), (0, 2 - means.shape[1]))), "z"
     fig, ax = plt.subplots(figsize=(6, 5))
     cmap = plt.get_cmap("tab10")
-    # The normal digit last, so it is drawn on top of the anomalies.
-    for d in sorted(range(10), key=lambda d: d == normal_digit):
-        sel = digits == d
+    # The normal class last, so it is drawn on top of the anomalies.
+    for d in sorted(range(10), key=lambda d: d == normal_class):
+        sel = classes == d
         if np.any(sel):
-            label = f"{d} (normal)" if d == normal_digit else str(d)
-            ax.scatter(points[sel, 0], points[sel, 1], s=4 if d != normal_digit else 8, alpha=0.6,
+            label = f"{names[d]} (normal)" if d == normal_class else names[d]
+            ax.scatter(points[sel, 0], points[sel, 1], s=4 if d != normal_class else 8, alpha=0.6,
                        color=cmap(d), label=label)  # fmt: skip
     ax.set(xlabel=f"{axis_name} 1", ylabel=f"{axis_name} 2", title="VAE latent means, test images")
     ax.legend(markerscale=3, fontsize=7, loc="best")
     return fig
 
 
-def auroc_vs_beta(summary: dict[str, dict]) -> Figure:
-    """One panel per digit: beta-VAE AUROC (mean +- std over seeds) against beta; AE dashed.
+def auroc_vs_beta(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
+    """One panel per class: beta-VAE AUROC (mean +- std over seeds) against beta; AE dashed.
 
     With several residual smoothings, one curve (and one AE line) per smoothing.
     """
     smoothings = sorted({s.get("smoothing") or 0.0 for s in summary.values()})
-    digits = sorted({d for s in summary.values() for d in s["digits"]})
-    cols = min(5, len(digits))
-    rows = -(-len(digits) // cols)
+    classes = sorted({d for s in summary.values() for d in s["classes"]})
+    cols = min(5, len(classes))
+    rows = -(-len(classes) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False, sharex=True)
-    for ax, d in zip(axes.flat, digits, strict=False):
+    for ax, d in zip(axes.flat, classes, strict=False):
         for i, smoothing in enumerate(smoothings):
             tag = f" s={smoothing:g}" if len(smoothings) > 1 else ""
             color = f"C{i}"
@@ -138,8 +140,8 @@ def auroc_vs_beta(summary: dict[str, dict]) -> Figure:
             ae = next((s for s in group if s["model"] == "ae"), None)
             if vae:
                 betas = [b for b, _ in vae]
-                means = np.array([s["digits"][d][0] for _, s in vae])
-                stds = np.array([s["digits"][d][1] for _, s in vae])
+                means = np.array([s["classes"][d][0] for _, s in vae])
+                stds = np.array([s["classes"][d][1] for _, s in vae])
                 ax.errorbar(
                     betas, means, yerr=stds, marker="o", capsize=3, color=color,
                     label=f"beta-VAE{tag}",
@@ -148,12 +150,12 @@ def auroc_vs_beta(summary: dict[str, dict]) -> Figure:
                 ax.set_xticks(betas, [f"{b:g}" for b in betas])
                 ax.minorticks_off()
             if ae is not None:
-                mean, std = ae["digits"][d]
+                mean, std = ae["classes"][d]
                 ax.axhline(mean, color=color, linestyle="--", linewidth=1, label=f"AE{tag}")
                 ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
-        ax.set_title(f"digit {d}", fontsize=9)
+        ax.set_title(names[d], fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(digits) :]:
+    for ax in axes.flat[len(classes) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("beta")
@@ -162,25 +164,25 @@ def auroc_vs_beta(summary: dict[str, dict]) -> Figure:
     return fig
 
 
-def best_per_digit(summary: dict[str, dict]) -> Figure:
-    """Per-digit AUROC bars of the best AE and the best beta-VAE (by mean over digits)."""
+def best_per_class(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
+    """Per-class AUROC bars of the best AE and the best beta-VAE (by mean over classes)."""
     best = {}
     for model in ("ae", "vae"):
         candidates = [(s["mean"][0], label) for label, s in summary.items() if s["model"] == model]
         if candidates:
             best[max(candidates)[1]] = summary[max(candidates)[1]]
-    digits = sorted({d for s in summary.values() for d in s["digits"]})
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(digits) + 2), 3.6))
+    classes = sorted({d for s in summary.values() for d in s["classes"]})
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(classes) + 2), 3.6))
     width = 0.8 / max(1, len(best))
-    x = np.arange(len(digits))
+    x = np.arange(len(classes))
     for i, (label, s) in enumerate(best.items()):
-        means = [s["digits"][d][0] for d in digits]
-        stds = [s["digits"][d][1] for d in digits]
+        means = [s["classes"][d][0] for d in classes]
+        stds = [s["classes"][d][1] for d in classes]
         ax.bar(x + i * width, means, width, yerr=stds, capsize=2,
                label=f"{label} (mean {s['mean'][0]:.4f})")  # fmt: skip
-    ax.set_xticks(x + width * (len(best) - 1) / 2, [str(d) for d in digits])
-    lows = [s["digits"][d][0] for s in best.values() for d in digits]
-    ax.set(xlabel="normal digit", ylabel="test AUROC", ylim=(max(0.0, min(lows) - 0.05), 1.0),
-           title="best AE and best beta-VAE (chosen by mean test AUROC over digits)")  # fmt: skip
+    ax.set_xticks(x + width * (len(best) - 1) / 2, [names[d] for d in classes], fontsize=7)
+    lows = [s["classes"][d][0] for s in best.values() for d in classes]
+    ax.set(xlabel="normal class", ylabel="test AUROC", ylim=(max(0.0, min(lows) - 0.05), 1.0),
+           title="best AE and best beta-VAE (chosen by mean test AUROC over classes)")  # fmt: skip
     ax.legend(fontsize=8, loc="lower left")
     return fig

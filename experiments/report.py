@@ -21,13 +21,13 @@ from absl import logging
 from experiments import plots
 from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
-from jax_vae import sharding
+from jax_vae import rules, sharding
 from jax_vae.scoring import make_reconstruct_fn, map_chunked
 
 GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
 LATENT_POINTS = 5000  # Test images in the latent scatter plot.
 CSV_FIELDS = (
-    "model", "beta", "seed", "digit", "smoothing", "auroc", "auprc", "f1",
+    "model", "beta", "seed", "normal_class", "smoothing", "auroc", "auprc", "f1",
     "precision", "recall", "fpr", "threshold", "synthetic_auroc",
 )  # fmt: skip
 TABLE_COLUMNS = (
@@ -41,7 +41,7 @@ TABLE_COLUMNS = (
     ("synth AUROC", "synthetic_auroc", ".4f"),
     ("train s", "train_seconds", ".2f"),
 )
-IDENTITY = ("model", "beta", "seed", "digit", "smoothing")
+IDENTITY = ("model", "beta", "seed", "normal_class", "smoothing")
 
 
 def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
@@ -61,7 +61,8 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
     else:
         summary = summarize(result.rows)
         record = {"config": result.record, "rows": result.rows, "summary": summary}
-        table = _tables(result.rows, summary, select=result.kind == "sweep")
+        names = rules.CLASS_NAMES[result.grid.base.dataset]
+        table = _tables(result.rows, summary, select=result.kind == "sweep", names=names)
     (out or sys.stdout).write(table)
     if writer:
         if result.kind == "run":
@@ -73,8 +74,11 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
             atomic_write_bytes(os.path.join(path, f"{result.kind}.csv"), csv_text)
             atomic_write_bytes(os.path.join(path, "summary.txt"), table.encode())
             if result.kind == "sweep":
-                plots.save(plots.auroc_vs_beta(summary), os.path.join(path, "auroc_vs_beta.png"))
-                plots.save(plots.best_per_digit(summary), os.path.join(path, "best_per_digit.png"))
+                labels = _labels(result.grid.base.dataset)
+                plots.save(plots.auroc_vs_beta(summary, labels),
+                           os.path.join(path, "auroc_vs_beta.png"))  # fmt: skip
+                plots.save(plots.best_per_class(summary, labels),
+                           os.path.join(path, "best_per_class.png"))  # fmt: skip
             write_json(os.path.join(path, f"{result.kind}.json"), record)  # Last.
         logging.info("results in %s", path)
     return {**record, "output_dir": path}
@@ -82,10 +86,10 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
 
 def _write_run_files(result: Result) -> None:
     """scores.npz and the plots of a single run."""
-    (digit,) = result.grid.digits
-    split, path = result.splits[digit], result.output_dir
+    (normal,) = result.grid.classes
+    split, path = result.splits[normal], result.output_dir
     labels = split.test_labels
-    arrays = {"labels": labels, "digits": split.test_digits}
+    arrays = {"labels": labels, "classes": split.test_classes}
     for g in result.groups:
         for part, scores in g.scores._asdict().items():
             arrays[f"{g.name}_{part}"] = scores[0, :, 0]
@@ -112,8 +116,9 @@ def _write_run_files(result: Result) -> None:
             first[g.name], inputs))
         for g in models
     }  # fmt: skip
-    titles = [f"{d}{' (A)' if a else ''}" for d, a in zip(split.test_digits[picks], labels[picks],
-                                                            strict=True)]  # fmt: skip
+    names = rules.CLASS_NAMES[result.grid.base.dataset]
+    titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(split.test_classes[picks],
+                                                                 labels[picks], strict=True)]
     plots.save(plots.reconstruction_grid(inputs, reconstructions, titles),
                os.path.join(path, "reconstructions.png"))  # fmt: skip
     plots.save(plots.training_curves({n: r["history"] for n, r in rows.items() if "history" in r}),
@@ -125,8 +130,13 @@ def _write_run_files(result: Result) -> None:
             lambda p, x, k: vae.model.apply(p, x, method="encode")[0], first["vae"],
             split.test_images[subset], chunk_size=result.grid.base.chunk_size,
         )  # fmt: skip
-        plots.save(plots.latent_scatter(means, split.test_digits[subset], digit),
+        plots.save(plots.latent_scatter(means, split.test_classes[subset], normal,
+                                        _labels(result.grid.base.dataset)),
                    os.path.join(path, "latent.png"))  # fmt: skip
+
+
+def _labels(dataset: str) -> tuple[str, ...]:
+    return tuple(rules.class_label(dataset, i) for i in range(rules.NUM_CLASSES))
 
 
 def format_table(model_results: dict[str, dict[str, Any]]) -> str:
@@ -159,7 +169,7 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
     The std of the class mean is over seeds of each seed's mean over classes.
 
     Returns:
-      ``{label: {"digits": {d: (mean, std)}, "mean": (mean, std), "model", "beta",
+      ``{label: {"classes": {d: (mean, std)}, "mean": (mean, std), "model", "beta",
       "smoothing"}}`` with labels ``VAE b=<beta>`` for beta-VAEs and the
       upper-case model name otherwise (``AE``, ``PCA``, ...), followed by
       `` s=<smoothing>`` when any row is scored with a smoothed residual.
@@ -169,31 +179,34 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
     for r in rows:
         entry = configs.setdefault(_label(r, smoothed), {
             "model": r["model"], "beta": r["beta"], "smoothing": r.get("smoothing"), "values": {}})
-        entry["values"].setdefault(r["digit"], {})[r["seed"]] = r[metric]
+        entry["values"].setdefault(r["normal_class"], {})[r["seed"]] = r[metric]
     summary = {}
     for label, entry in configs.items():
         values = entry.pop("values")
-        digits = sorted(values)
-        seeds = sorted(set.intersection(*(set(values[d]) for d in digits)))
-        seed_means = [np.mean([values[d][s] for d in digits]) for s in seeds]
+        classes = sorted(values)
+        seeds = sorted(set.intersection(*(set(values[d]) for d in classes)))
+        seed_means = [np.mean([values[d][s] for d in classes]) for s in seeds]
         summary[label] = {
             **entry,
-            "digits": {d: (float(np.mean(list(values[d].values()))),
-                           float(np.std(list(values[d].values())))) for d in digits},
+            "classes": {d: (float(np.mean(list(values[d].values()))),
+                           float(np.std(list(values[d].values())))) for d in classes},
             "mean": (float(np.mean(seed_means)), float(np.std(seed_means))),
         }  # fmt: skip
     return summary
 
 
-def format_summary(summary: dict[str, dict[str, Any]], *, metric: str = "AUROC") -> str:
-    """The summary as a table: one row per configuration, one column per class."""
-    digits = sorted({d for s in summary.values() for d in s["digits"]})
+def format_summary(
+    summary: dict[str, dict[str, Any]], *, metric: str = "AUROC",
+    names: tuple[str, ...] = rules.CLASS_NAMES["mnist"],
+) -> str:
+    """The summary as a table: one row per configuration, one column per class (its name)."""
+    classes = sorted({d for s in summary.values() for d in s["classes"]})
     title = f"{metric} mean+-std"
     width = max(len(title), *(len(label) for label in summary)) + 1
-    header = f"{title:<{width}}" + "".join(f"{d:>16}" for d in digits) + f"{'mean':>16}"
+    header = f"{title:<{width}}" + "".join(f"{names[d]:>16}" for d in classes) + f"{'mean':>16}"
     lines = [header, "-" * len(header)]
     for label, s in summary.items():
-        cells = "".join(f"{_pm(*s['digits'][d]):>16}" for d in digits)
+        cells = "".join(f"{_pm(*s['classes'][d]):>16}" for d in classes)
         lines.append(f"{label:<{width}}{cells}{_pm(*s['mean']):>16}")
     return "\n".join(lines) + "\n"
 
@@ -208,11 +221,12 @@ def select_by_synthetic_auroc(rows: list[dict[str, Any]]) -> str:
     return max(synthetic, key=lambda label: synthetic[label]["mean"][0])
 
 
-def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool) -> str:
+def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names) -> str:
     """The test AUROC table, the synthetic-anomaly AUROC (normal data only) table and,
     with ``select``, the configuration that the synthetic AUROC selects."""
     synthetic_summary = summarize(rows, metric="synthetic_auroc")
-    text = f"{format_summary(summary)}\n{format_summary(synthetic_summary, metric='synth AUROC')}"
+    text = (f"{format_summary(summary, names=names)}\n"
+            f"{format_summary(synthetic_summary, metric='synth AUROC', names=names)}")
     if not select:
         return text
     chosen = select_by_synthetic_auroc(rows)

@@ -1,9 +1,10 @@
-"""Train every (beta, seed) beta-VAE and every seed's AE per digit as one vmapped program.
+"""Train every (beta, seed) beta-VAE and every seed's AE per class as one vmapped program.
 
-  python -m experiments.sweep --betas=0.5,1,2,4,8 --seeds=0,1,2 --digits=0-9
+  python -m experiments.sweep --betas=0.5,1,2,4,8 --seeds=0,1,2 --classes=0-9
+  python -m experiments.sweep --dataset=fashion_mnist --classes=Sandal,Bag
 
 Writes sweep.json, sweep.csv, summary.txt and plots into a new output folder and
-prints AUROC mean +- std over seeds per beta and digit. Each row equals
+prints AUROC mean +- std over seeds per beta and class. Each row equals
 ``experiments.main`` with the same flags (same seed, split seed, beta, class and
 smoothing). Invalid settings exit with code 1 and one line on stderr, before any
 training.
@@ -25,13 +26,13 @@ from experiments.config import (
     validate_sweep,
 )
 
-cli.define_experiment_flags(exclude=("beta", "normal_digit", "seed", "score_smoothing", "preset"))
+cli.define_experiment_flags(exclude=("beta", "normal_class", "seed", "score_smoothing", "preset"))
 _S = SweepConfig()
 flags.DEFINE_string("betas", ",".join(f"{b:g}" for b in _S.betas), "KL weights of the beta-VAEs.")
 flags.DEFINE_string(
     "seeds", ",".join(map(str, _S.seeds)), "Training seeds (init, shuffling, sampling)."
 )
-flags.DEFINE_string("digits", "0-9", "Normal digits: a list and/or ranges, e.g. 0-9 or 1,7.")
+cli.define_class_list_flags()
 flags.DEFINE_string(
     "score_smoothing",
     ",".join(f"{s:g}" for s in _S.smoothings),
@@ -48,7 +49,8 @@ flags.DEFINE_string(
 flags.DEFINE_string("resume", None, "Continue the interrupted sweep in this folder.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
-GRID_FLAGS = ("betas", "seeds", "digits", "score_smoothing", "group_size", "mesh_layout")
+GRID_FLAGS = ("betas", "seeds", "classes", "digits", "score_smoothing", "group_size",
+              "mesh_layout")  # fmt: skip
 
 
 def body():
@@ -60,14 +62,15 @@ def body():
         validate_sweep(dataclasses.replace(
             config, base=dataclasses.replace(config.base, output_dir=None)))  # fmt: skip
     else:
+        base = cli.experiment_config_from_flags(score_smoothing=0.0)  # Swept instead.
         config = SweepConfig(
             betas=parse_float_list(FLAGS.betas, name="betas"),
             seeds=parse_int_list(FLAGS.seeds, name="seeds"),
-            digits=parse_int_list(FLAGS.digits, name="digits"),
+            classes=cli.classes_from_flags(base.dataset),
             smoothings=parse_float_list(FLAGS.score_smoothing, name="score_smoothing"),
             group_size=FLAGS.group_size,
             mesh_layout=FLAGS.mesh_layout,
-            base=cli.experiment_config_from_flags(score_smoothing=0.0),  # Swept instead.
+            base=base,
         )
         validate_sweep(config)
 

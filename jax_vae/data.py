@@ -39,6 +39,18 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# Fashion-MNIST's (Xiao et al. 2017), as its README publishes them.
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+OFFICIAL_MD5 = {"mnist": MNIST_MD5, "fashion_mnist": FASHION_MNIST_MD5}
+# Where a user's copy of the IDX files may be, for --data_source=auto: $JAX_VAE_DATA/<dataset>,
+# then where Debian's and Ubuntu's packages (apt-get install dataset-fashion-mnist) put them.
+DATA_ENV = "JAX_VAE_DATA"
+SYSTEM_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 
 _IDX_UBYTE = 0x08
 # tfds downloads MNIST from this host; it is only probed (one TCP connect,
@@ -62,15 +74,15 @@ class OneClassSplit(NamedTuple):
     """A one-class anomaly-detection split.
 
     Images are float32 in [0, 1], flattened to 784. ``test_labels`` is 1 for an
-    anomaly and 0 for a normal image; ``test_digits`` keeps the original class.
+    anomaly and 0 for a normal image; ``test_classes`` keeps the original class.
     """
 
-    normal_digit: int
+    normal_class: int
     train_images: np.ndarray
     val_images: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
-    test_digits: np.ndarray
+    test_classes: np.ndarray
     fingerprint: str = ""  # Of the training and held-out images (SplitIndices).
 
 
@@ -130,15 +142,16 @@ def _find_idx_file(directory: str, stem: str) -> str:
     raise DataError(f"missing data file {os.path.join(directory, stem)}[.gz]")
 
 
-def _load_idx_file(directory: str, stem: str, *, verify_md5: bool) -> np.ndarray:
+def _load_idx_file(directory: str, stem: str, *, dataset: str | None) -> np.ndarray:
     path = _find_idx_file(directory, stem)
     data = _read_maybe_gzip(path)
-    if verify_md5:
+    if dataset is not None:
+        expected = OFFICIAL_MD5[dataset][stem]
         digest = hashlib.md5(data).hexdigest()
-        if digest != MNIST_MD5[stem]:
+        if digest != expected:
             raise DataError(
-                f"{path}: MD5 of the decompressed content is {digest}, expected "
-                f"{MNIST_MD5[stem]} (official MNIST); the file is corrupt"
+                f"{path}: MD5 of the decompressed content is {digest}, expected {expected} "
+                f"(official {dataset}); the file is corrupt or another dataset's"
             )
     return parse_idx(data, name=path)
 
@@ -149,18 +162,18 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, *, split: str) -> None:
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(f"{split} labels have shape {labels.shape}, expected [{images.shape[0]}]")
     if labels.size and labels.max() > 9:
-        raise DataError(f"{split} labels must be digits 0-9, found {labels.max()}")
+        raise DataError(f"{split} labels must be classes 0-9, found {labels.max()}")
 
 
-def load_idx(directory: str, *, verify_md5: bool = False) -> Dataset:
+def load_idx(directory: str, *, verify_md5: bool | str = False) -> Dataset:
     """Loads the four MNIST-format IDX files (``.gz`` or raw) from a directory.
 
     Args:
       directory: Folder with ``train-images-idx3-ubyte[.gz]``,
         ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]`` and
         ``t10k-labels-idx1-ubyte[.gz]``.
-      verify_md5: Check the decompressed content against the official MNIST
-        MD5s (use it for MNIST; Fashion-MNIST and KMNIST have other sums).
+      verify_md5: Check the decompressed content against the official MD5s
+        of this dataset (``mnist`` or ``fashion_mnist``; True means ``mnist``).
 
     Returns:
       The raw dataset.
@@ -170,9 +183,9 @@ def load_idx(directory: str, *, verify_md5: bool = False) -> Dataset:
     """
     if not os.path.isdir(directory):
         raise DataError(f"data directory {directory} does not exist")
+    dataset = "mnist" if verify_md5 is True else verify_md5 or None
     arrays = {
-        key: _load_idx_file(directory, stem, verify_md5=verify_md5)
-        for key, stem in MNIST_FILES.items()
+        key: _load_idx_file(directory, stem, dataset=dataset) for key, stem in MNIST_FILES.items()
     }
     dataset = Dataset(**arrays)
     _check_pair(dataset.train_images, dataset.train_labels, split="train")
@@ -279,17 +292,54 @@ def load_tfds(name: str = "mnist", *, data_dir: str | None = None) -> Dataset:
 # ----------------------------------------------------------------------- dispatch
 
 
+def _has_idx_files(directory: str) -> bool:
+    return all(
+        any(os.path.isfile(os.path.join(directory, s + gz)) for gz in (".gz", ""))
+        for s in MNIST_FILES.values()
+    )
+
+
+def find_dataset(dataset: str) -> tuple[str, str | None]:
+    """Where a user's copy of ``dataset`` is, as ``(source, data_dir)``.
+
+    In order: the package (``mnist``); ``$JAX_VAE_DATA/<dataset>`` holding the
+    four IDX files; the Debian/Ubuntu location (``fashion_mnist``:
+    /usr/share/datasets/fashion-mnist, from ``apt-get install
+    dataset-fashion-mnist``); tensorflow-datasets' prepared data (in
+    ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets).
+
+    Raises:
+      DataError: None of them has it; the message names the ways to get it.
+    """
+    if dataset == "mnist":
+        return "bundled", None
+    candidates = [os.path.join(os.environ[DATA_ENV], dataset)] if os.environ.get(DATA_ENV) else []
+    candidates += [SYSTEM_DIRS[dataset]] if dataset in SYSTEM_DIRS else []
+    for directory in candidates:
+        if _has_idx_files(directory):
+            return "idx", directory
+    tfds_dir = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    if os.path.isdir(os.path.join(tfds_dir, dataset)):
+        return "tfds", tfds_dir
+    debian = "apt-get install dataset-fashion-mnist (Debian/Ubuntu), " * (dataset in SYSTEM_DIRS)
+    raise DataError(
+        f"no copy of {dataset} found (looked in {', '.join(candidates + [tfds_dir])}); get it "
+        f"with --data_dir=DIR (a folder of its four IDX files), {DATA_ENV}=DIR (a folder with "
+        f"{dataset}/ inside), {debian}or --data_source=tfds where the network allows"
+    )
+
+
 def load_dataset(
-    source: str = "bundled", *, dataset: str = "mnist", data_dir: str | None = None
+    source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None
 ) -> Dataset:
     """Loads raw images and labels from one of the supported sources.
 
     Args:
-      source: ``bundled`` (MNIST shipped with the package, offline, no
-        TensorFlow), ``tfds`` (tensorflow-datasets) or ``idx`` (a folder of
-        IDX files).
+      source: ``auto`` (``idx`` with ``data_dir``, else :func:`find_dataset`),
+        ``bundled`` (MNIST shipped with the package, offline, no TensorFlow),
+        ``tfds`` (tensorflow-datasets) or ``idx`` (a folder of IDX files).
       dataset: The dataset name. ``bundled`` only has ``mnist``; ``idx`` checks
-        the official MD5s when it is ``mnist``.
+        the official MD5s of ``mnist`` and ``fashion_mnist``.
       data_dir: The tfds data dir (``tfds``) or the IDX folder (``idx``).
 
     Returns:
@@ -298,6 +348,8 @@ def load_dataset(
     Raises:
       DataError: Any problem with the source or its files.
     """
+    if source == "auto":
+        source, data_dir = ("idx", data_dir) if data_dir else find_dataset(dataset)
     if source == "bundled":
         if dataset != "mnist":
             raise DataError(
@@ -307,7 +359,7 @@ def load_dataset(
     if source == "idx":
         if not data_dir:
             raise DataError("the idx source needs --data_dir with the four IDX files")
-        return load_idx(data_dir, verify_md5=dataset == "mnist")
+        return load_idx(data_dir, verify_md5=dataset if dataset in OFFICIAL_MD5 else False)
     if source == "tfds":
         return load_tfds(dataset, data_dir=data_dir)
     raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -332,7 +384,7 @@ class SplitIndices(NamedTuple):
 def split_indices(
     dataset: Dataset,
     *,
-    normal_digit: int = 0,
+    normal_class: int = 0,
     val_fraction: float = 0.1,
     anomaly_fraction: float | None = None,
     seed: int = 0,
@@ -346,27 +398,27 @@ def split_indices(
 
     Args:
       dataset: Raw images and labels.
-      normal_digit: The class treated as normal (0-9).
+      normal_class: The class treated as normal (0-9).
       val_fraction: Share of the normal training images held out.
       anomaly_fraction: None, or the anomalies' share of the test set.
       seed: Seed of the hold-out and anomaly sampling.
       prefix: Put before argument names in errors (``--`` for flags).
     """
-    rules.normal_class(f"{prefix}normal_digit", normal_digit)
+    rules.normal_class(f"{prefix}normal_class", normal_class)
     rules.number(f"{prefix}val_fraction", val_fraction, low=0, high=1, high_open=True)
     if anomaly_fraction is not None:
         rules.fraction(f"{prefix}anomaly_fraction", anomaly_fraction)
     rules.seed("seed", seed)
     rng = np.random.default_rng(seed)
 
-    normal_idx = rng.permutation(np.flatnonzero(dataset.train_labels == normal_digit))
+    normal_idx = rng.permutation(np.flatnonzero(dataset.train_labels == normal_class))
     n_val = rules.held_out(
-        f"{prefix}val_fraction", val_fraction, normal_idx.size, f"class {normal_digit}"
+        f"{prefix}val_fraction", val_fraction, normal_idx.size, f"class {normal_class}"
     )
     val_idx, train_idx = np.sort(normal_idx[:n_val]), np.sort(normal_idx[n_val:])
 
-    test_normal = np.flatnonzero(dataset.test_labels == normal_digit)
-    test_anomaly = np.flatnonzero(dataset.test_labels != normal_digit)
+    test_normal = np.flatnonzero(dataset.test_labels == normal_class)
+    test_anomaly = np.flatnonzero(dataset.test_labels != normal_class)
     if anomaly_fraction is not None:
         n_anomalies = int(round(test_normal.size * anomaly_fraction / (1 - anomaly_fraction)))
         if n_anomalies > test_anomaly.size:
@@ -385,7 +437,7 @@ def split_indices(
 def one_class_split(
     dataset: Dataset,
     *,
-    normal_digit: int = 0,
+    normal_class: int = 0,
     val_fraction: float = 0.1,
     anomaly_fraction: float | None = None,
     seed: int = 0,
@@ -394,7 +446,7 @@ def one_class_split(
 
     Args:
       dataset: Raw images and labels.
-      normal_digit: The class treated as normal (0-9).
+      normal_class: The class treated as normal (0-9).
       val_fraction: Fraction of the normal training images held out to
         calibrate the threshold, in [0, 1); at least one image when > 0.
       anomaly_fraction: None for the full test set (all other digits are
@@ -411,17 +463,17 @@ def one_class_split(
         for ``anomaly_fraction``.
     """
     idx = split_indices(
-        dataset, normal_digit=normal_digit, val_fraction=val_fraction,
+        dataset, normal_class=normal_class, val_fraction=val_fraction,
         anomaly_fraction=anomaly_fraction, seed=seed,
     )  # fmt: skip
     digits = dataset.test_labels[idx.test].astype(np.int32)
     return OneClassSplit(
-        normal_digit=normal_digit,
+        normal_class=normal_class,
         train_images=_to_float(dataset.train_images[idx.train]),
         val_images=_to_float(dataset.train_images[idx.val]),
         test_images=_to_float(dataset.test_images[idx.test]),
-        test_labels=(digits != normal_digit).astype(np.int32),
-        test_digits=digits,
+        test_labels=(digits != normal_class).astype(np.int32),
+        test_classes=digits,
         fingerprint=idx.fingerprint,
     )
 

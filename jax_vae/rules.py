@@ -18,8 +18,16 @@ MODEL_NAMES = ("ae", "vae")
 ARCHITECTURES = ("mlp", "conv")
 VAE_SCORES = ("mean", "mc", "elbo", "iwae")
 LIKELIHOODS = ("gaussian", "bernoulli")
-SOURCES = ("bundled", "tfds", "idx")
+SOURCES = ("auto", "bundled", "tfds", "idx")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
+CLASS_NAMES = {
+    "mnist": tuple("0123456789"),
+    "fashion_mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+        "Bag", "Ankle boot",
+    ),
+    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+}  # fmt: skip
 LAYOUTS = ("data", "models")
 BASELINES = ("pca", "knn", "ocsvm", "iforest")
 NUM_CLASSES = 10
@@ -102,6 +110,46 @@ def seed(name: str, value: Any) -> None:
 def normal_class(name: str, value: Any) -> None:
     """The index of the normal class."""
     number(name, value, low=0, high=NUM_CLASSES - 1, integer=True)
+
+
+def _key(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def class_index(name: str, value: str | int, dataset: str) -> int:
+    """The index of a class given by index (``5``, ``"5"``) or name (``"Sandal"``, ``"ankle
+    boot"``, ``"t-shirt"``: case, spaces and punctuation do not matter; a unique prefix will do).
+
+    Raises:
+      InvalidArgument: No class, or several, of ``dataset`` match.
+    """
+    choice("dataset", dataset, DATASETS)
+    names = CLASS_NAMES[dataset]
+    text = str(value).strip()
+    if text.isdigit():
+        number(name, int(text), low=0, high=len(names) - 1, integer=True)
+        return int(text)
+    matches = [i for i, n in enumerate(names) if _key(n).startswith(_key(text)) and _key(text)]
+    exact = [i for i in matches if _key(names[i]) == _key(text)]
+    if len(exact or matches) != 1:
+        raise InvalidArgument(
+            f"{name} must be a class index 0-{len(names) - 1} or one of {', '.join(names)} "
+            f"({dataset}), got {value!r}"
+        )
+    return (exact or matches)[0]
+
+
+def class_label(dataset: str, index: int) -> str:
+    """How tables, plots and logs name a class: ``digit 3``, ``Sandal``."""
+    return f"digit {index}" if dataset == "mnist" else CLASS_NAMES[dataset][index]
+
+
+def class_slug(dataset: str, index: int) -> str:
+    """A class in folder names: ``digit3``, ``fashion_mnist-sandal``, ``...-t-shirt-top``."""
+    if dataset == "mnist":
+        return f"digit{index}"
+    words = "".join(c if c.isalnum() else " " for c in CLASS_NAMES[dataset][index].lower())
+    return f"{dataset}-{'-'.join(words.split())}"
 
 
 def beta(name: str, value: Any) -> None:

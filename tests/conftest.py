@@ -20,4 +20,4 @@ def mnist() -> data.Dataset:
 
 @pytest.fixture(scope="session")
 def split0(mnist) -> data.OneClassSplit:
-    return data.one_class_split(mnist, normal_digit=0)
+    return data.one_class_split(mnist, normal_class=0)

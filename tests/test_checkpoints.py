@@ -20,7 +20,7 @@ from experiments.config import ConfigError, ExperimentConfig, load_run_config
 from jax_vae import checkpoints, models, train
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold")
-SMALL_RUN = ("--epochs=6", "--checkpoint_every=1", "--normal_digit=1", "--hidden_dims=64",
+SMALL_RUN = ("--epochs=6", "--checkpoint_every=1", "--normal_class=1", "--hidden_dims=64",
              "--latent_dim=8", "--anomaly_fraction=0.1")  # fmt: skip
 
 
@@ -185,7 +185,7 @@ def test_ctrl_c_is_one_line_exit_130_and_resumable(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         cli_argv("main", "--models=ae", "--epochs=60", "--checkpoint_every=2",
-                 "--normal_digit=1", "--hidden_dims=32", f"--output_dir={out}"),
+                 "--normal_class=1", "--hidden_dims=32", f"--output_dir={out}"),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     second = out / "checkpoints" / "digit1_ae" / "2"

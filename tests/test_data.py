@@ -32,7 +32,7 @@ def test_split_counts_digit0(split0):
     assert split0.test_images.shape == (10000, 784)
     assert int((split0.test_labels == 0).sum()) == 980
     assert int(split0.test_labels.sum()) == 9020
-    np.testing.assert_array_equal(split0.test_labels, (split0.test_digits != 0).astype(np.int32))
+    np.testing.assert_array_equal(split0.test_labels, (split0.test_classes != 0).astype(np.int32))
 
 
 def test_split_dtypes_and_range(split0):
@@ -40,13 +40,13 @@ def test_split_dtypes_and_range(split0):
         assert images.dtype == np.float32
         assert images.min() >= 0.0 and images.max() <= 1.0
     assert split0.test_labels.dtype == np.int32
-    assert split0.test_digits.dtype == np.int32
+    assert split0.test_classes.dtype == np.int32
 
 
 def test_split_is_seeded_and_disjoint(mnist):
-    a = data.one_class_split(mnist, normal_digit=3, seed=1)
-    b = data.one_class_split(mnist, normal_digit=3, seed=1)
-    c = data.one_class_split(mnist, normal_digit=3, seed=2)
+    a = data.one_class_split(mnist, normal_class=3, seed=1)
+    b = data.one_class_split(mnist, normal_class=3, seed=1)
+    c = data.one_class_split(mnist, normal_class=3, seed=2)
     np.testing.assert_array_equal(a.val_images, b.val_images)
     assert not np.array_equal(a.val_images, c.val_images)
     # Train and validation images come from disjoint sets of normal images.
@@ -56,17 +56,17 @@ def test_split_is_seeded_and_disjoint(mnist):
 
 
 def test_anomaly_fraction_sampling(mnist):
-    s = data.one_class_split(mnist, normal_digit=0, anomaly_fraction=0.1, seed=0)
+    s = data.one_class_split(mnist, normal_class=0, anomaly_fraction=0.1, seed=0)
     n_normal = int((s.test_labels == 0).sum())
     assert n_normal == 980
     assert int(s.test_labels.sum()) == round(980 * 0.1 / 0.9)  # 109
-    assert set(np.unique(s.test_digits[s.test_labels == 1])) <= set(range(1, 10))
+    assert set(np.unique(s.test_classes[s.test_labels == 1])) <= set(range(1, 10))
     with pytest.raises(ValueError, match="anomal"):
-        data.one_class_split(mnist, normal_digit=0, anomaly_fraction=0.99)
+        data.one_class_split(mnist, normal_class=0, anomaly_fraction=0.99)
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"normal_digit": 10}, {"val_fraction": 1.0}, {"anomaly_fraction": 0.0}]
+    "kwargs", [{"normal_class": 10}, {"val_fraction": 1.0}, {"anomaly_fraction": 0.0}]
 )
 def test_split_rejects_bad_arguments(mnist, kwargs):
     with pytest.raises(ValueError):
@@ -148,7 +148,7 @@ def test_tfds_source_with_mock_data(name, tmp_path, monkeypatch):
     assert loaded.train_images.dtype == np.uint8
     assert loaded.train_labels.max() <= 9
     common = int(np.bincount(loaded.train_labels).argmax())  # Mock labels are random.
-    split = data.one_class_split(loaded, normal_digit=common, val_fraction=0.5)
+    split = data.one_class_split(loaded, normal_class=common, val_fraction=0.5)
     assert split.train_images.shape[1] == 784
 
 

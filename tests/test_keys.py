@@ -59,7 +59,7 @@ def test_library_reproduces_the_runner_exactly(tmp_path):
     # The README's functional snippet (with 2 epochs) against experiments.main.
     from jax_vae import data, metrics, scoring  # noqa: PLC0415
 
-    split = data.one_class_split(data.load_dataset("bundled"), normal_digit=0)
+    split = data.one_class_split(data.load_dataset("bundled"), normal_class=0)
     model = models.VAE(hidden_dims=(400,), latent_dim=20)
     train_key, score_key = keys.model_keys(0, "vae")
     result = train.train(train_key, split.train_images, 2.0, model=model, epochs=2)

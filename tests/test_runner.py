@@ -83,7 +83,7 @@ def test_end_to_end_scores_file(e2e):
     parts = ("test", "val", "synthetic")
     assert set(scores.files) == {
         "labels",
-        "digits",
+        "classes",
         *(f"{m}_{p}" for m in ("ae", "vae") for p in parts),
     }
     assert scores["labels"].shape == (10000,) and int(scores["labels"].sum()) == 9020
@@ -121,7 +121,7 @@ def test_second_run_into_same_dir_is_refused_and_first_kept(e2e):
 def test_batch_larger_than_training_set_is_refused(tmp_path):
     config = ExperimentConfig(batch_size=6000, epochs=1, output_dir=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match=re.escape(
-            "--batch_size must be in [1, 5331] (the training set of class 0 has 5331 images)")):
+            "--batch_size must be in [1, 5331] (the training set of digit 0 has 5331 images)")):
         run_single(config)
     assert not (tmp_path / "x").exists()
 
@@ -130,7 +130,7 @@ def test_default_output_dir_is_new(tmp_path, monkeypatch):
     from experiments import pipeline  # noqa: PLC0415
 
     monkeypatch.chdir(tmp_path)
-    grid = pipeline.SweepConfig.single(ExperimentConfig(beta=2.0, normal_digit=3))
+    grid = pipeline.SweepConfig.single(ExperimentConfig(beta=2.0, normal_class=3))
     first = pipeline._default_dir("run", grid)
     assert first.startswith("runs/") and first.endswith("_digit3_beta2")
     os.makedirs(first)
@@ -143,7 +143,7 @@ BAD_CONFIGS = [
     (dict(preset="fastest"), "--preset"),
     (dict(score_smoothing=-1.0), "--score_smoothing"),
     (dict(score_smoothing=1.0, vae_score="iwae"), "--score_smoothing needs a reconstruction"),
-    (dict(normal_digit=10), "--normal_digit"),
+    (dict(normal_class=10), "--normal_class"),
     (dict(latent_dim=0), "--latent_dim"),
     (dict(hidden_dims=()), "--hidden_dims"),
     (dict(epochs=0), "--epochs"),
@@ -160,7 +160,7 @@ BAD_CONFIGS = [
     (dict(models=()), "--models must name at least one"),
     (dict(data_source="web"), "--data_source"),
     (dict(dataset="cifar10"), "--dataset"),
-    (dict(dataset="fashion_mnist"), "only mnist is bundled"),
+    (dict(dataset="fashion_mnist", data_source="bundled"), "only mnist is"),
     (dict(data_source="idx"), "--data_dir"),
     (dict(vae_score="max"), "--vae_score"),
     (dict(mc_samples=0), "--mc_samples"),
@@ -222,7 +222,7 @@ def bad_inputs(tmp_path_factory):
     empty = base / "empty"
     empty.mkdir()
     bad_flagfile = base / "bad.flags"
-    bad_flagfile.write_text("--epochs=1\n--normal_digit=42\n")
+    bad_flagfile.write_text("--epochs=1\n--normal_class=42\n")
     return {"corrupt": str(corrupt), "empty": str(empty), "flagfile": str(bad_flagfile)}
 
 
@@ -233,7 +233,7 @@ BAD_FLAGS = [
     (["--hidden_dims=400,x"], "--hidden_dims", True),
     (["--no_such_flag=1"], "no_such_flag", True),
     (["positional"], "unexpected arguments", True),
-    (["--flagfile={flagfile}"], "--normal_digit", True),
+    (["--flagfile={flagfile}"], "--normal_class", True),
     (["--resume=r", "--eval_only=r"], "exclude each other", True),
     (["--batch_size=100000"], "--batch_size must be in [1, 5331]", False),
     (["--output_dir=/proc/forbidden/run"], "cannot be written", False),
@@ -270,7 +270,7 @@ def test_help_lists_the_commands_own_flags():
 def test_flagfile_run_writes_results(tmp_path):
     flagfile = tmp_path / "ae.flags"
     out = tmp_path / "run"
-    flagfile.write_text(f"--models=ae\n--epochs=1\n--normal_digit=1\n--hidden_dims=32\n"
+    flagfile.write_text(f"--models=ae\n--epochs=1\n--normal_class=1\n--hidden_dims=32\n"
                         f"--anomaly_fraction=0.1\n--output_dir={out}\n")  # fmt: skip
     proc = cli("main", f"--flagfile={flagfile}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -300,26 +300,31 @@ def test_library_info_filter_hides_only_library_info():
 
 
 def test_verbosity_flag_shows_library_info(tmp_path):
-    proc = cli("main", "--models=ae", "--epochs=1", "--normal_digit=1", "--verbosity=0",
+    proc = cli("main", "--models=ae", "--epochs=1", "--normal_class=1", "--verbosity=0",
                "--hidden_dims=32", "--anomaly_fraction=0.1", f"--output_dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "orbax" in proc.stderr and "ae epoch 1/1" in proc.stderr
 
 
 def test_preset_sets_defaults_and_explicit_flags_override(tmp_path):
-    from experiments.config import PRESETS
+    from experiments.config import preset_values  # noqa: PLC0415
 
     out = tmp_path / "run"
-    proc = cli("main", "--preset=best", "--epochs=1", "--normal_digit=1", "--hidden_dims=32",
+    proc = cli("main", "--preset=best", "--epochs=1", "--normal_class=1", "--hidden_dims=32",
                "--anomaly_fraction=0.1", f"--output_dir={out}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "best" and config["epochs"] == 1  # Explicit flag wins.
-    for name, value in PRESETS["best"].items():
+    preset = preset_values("best", "mnist")
+    for name, value in preset.items():
         if name != "epochs":
             assert config[name] == (list(value) if isinstance(value, tuple) else value), name
     record = json.loads((out / "metrics.json").read_text())
-    assert set(record["models"]) == set(PRESETS["best"]["models"])
+    assert set(record["models"]) == set(preset["models"])
+    # Each dataset has its own pick (its headline); unknown datasets get the shared one.
+    assert preset_values("best", "fashion_mnist") != preset or preset == preset_values("best", "*")
+    assert preset_values("best", "kmnist") == preset_values("best", "*")
+    assert preset_values(None, "mnist") == {} == preset_values("fastest", "mnist")
 
 
 def test_results_table_columns_are_separated_and_aligned():

@@ -62,7 +62,7 @@ except ConfigError as e:
 # dropped) gives the same rows; a run on 4 devices trains data parallel and writes its files.
 out = os.environ["OUT"]
 from dataclasses import replace
-grid = SweepConfig(betas=(1.0, 2.0), seeds=(0,), digits=(1,), base=ExperimentConfig(**tiny))
+grid = SweepConfig(betas=(1.0, 2.0), seeds=(0,), classes=(1,), base=ExperimentConfig(**tiny))
 rows = {}
 for n in (1, 4):
     g = replace(grid, base=replace(grid.base, num_devices=n, output_dir=f"{out}/sweep{n}"))
@@ -70,7 +70,7 @@ for n in (1, 4):
 assert len(rows[1]) == len(rows[4]) == 3  # 1 AE (padded to 4 models) + 2 VAEs.
 for r1, r4 in zip(rows[1], rows[4], strict=True):
     assert abs(r1["auroc"] - r4["auroc"]) < 1e-3 and abs(r1["f1"] - r4["f1"]) < 1e-2
-run = SweepConfig.single(ExperimentConfig(normal_digit=7, models=("vae",), output_dir=f"{out}/r",
+run = SweepConfig.single(ExperimentConfig(normal_class=7, models=("vae",), output_dir=f"{out}/r",
                                           **tiny))
 result = report.write(pipeline.run(run), out=open(os.devnull, "w"))
 assert result["models"]["vae"]["auroc"] > 0.8 and os.path.exists(f"{out}/r/metrics.json")
@@ -95,7 +95,7 @@ def test_two_processes_train_together_and_process_0_writes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    common = ["--epochs=1", "--models=ae", "--normal_digit=1", "--checkpoint_every=0",
+    common = ["--epochs=1", "--models=ae", "--normal_class=1", "--checkpoint_every=0",
               "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1"]  # fmt: skip
     procs = [
         subprocess.Popen(

@@ -30,7 +30,7 @@ def sweep(tmp_path_factory):
     config = SweepConfig(
         betas=(1.0, 4.0),
         seeds=(0, 1),
-        digits=(0,),
+        classes=(0,),
         smoothings=(0.0, 1.5),
         base=ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(64,), latent_dim=8,
                               output_dir=str(out)),
@@ -89,7 +89,7 @@ def test_csv_json_and_summary_agree(sweep):
         "sweep.csv",
         "summary.txt",
         "auroc_vs_beta.png",
-        "best_per_digit.png",
+        "best_per_class.png",
     } <= set(os.listdir(out))
     record = json.loads((out / "sweep.json").read_text())
     with open(out / "sweep.csv") as f:
@@ -100,9 +100,8 @@ def test_csv_json_and_summary_agree(sweep):
         assert (csv_row["beta"] or None) == (
             None if json_row["beta"] is None else str(json_row["beta"])
         )
-        assert (
-            int(csv_row["seed"]) == json_row["seed"] and int(csv_row["digit"]) == json_row["digit"]
-        )
+        assert int(csv_row["seed"]) == json_row["seed"]
+        assert int(csv_row["normal_class"]) == json_row["normal_class"]
         assert float(csv_row["smoothing"]) == json_row["smoothing"]
         for key in ("auroc", "auprc", "f1", "synthetic_auroc"):
             assert float(csv_row[key]) == pytest.approx(json_row[key], rel=1e-12)
@@ -137,8 +136,8 @@ BAD_SWEEPS = [
     (dict(betas=(-1.0,)), "--betas must be >= 0"),
     (dict(betas=(float("nan"),)), "--betas must be a finite number"),
     (dict(seeds=(-1,)), "--seeds"),
-    (dict(digits=(10,)), "--digits"),
-    (dict(digits=()), "--digits needs at least one value"),
+    (dict(classes=(10,)), "--classes"),
+    (dict(classes=()), "--classes needs at least one value"),
     (dict(group_size=-1), "--group_size"),
     (dict(mesh_layout="rows"), "--mesh_layout"),
     (dict(smoothings=(1.0, -1.0)), "--score_smoothing"),
@@ -160,6 +159,8 @@ def test_sweep_rules_name_their_flag(fields, needle):
     (["--digits=0-10"], "--digits"),
     (["--beta=2"], "beta"),  # The sweep takes --betas, not --beta.
     (["--batch_size=5000", "--digits=5"], "--batch_size must be in [1, 4879]"),
+    (["--dataset=fashion_mnist", "--digits=1"], "--digits is for MNIST"),
+    (["--classes=Hat"], "--classes must be a class index 0-9 or one of 0, 1"),
 ])  # fmt: skip
 def test_invalid_sweep_flags_exit_with_one_line(args, needle, tmp_path):
     line = one_line_error(cli("sweep", *args, f"--output_dir={tmp_path / 'out'}"))
@@ -172,7 +173,7 @@ def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
 
     out = tmp_path / "s"
     config = SweepConfig(
-        betas=(1.0,), seeds=(0, 1), digits=(1, 7),
+        betas=(1.0,), seeds=(0, 1), classes=(1, 7),
         base=ExperimentConfig(epochs=3, models=("vae",), checkpoint_every=1, hidden_dims=(32,),
                               latent_dim=4, anomaly_fraction=0.1, output_dir=str(out)),
     )  # fmt: skip
