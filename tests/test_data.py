@@ -176,3 +176,77 @@ def test_synthetic_anomalies_are_local_seeded_corruptions(split0):
     assert changed[1::2].sum(axis=1).max() <= 81
     assert 5 <= changed[::2].sum(axis=1).min() and changed[::2].sum(axis=1).max() <= 120
     np.testing.assert_array_equal(images, split0.val_images[:40])  # The input is untouched.
+
+
+FASHION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                       "shared", "data", "fashion_mnist")  # fmt: skip
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION), reason="the Fashion-MNIST files are in ../shared (CI has them)"
+)
+
+
+@needs_fashion
+def test_fashion_mnist_real_files_found_through_the_environment(monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, os.path.dirname(FASHION))
+    assert data.find_dataset("fashion_mnist") == ("idx", os.path.join(
+        os.path.dirname(FASHION), "fashion_mnist"))  # fmt: skip
+    d = data.load_dataset(dataset="fashion_mnist")  # auto: the environment's folder.
+    assert d.train_images.shape == (60000, 28, 28) and d.test_images.shape == (10000, 28, 28)
+    assert np.bincount(d.train_labels).tolist() == [6000] * 10
+    assert np.bincount(d.test_labels).tolist() == [1000] * 10
+    assert abs(d.train_images.mean() - 72.94) < 0.01  # 0.2860 of 255, as its README says.
+    # Not MNIST: the same split code gives other images.
+    split = data.one_class_split(d, normal_class=5)
+    assert split.train_images.shape == (5400, 784)
+    assert split.fingerprint != data.one_class_split(data.load_dataset("bundled"),
+                                                     normal_class=5).fingerprint  # fmt: skip
+
+
+@needs_fashion
+def test_fashion_mnist_md5_catches_corrupt_and_foreign_files(tmp_path):
+    for name in os.listdir(FASHION):
+        if name.endswith(".gz"):
+            shutil.copy(os.path.join(FASHION, name), tmp_path / name)
+    raw = gzip.decompress((tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:-1] + b"\x03"))
+    with pytest.raises(data.DataError, match=r"t10k-labels-idx1-ubyte.gz: MD5 .* fashion_mnist"):
+        data.load_dataset("idx", dataset="fashion_mnist", data_dir=str(tmp_path))
+    # MNIST's files are no Fashion-MNIST.
+    with pytest.raises(data.DataError, match="official fashion_mnist"):
+        data.load_dataset("idx", dataset="fashion_mnist", data_dir=data.bundled_data_dir())
+
+
+def test_no_copy_found_names_the_ways_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nothing"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion_mnist", str(tmp_path / "debian"))
+    with pytest.raises(data.DataError) as error:
+        data.load_dataset(dataset="fashion_mnist")
+    message = str(error.value)
+    for way in ("--data_dir=DIR", "JAX_VAE_DATA=DIR", "apt-get install dataset-fashion-mnist",
+                "--data_source=tfds"):  # fmt: skip
+        assert way in message, way
+    assert "\n" not in message
+    # A synthetic IDX folder in the Debian location is found there.
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for name in os.listdir(data.bundled_data_dir()):
+        shutil.copy(os.path.join(data.bundled_data_dir(), name), debian / name)
+    assert data.find_dataset("fashion_mnist") == ("idx", str(debian))
+
+
+def test_class_names_indices_and_folder_names():
+    from jax_vae import rules  # noqa: PLC0415
+
+    for text, index in (("Sandal", 5), ("sandal", 5), ("ankle boot", 9), ("Ankle_Boot", 9),
+                        ("t-shirt", 0), ("T-shirt/top", 0), ("3", 3), (7, 7)):  # fmt: skip
+        assert rules.class_index("--normal_class", text, "fashion_mnist") == index, text
+    for bad in ("hat", "s", ""):  # Unknown, ambiguous (Sandal, Shirt, Sneaker), empty.
+        with pytest.raises(ValueError, match="--normal_class must be a class index 0-9 or one"):
+            rules.class_index("--normal_class", bad, "fashion_mnist")
+    with pytest.raises(ValueError, match=r"--normal_class must be in \[0, 9\], got 10"):
+        rules.class_index("--normal_class", "10", "fashion_mnist")
+    assert rules.class_label("fashion_mnist", 0) == "T-shirt/top"
+    assert rules.class_label("mnist", 3) == "digit 3"
+    assert rules.class_slug("fashion_mnist", 0) == "fashion_mnist-t-shirt-top"
+    assert rules.class_slug("mnist", 3) == "digit3"

@@ -345,3 +345,26 @@ def test_results_table_columns_are_separated_and_aligned():
     title_ends = [header.index(title) + len(title) for title in titles]
     assert ends(ae)[1:] == ends(vae)[1:] == title_ends
     assert vae.split()[3] == "-"
+
+
+def test_fashion_mnist_run_names_its_class(tmp_path):
+    fashion = os.path.join(ROOT, "..", "shared", "data", "fashion_mnist")
+    if not os.path.isdir(fashion):
+        pytest.skip("the Fashion-MNIST files are in ../shared (CI has them)")
+    env = {**os.environ, "JAX_VAE_DATA": os.path.dirname(fashion)}
+    proc = cli("main", "--dataset=fashion_mnist", "--normal_class=ankle boot", "--models=ae",
+               "--epochs=1", "--hidden_dims=32", "--anomaly_fraction=0.1", "--checkpoint_every=0",
+               f"--output_dir={tmp_path / 'run'}", env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Ankle boot" in proc.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["normal_class"] == 9 and config["dataset"] == "fashion_mnist"
+    assert config["splits"]["9"]["train"] == 5400
+    # Without an explicit folder the run is named after its class, not "digit 9".
+    from experiments import pipeline  # noqa: PLC0415
+    from experiments.config import SweepConfig  # noqa: PLC0415
+
+    grid = SweepConfig.single(ExperimentConfig(dataset="fashion_mnist", normal_class=9))
+    assert pipeline._default_dir("run", grid).endswith("_fashion_mnist-ankle-boot_beta1")
+    assert "--normal_digit is for MNIST" in one_line_error(
+        cli("main", "--dataset=fashion_mnist", "--normal_digit=3", env=env))
