@@ -145,6 +145,25 @@ def time_training(
     return float(np.median(seconds)), result.compile_seconds
 
 
+def writer_overhead(model, images, *, epochs: int, batch_size: int, repeats: int = 3):
+    """(median epoch seconds with the TensorBoard hook, without it), runs interleaved."""
+    from experiments.tensorboard import Board  # noqa: PLC0415
+
+    timed: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as log_dir:
+        for _ in range(repeats):
+            for writing in (False, True):
+                board = Board(log_dir if writing else None)
+                curves = board.epoch_hook([["m"]], members=1, images=images.shape[0],
+                                          betas=[1.0], warmup=0)  # fmt: skip
+                seconds = timed[writing]
+                train(jax.random.key(0), images, model=model, epochs=epochs,
+                      batch_size=batch_size, hooks=(curves, lambda e, s=seconds: s.append(
+                          e.seconds)))  # fmt: skip
+                board.close()
+    return float(np.median(timed[True])), float(np.median(timed[False]))
+
+
 def body():
     """Checks every flag before the (long) peak probe; returns the benchmark."""
     models = tuple(m.strip().lower() for m in FLAGS.models)
@@ -217,6 +236,10 @@ def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
             "disturbed (is another process using the CPU?), so the 'of peak' and 'x floor' "
             "columns are not trustworthy; rerun on an idle machine", ", ".join(untrusted), peak,
         )  # fmt: skip
+    with_writer, without = writer_overhead(make_model(models[-1]), images,
+                                           epochs=FLAGS.epochs, batch_size=FLAGS.batch_size)
+    out.write(f"\nTensorBoard writer ({models[-1].upper()}, median epoch): {without * 1e3:.1f} ms "
+              f"without, {with_writer * 1e3:.1f} ms with ({with_writer / without:.3f}x)\n")
     if not sweep_sizes:  # --sweep_sizes= skips the sweep cost.
         return
     default_group = default_group_size()

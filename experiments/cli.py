@@ -23,6 +23,7 @@ from jax_vae import errors, rules
 FLAGS = flags.FLAGS
 _DEFINERS = {
     "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string,
+    "bool": flags.DEFINE_bool,
     "float | None": flags.DEFINE_float, "str | None": flags.DEFINE_string,
 }  # fmt: skip
 

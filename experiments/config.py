@@ -62,6 +62,7 @@ class ExperimentConfig:
     ensemble_size: int = _flag(1, "Seeds per model, trained together; scores averaged.")
     architecture: str = _flag("mlp", "mlp, or conv (--hidden_dims are then channels).")
     preset: str | None = _flag(None, "Named configuration (best); explicit flags override it.")
+    tensorboard: bool = _flag(True, "Write TensorBoard events under <output_dir>/tensorboard.")
 
 
 # The selection protocol (README, "Choosing honestly across datasets"), fixed before any

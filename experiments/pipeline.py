@@ -26,6 +26,7 @@ from absl import logging
 
 from experiments.config import ConfigError, SweepConfig, read_record, validate_sweep
 from experiments.files import claim_output_dir, new_run_dir, prepare_output_dir
+from experiments.tensorboard import Board, run_name
 from jax_vae import data, keys, rules, scoring, sharding, train
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.losses import make_example_loss
@@ -64,6 +65,7 @@ class Result:
     rows: list[dict[str, Any]]  # One per (class, model, beta, seed, smoothing).
     groups: list[Group]
     splits: dict[int, data.OneClassSplit]  # Kept for single runs only.
+    board: Board  # TensorBoard: the training curves are written, the rest by the report.
 
 
 def config_model(base, name: str):
@@ -216,13 +218,15 @@ def run(
         }  # fmt: skip
         if writer and not resume:
             claim_output_dir(output_dir, record)
+        board = Board(os.path.join(output_dir, "tensorboard") if writer and base.tensorboard
+                      else None, resume=resume)  # fmt: skip
     except BaseException:
         if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
             os.rmdir(output_dir)  # Nothing was written: leave no empty folder behind.
         raise
     logging.info("%s folder %s", kind, output_dir)
 
-    result = Result(kind, grid, output_dir, record, [], [], {})
+    result = Result(kind, grid, output_dir, record, [], [], {}, board)
     for normal in grid.classes:
         split = data.one_class_split(
             dataset, normal_class=normal, val_fraction=base.val_fraction,
@@ -238,7 +242,7 @@ def run(
                     grid, normal, name, split, images, mesh=mesh,
                     checkpoint_dir=os.path.join(run_dir or output_dir, "checkpoints",
                                                 f"{rules.class_slug(base.dataset, normal)}_{name}"),
-                    eval_only=eval_only, keep_params=kind == "run",
+                    eval_only=eval_only, keep_params=kind == "run", board=board,
                 )  # fmt: skip
             result.groups.append(group)
             result.rows.extend(_rows(group, grid, split.test_labels, timing))
@@ -283,7 +287,7 @@ def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:
 
 
 def _train_and_score(
-    grid, normal, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params
+    grid, normal, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params, board
 ) -> tuple[Group, dict]:
     """Trains (or restores) every point of one model kind together, then scores them."""
     base, points = grid.base, points_of(grid, name)
@@ -321,13 +325,18 @@ def _train_and_score(
             len(split.train_images),
         )  # fmt: skip
         last = [0]  # The last finished epoch, for the message on Ctrl-C.
+        runs = [[run_name(base, {"normal_class": normal, "model": name, "beta": b, "seed": s,
+                                 "smoothing": sm}, len(grid.smoothings) > 1)
+                 for sm in grid.smoothings] for b, s in points]  # fmt: skip
+        curves = board.epoch_hook(runs, members=members, images=len(split.train_images),
+                                  betas=[b for b, _ in points], warmup=base.kl_warmup_epochs)
         try:
             trained = train.train(
                 train_keys, split.train_images, betas, model=model, epochs=base.epochs,
                 batch_size=base.batch_size, learning_rate=base.learning_rate,
                 loss_fn=make_example_loss(model, likelihood=base.likelihood),
                 kl_warmup_epochs=base.kl_warmup_epochs, name=label,
-                hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch)),
+                hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch), curves),
                 group_size=grid.group_size, mesh=mesh, checkpointer=checkpointer,
             )  # fmt: skip
         except KeyboardInterrupt:

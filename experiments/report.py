@@ -68,6 +68,10 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
         if result.kind == "run":
             atomic_write_bytes(os.path.join(path, "results.txt"), table.encode())
             _write_run_files(result)
+            result.board.finals(result.grid.base, result.rows)
+            result.board.images({name[:-4]: os.path.join(path, name) for name in sorted(
+                os.listdir(path)) if name.endswith(".png")}, result.grid.base.epochs)  # fmt: skip
+            result.board.close()
             write_json(os.path.join(path, "metrics.json"), record)  # Last: marks completion.
         else:
             csv_text = rows_to_csv(result.rows).encode()
@@ -79,6 +83,8 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
                            os.path.join(path, "auroc_vs_beta.png"))  # fmt: skip
                 plots.save(plots.best_per_class(summary, labels),
                            os.path.join(path, "best_per_class.png"))  # fmt: skip
+            result.board.finals(result.grid.base, result.rows)
+            result.board.close()
             write_json(os.path.join(path, f"{result.kind}.json"), record)  # Last.
         logging.info("results in %s", path)
     return {**record, "output_dir": path}

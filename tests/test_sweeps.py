@@ -187,3 +187,22 @@ def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
         {k: v for k, v in r.items() if k not in strip} for r in full]
     with pytest.raises(ConfigError, match="complete"):
         run_grid(load_config(str(out), flag="resume"), kind="sweep", resume=True)
+
+
+def test_selection_rules_across_datasets():
+    from experiments import select  # noqa: PLC0415
+
+    def summary(means):
+        return {label: {"mean": (m, 0.0), "classes": {0: (m, 0.0)}} for label, m in means.items()}
+
+    mnist = (summary({"AE e30": 0.96, "VAE b=1 s=1 e60": 0.98}),  # (test, synthetic)
+             summary({"AE e30": 0.90, "VAE b=1 s=1 e60": 0.80}))  # fmt: skip
+    fashion = (summary({"AE e30": 0.93, "VAE b=1 s=1 e60": 0.90}),
+               summary({"AE e30": 0.70, "VAE b=1 s=1 e60": 0.75}))  # fmt: skip
+    picks = select.select({"mnist": mnist, "fashion_mnist": fashion})
+    assert picks["mnist"]["transfer"] == "AE e30"  # Fashion-MNIST's best test AUROC.
+    assert picks["fashion_mnist"]["transfer"] == "VAE b=1 s=1 e60"  # MNIST's.
+    assert picks["mnist"]["synthetic"] == "AE e30"
+    assert picks["fashion_mnist"]["synthetic"] == "VAE b=1 s=1 e60"
+    assert picks["mnist"]["oracle (own test labels, an upper bound)"] == "VAE b=1 s=1 e60"
+    assert picks["other datasets"]["best mean test AUROC over both"] == "AE e30"  # .945 > .94

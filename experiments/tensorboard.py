@@ -1,0 +1,158 @@
+"""TensorBoard event files for every run, sweep and baselines run (tensorboardX: no TensorFlow).
+
+Under ``<output_dir>/tensorboard/`` each model of the grid is one TensorBoard run,
+``<class>/<model>[_b<beta>]_seed<seed>[_smooth<s>]``, holding its per-epoch
+training scalars (``train/*``), its final metrics (``final/*``, at the last
+epoch) and its hyperparameters (the HParams plugin: one comparable row per
+model); a single run's plots go to the run ``plots`` as images. Only process 0
+writes. A resumed run purges the steps after its checkpoint, so its curves go on
+without duplicates; ``--eval_only`` writes into its own folder.
+
+  tensorboard --logdir runs/            # every run and sweep below runs/
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+TRAIN_TAGS = ("total", "reconstruction", "kl")
+FINAL_TAGS = (
+    "auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold", "synthetic_auroc",
+)  # fmt: skip
+HPARAMS = (
+    "dataset", "latent_dim", "hidden_dims", "epochs", "batch_size", "learning_rate",
+    "split_seed", "vae_score", "likelihood", "kl_warmup_epochs", "ensemble_size",
+    "architecture",
+)  # fmt: skip
+
+
+def run_name(base, row: dict[str, Any], smoothed: bool) -> str:
+    """The TensorBoard run of one grid row."""
+    from jax_vae.rules import class_slug  # noqa: PLC0415
+
+    name = f"{class_slug(base.dataset, row['normal_class'])}/{row['model']}"
+    if row["beta"] is not None:
+        name += f"_b{row['beta']:g}"
+    name += f"_seed{row['seed']}"
+    if smoothed and row.get("smoothing") is not None:
+        name += f"_smooth{row['smoothing']:g}"
+    return name
+
+
+class Board:
+    """Writers of one output folder's TensorBoard runs; a no-op when disabled.
+
+    Args:
+      root: ``<output_dir>/tensorboard``, or None for no events (another
+        process, ``--notensorboard``).
+      resume: The run continues an interrupted one: each run's first event
+        purges what the interrupted run wrote from that step on.
+    """
+
+    def __init__(self, root: str | None, *, resume: bool = False):
+        self.root, self.resume, self.writers = root, resume, {}
+        if root is None:
+            return
+        try:
+            import tensorboardX  # noqa: F401, PLC0415
+        except ImportError:
+            logging.warning("tensorboardX is not installed: no TensorBoard events "
+                            "(pip install tensorboardX)")  # fmt: skip
+            self.root = None
+
+    def writer(self, run: str, step: int):
+        """The writer of ``run``, created at its first event (``step``)."""
+        if run not in self.writers:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            self.writers[run] = SummaryWriter(
+                os.path.join(self.root, run), purge_step=step if self.resume else None,
+                flush_secs=10,
+            )  # fmt: skip
+        return self.writers[run]
+
+    def epoch_hook(self, runs: list[list[str]], *, members: int, images: int, betas, warmup: int):
+        """A training hook writing each model's epoch scalars to its runs.
+
+        Args:
+          runs: Per grid point, the runs it is reported in (one per smoothing).
+          members: Ensemble members per point (their means are averaged).
+          images: Training images per epoch and model.
+          betas: Per point, its beta (None for the AE).
+          warmup: KL warm-up epochs (the written beta follows the ramp).
+        """
+        if self.root is None:
+            return lambda e: None
+
+        def hook(e) -> None:
+            points = len(runs)
+            means = {t: np.reshape(np.asarray(getattr(e.means, t), np.float64).ravel()
+                                   [: points * members], (points, members)).mean(axis=1)
+                     for t in TRAIN_TAGS}  # fmt: skip
+            for p, point_runs in enumerate(runs):
+                scalars = {f"train/{t}": means[t][p] for t in TRAIN_TAGS}
+                scalars["train/epoch_seconds"] = e.seconds
+                scalars["train/images_per_second"] = images * points * members / e.seconds
+                if betas[p] is not None:
+                    scalars["train/beta"] = betas[p] * min(1.0, e.epoch / warmup) if warmup \
+                        else betas[p]  # fmt: skip
+                for run in point_runs:
+                    w = self.writer(run, e.epoch)
+                    for tag, value in scalars.items():
+                        w.add_scalar(tag, float(value), e.epoch)
+
+        return hook
+
+    def finals(self, base, rows: list[dict[str, Any]]) -> None:
+        """Each row's final metrics (at its last epoch) and hyperparameters (HParams)."""
+        if self.root is None:
+            return
+        from tensorboardX.summary import hparams  # noqa: PLC0415
+
+        from jax_vae.rules import class_label  # noqa: PLC0415
+
+        smoothed = len({r.get("smoothing") for r in rows}) > 1
+        for row in rows:
+            w = self.writer(run_name(base, row, smoothed), base.epochs)
+            metrics = {f"final/{t}": float(row[t]) for t in FINAL_TAGS}
+            for tag, value in metrics.items():
+                w.add_scalar(tag, value, base.epochs)
+            values = {
+                "model": row["model"], "class": class_label(base.dataset, row["normal_class"]),
+                # The AE has no KL term: beta 0 in the HParams table.
+                "beta": float(row["beta"] or 0.0), "seed": int(row["seed"]),
+                "smoothing": float(row.get("smoothing") or 0.0),
+                **{k: _hparam(getattr(base, k)) for k in HPARAMS},
+            }  # fmt: skip
+            for summary in hparams(values, metrics):
+                w.file_writer.add_summary(summary)
+
+    def images(self, paths: dict[str, str], step: int) -> None:
+        """PNG files as images of the run ``plots`` (stored as they are, not decoded)."""
+        if self.root is None:
+            return
+        from tensorboardX.proto.summary_pb2 import Summary  # noqa: PLC0415
+
+        w = self.writer("plots", step)
+        for tag, path in paths.items():
+            with open(path, "rb") as f:
+                png = f.read()
+            width, height = struct.unpack(">II", png[16:24])  # The IHDR chunk.
+            image = Summary.Image(height=height, width=width, colorspace=4,
+                                  encoded_image_string=png)  # fmt: skip
+            w.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def _hparam(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else value
