@@ -129,8 +129,11 @@ class Board:
                 "smoothing": float(row.get("smoothing") or 0.0),
                 **{k: _hparam(getattr(base, k)) for k in HPARAMS},
             }  # fmt: skip
-            for summary in hparams(values, metrics):
-                w.file_writer.add_summary(summary)
+            # Session infos only: TensorBoard then builds the experiment from every run, knows
+            # which hyperparameters differ between them and shows those first.
+            _, session_start, session_end = hparams(values, metrics)
+            w.file_writer.add_summary(session_start)
+            w.file_writer.add_summary(session_end)
 
     def images(self, paths: dict[str, str], step: int) -> None:
         """PNG files as images of the run ``plots`` (stored as they are, not decoded)."""
