@@ -62,7 +62,7 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     dataset = values.get("dataset", "mnist")
     # An unknown preset sets nothing here; validate() names it.
     for name, value in preset_values(values.get("preset"), dataset).items():
-        if name not in overrides and not FLAGS[name].present:
+        if name in values and name not in overrides and not FLAGS[name].present:
             values[name] = value
     if "normal_class" in FLAGS and "normal_class" not in overrides:
         values["normal_class"] = _normal_class(dataset)

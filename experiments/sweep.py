@@ -2,6 +2,7 @@
 
   python -m experiments.sweep --betas=0.5,1,2,4,8 --seeds=0,1,2 --classes=0-9
   python -m experiments.sweep --dataset=fashion_mnist --classes=Sandal,Bag
+  python -m experiments.sweep --dataset=fashion_mnist --preset=best   # the headline row
 
 Writes sweep.json, sweep.csv, summary.txt and plots into a new output folder and
 prints AUROC mean +- std over seeds per beta and class. Each row equals
@@ -23,10 +24,11 @@ from experiments.config import (
     load_config,
     parse_float_list,
     parse_int_list,
+    preset_values,
     validate_sweep,
 )
 
-cli.define_experiment_flags(exclude=("beta", "normal_class", "seed", "score_smoothing", "preset"))
+cli.define_experiment_flags(exclude=("beta", "normal_class", "seed", "score_smoothing"))
 _S = SweepConfig()
 flags.DEFINE_string("betas", ",".join(f"{b:g}" for b in _S.betas), "KL weights of the beta-VAEs.")
 flags.DEFINE_string(
@@ -63,11 +65,17 @@ def body():
             config, base=dataclasses.replace(config.base, output_dir=None)))  # fmt: skip
     else:
         base = cli.experiment_config_from_flags(score_smoothing=0.0)  # Swept instead.
+        # A preset's beta and smoothing become the axes, unless the axes are given.
+        preset = preset_values(base.preset, base.dataset)
+        betas = FLAGS.betas if FLAGS["betas"].present or "beta" not in preset else \
+            f"{preset['beta']}"  # fmt: skip
+        smoothings = FLAGS.score_smoothing if FLAGS["score_smoothing"].present else \
+            f"{preset.get('score_smoothing', FLAGS.score_smoothing)}"  # fmt: skip
         config = SweepConfig(
-            betas=parse_float_list(FLAGS.betas, name="betas"),
+            betas=parse_float_list(betas, name="betas"),
             seeds=parse_int_list(FLAGS.seeds, name="seeds"),
             classes=cli.classes_from_flags(base.dataset),
-            smoothings=parse_float_list(FLAGS.score_smoothing, name="score_smoothing"),
+            smoothings=parse_float_list(smoothings, name="score_smoothing"),
             group_size=FLAGS.group_size,
             mesh_layout=FLAGS.mesh_layout,
             base=base,

@@ -206,3 +206,16 @@ def test_selection_rules_across_datasets():
     assert picks["fashion_mnist"]["synthetic"] == "VAE b=1 s=1 e60"
     assert picks["mnist"]["oracle (own test labels, an upper bound)"] == "VAE b=1 s=1 e60"
     assert picks["other datasets"]["best mean test AUROC over both"] == "AE e30"  # .945 > .94
+
+
+def test_sweep_preset_reproduces_the_headline_row(tmp_path):
+    from experiments.config import preset_values  # noqa: PLC0415
+
+    proc = cli("sweep", "--preset=best", "--digits=1", "--seeds=0", "--epochs=1",
+               "--hidden_dims=32", "--anomaly_fraction=0.1", "--checkpoint_every=0",
+               f"--output_dir={tmp_path / 's'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    preset = preset_values("best", "mnist")
+    assert config["models"] == list(preset["models"]) and config["epochs"] == 1  # Flag wins.
+    assert config["smoothings"] == [preset["score_smoothing"]]
