@@ -64,6 +64,14 @@ class Board:
             logging.warning("tensorboardX is not installed: no TensorBoard events "
                             "(pip install tensorboardX)")  # fmt: skip
             self.root = None
+            return
+        try:  # Now, before training: a folder that cannot be made fails here, in one line.
+            os.makedirs(root, exist_ok=True)
+        except OSError as e:
+            from experiments.config import ConfigError  # noqa: PLC0415
+
+            raise ConfigError(f"cannot write TensorBoard events to {root} ({e.strerror or e}); "
+                              "fix the folder or pass --notensorboard") from None
 
     def writer(self, run: str, step: int):
         """The writer of ``run``, created at its first event (``step``)."""

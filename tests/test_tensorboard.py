@@ -153,3 +153,13 @@ def test_real_tensorboard_server_serves_the_run(run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_unwritable_event_folder_is_one_error_before_training(tmp_path):
+    from experiments.config import ConfigError  # noqa: PLC0415
+    from experiments.tensorboard import Board  # noqa: PLC0415
+
+    blocked = tmp_path / "tensorboard"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(ConfigError, match="cannot write TensorBoard events .* --notensorboard"):
+        Board(str(blocked))
