@@ -340,7 +340,8 @@ def _train_and_score(
                 group_size=grid.group_size, mesh=mesh, checkpointer=checkpointer,
             )  # fmt: skip
         except KeyboardInterrupt:
-            saved = checkpointer.latest_epoch() if checkpointer else None
+            # Ctrl-C may land inside a save: what is complete on disk is what resumes.
+            saved = checkpointer.latest_epoch(reload=True) if checkpointer else None
             where = os.path.dirname(os.path.dirname(checkpoint_dir))
             raise Interrupted(
                 f"interrupted in epoch {last[0] + 1}/{base.epochs} of {label}; "

@@ -83,8 +83,15 @@ class Checkpointer:
         except Exception as e:  # Orbax raises several types for unusable folders.
             raise CheckpointError(f"cannot use checkpoint folder {self.directory}: {e}") from None
 
-    def latest_epoch(self) -> int | None:
-        """The epoch of the newest complete checkpoint, or None."""
+    def latest_epoch(self, *, reload: bool = False) -> int | None:
+        """The epoch of the newest complete checkpoint, or None.
+
+        Args:
+          reload: Read the folder again instead of trusting what this manager
+            knows, e.g. after a save that an interrupt may have cut short.
+        """
+        if reload:
+            self._manager.reload()
         return self._manager.latest_step()
 
     def should_save(self, epoch: int, last_epoch: int) -> bool:

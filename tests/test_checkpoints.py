@@ -203,3 +203,14 @@ def test_ctrl_c_is_one_line_exit_130_and_resumable(tmp_path):
     saved = int(re.search(r"from epoch (\d+)", line).group(1))
     checkpointer = checkpoints.Checkpointer(str(out / "checkpoints" / "digit1_ae"))
     assert checkpointer.latest_epoch() == saved
+
+
+def test_latest_epoch_can_reread_the_folder(tmp_path):
+    # Ctrl-C inside a save: the manager's own list may lag what is complete on disk.
+    x = jax.random.uniform(jax.random.key(1), (100, 784))
+    model = models.make_model("ae", hidden_dims=(8,), latent_dim=2)
+    stale = checkpoints.Checkpointer(str(tmp_path / "c"))
+    assert stale.latest_epoch() is None
+    train.train(jax.random.key(0), x, model=model, epochs=1, batch_size=50, hooks=(),
+                checkpointer=checkpoints.Checkpointer(str(tmp_path / "c")))  # fmt: skip
+    assert stale.latest_epoch(reload=True) == 1
