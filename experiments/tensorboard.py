@@ -96,6 +96,7 @@ class Board:
         """
         if self.root is None:
             return lambda e: None
+        from jax_vae.train import warmed_beta  # noqa: PLC0415
 
         def hook(e) -> None:
             points = len(runs)
@@ -106,9 +107,8 @@ class Board:
                 scalars = {f"train/{t}": means[t][p] for t in TRAIN_TAGS}
                 scalars["train/epoch_seconds"] = e.seconds
                 scalars["train/images_per_second"] = images * points * members / e.seconds
-                if betas[p] is not None:
-                    scalars["train/beta"] = betas[p] * min(1.0, e.epoch / warmup) if warmup \
-                        else betas[p]  # fmt: skip
+                if betas[p] is not None:  # The KL weight training used this epoch.
+                    scalars["train/beta"] = warmed_beta(np.float32(betas[p]), e.epoch, warmup)
                 for run in point_runs:
                     w = self.writer(run, e.epoch)
                     for tag, value in scalars.items():
