@@ -41,13 +41,7 @@ def body():
     config = SweepConfig(betas=(1.0,), seeds=(FLAGS.seed,),
                          classes=cli.classes_from_flags(base.dataset), base=base)  # fmt: skip
     validate_sweep(config)
-
-    def work():
-        from experiments import pipeline, report  # noqa: PLC0415  (JAX, plots: after the checks)
-
-        report.write(pipeline.run(config, kind="baselines"))
-
-    return work
+    return cli.pipeline_work(config, kind="baselines")
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def body():
             rules.at_least("--sweep_sizes", k, 1)
     except rules.InvalidArgument as e:
         raise ConfigError(str(e)) from None
-    return lambda: benchmark(models, sizes)
+    return lambda _: benchmark(models, sizes)
 
 
 def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:

@@ -9,6 +9,7 @@ stderr and exit code 1; Ctrl-C with one line and exit code 130.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging as std_logging
 import os
 import sys
@@ -17,7 +18,14 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from experiments.config import ConfigError, ExperimentConfig, parse_classes, preset_values
+from experiments.config import (
+    ConfigError,
+    ExperimentConfig,
+    SweepConfig,
+    parse_classes,
+    preset_values,
+)
+from experiments.timing import Timings, process_start
 from jax_vae import errors, rules
 
 FLAGS = flags.FLAGS
@@ -143,6 +151,23 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 
 
+def default_compilation_cache() -> str:
+    """$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/jax-vae/xla (~/.cache/jax-vae/xla)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "jax-vae", "xla")
+
+
+flags.DEFINE_string(
+    "compilation_cache", default_compilation_cache(),
+    "Folder of JAX's persistent compilation cache: a rerun with the same shapes loads its "
+    "programs instead of compiling them. Empty: off. Delete the folder to clear it.",
+)  # fmt: skip
+# Programs that compile faster than this are not worth a file each (JAX's default: 1 s).
+CACHE_MIN_COMPILE_SECONDS = 0.0
+
+
 # Libraries whose INFO lines are hidden unless --verbosity is given: Orbax logs about 500
 # lines of checkpoint bookkeeping per default run, against 64 lines of our own.
 QUIET_LIBRARIES = ("orbax",)
@@ -184,6 +209,9 @@ def start() -> None:
         )
     except (RuntimeError, ValueError) as e:
         fail(f"could not join the multi-host run: {str(e).splitlines()[0]}")
+    if FLAGS.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)
     jax.devices()  # Start the backend quietly: its INFO lines on absent TPUs etc. are noise.
@@ -195,21 +223,49 @@ def start() -> None:
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
-def command(body: Callable[[], Callable[[], Any]]) -> None:
+Work = Callable[[Timings], Any]
+
+
+def pipeline_work(grid: SweepConfig, **run_args: Any) -> Work:
+    """The work of ``main``, ``sweep`` and ``baselines``: run the grid, write its records."""
+
+    from jax_vae.data import load_dataset_early  # noqa: PLC0415  (NumPy only)
+
+    base = grid.base
+    # The data loads while JAX and the pipeline import (their errors still come in order).
+    dataset = load_dataset_early(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
+
+    def work(timings: Timings) -> None:
+        with timings.phase("imports"):
+            from experiments import pipeline, report  # noqa: PLC0415  (JAX, plots: after checks)
+        report.write(pipeline.run(grid, timings=timings, dataset=dataset, **run_args))
+
+    return work
+
+
+def command(body: Callable[[], Work]) -> None:
     """Runs a command: ``body()`` checks the flags and returns the work to do.
 
     ``body`` runs before JAX starts, so that its errors come at once; the work
-    it returns runs after :func:`start`. A user error (:class:`jax_vae.errors.Error`)
-    is one line and exit code 1; Ctrl-C one line and exit code 130.
+    it returns runs after :func:`start`, with the command's :class:`Timings`.
+    A user error (:class:`jax_vae.errors.Error`) is one line and exit code 1;
+    Ctrl-C one line and exit code 130.
     """
 
     def main(argv: list[str]) -> None:
+        timings = Timings(process_start())
+        timings.add("startup", timings.elapsed())  # Interpreter, absl, flags.
         try:
             if len(argv) > 1:
                 raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
             work = body()
-            start()
-            work()
+            with timings.phase("backend"):
+                start()
+            work(timings)
+            # Done: spare the exit a garbage collection of every module's objects
+            # (0.6 s with JAX, scikit-learn and matplotlib loaded); atexit still runs.
+            gc.disable()
+            gc.freeze()
         except errors.Error as e:
             fail(str(e))
         except KeyboardInterrupt as e:  # The pipeline's Interrupted says where to go on.

@@ -71,13 +71,8 @@ def body():
     validate(config if not (FLAGS.resume or FLAGS.eval_only) else
              dataclasses.replace(config, output_dir=None))  # fmt: skip
 
-    def work():
-        from experiments import pipeline, report  # noqa: PLC0415  (JAX, plots: after the checks)
-
-        grid = SweepConfig.single(config)
-        report.write(pipeline.run(grid, resume=bool(FLAGS.resume), eval_only=bool(FLAGS.eval_only)))
-
-    return work
+    return cli.pipeline_work(SweepConfig.single(config), resume=bool(FLAGS.resume),
+                             eval_only=bool(FLAGS.eval_only))  # fmt: skip
 
 
 if __name__ == "__main__":

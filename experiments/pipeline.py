@@ -17,6 +17,7 @@ import importlib.metadata
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +28,7 @@ from absl import logging
 from experiments.config import ConfigError, SweepConfig, read_record, validate_sweep
 from experiments.files import claim_output_dir, new_run_dir, prepare_output_dir
 from experiments.tensorboard import Board, run_name
+from experiments.timing import Timings
 from jax_vae import data, keys, rules, scoring, sharding, train
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.losses import make_example_loss
@@ -66,6 +68,7 @@ class Result:
     groups: list[Group]
     splits: dict[int, data.OneClassSplit]  # Kept for single runs only.
     board: Board  # TensorBoard: the training curves are written, the rest by the report.
+    timings: Timings  # Seconds per phase; the report adds its own and records them.
 
 
 def config_model(base, name: str):
@@ -158,7 +161,8 @@ def _check_same_splits(saved: dict[str, Any], splits: dict[str, Any], run_dir: s
 
 
 def run(
-    grid: SweepConfig, *, kind: str = "run", resume: bool = False, eval_only: bool = False
+    grid: SweepConfig, *, kind: str = "run", resume: bool = False, eval_only: bool = False,
+    timings: Timings | None = None, dataset: Callable[[], data.Dataset] | None = None,
 ) -> Result:
     """Trains (or restores) and evaluates every model of the grid.
 
@@ -169,6 +173,10 @@ def run(
         checkpoints; the result equals an uninterrupted run's.
       eval_only: Re-score the final checkpoints of the run in
         ``grid.base.output_dir``; results go to a new folder inside it.
+      timings: Where to add the seconds of each phase (data, compile, train,
+        checkpoints, scoring ...); a new one when None.
+      dataset: Returns the grid's dataset, e.g. one loading in the background
+        (:func:`jax_vae.data.load_dataset_early`); None loads it here.
 
     Returns:
       The records, ready for :func:`experiments.report.write`.
@@ -178,7 +186,7 @@ def run(
       DataError, CheckpointError, NonFiniteLossError: As the library.
       Interrupted: Ctrl-C during training.
     """
-    base = grid.base
+    base, timings = grid.base, timings or Timings()
     rules.choice("kind", kind, KINDS)
     run_dir = base.output_dir
     validate_sweep(dataclasses.replace(grid, base=dataclasses.replace(base, output_dir=None)))
@@ -203,8 +211,10 @@ def run(
     if writer and not resume:
         prepare_output_dir(output_dir)  # Before the data: an unwritable folder fails now.
     try:
-        dataset = data.load_dataset(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
-        splits = _check_splits(dataset, grid)
+        with timings.phase("data"):
+            dataset = dataset() if dataset else data.load_dataset(
+                base.data_source, dataset=base.dataset, data_dir=base.data_dir)  # fmt: skip
+            splits = _check_splits(dataset, grid)
         if saved:
             _check_same_splits(saved, splits, run_dir)
         mesh = config_mesh(base, grid.mesh_layout)
@@ -226,28 +236,36 @@ def run(
         raise
     logging.info("%s folder %s", kind, output_dir)
 
-    result = Result(kind, grid, output_dir, record, [], [], {}, board)
+    result = Result(kind, grid, output_dir, record, [], [], {}, board, timings)
+    checkpointers: list[Checkpointer] = []  # Closed at the end, with their time.
     for normal in grid.classes:
-        split = data.one_class_split(
-            dataset, normal_class=normal, val_fraction=base.val_fraction,
-            anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
-        )  # fmt: skip
-        synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed)
+        with timings.phase("data"):
+            split = data.one_class_split(
+                dataset, normal_class=normal, val_fraction=base.val_fraction,
+                anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
+            )  # fmt: skip
+            synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed)
         images = scoring.Parts(split.val_images, split.test_images, synthetic)
         for name in base.models:
             if name in rules.BASELINES:
-                group, timing = _fit_baselines(grid, normal, name, split, images)
+                with timings.phase("baselines"):
+                    group, timing = _fit_baselines(grid, normal, name, split, images)
             else:
                 group, timing = _train_and_score(
                     grid, normal, name, split, images, mesh=mesh,
                     checkpoint_dir=os.path.join(run_dir or output_dir, "checkpoints",
                                                 f"{rules.class_slug(base.dataset, normal)}_{name}"),
-                    eval_only=eval_only, keep_params=kind == "run", board=board,
+                    eval_only=eval_only, keep_params=kind == "run", board=board, timings=timings,
+                    checkpointers=checkpointers,
                 )  # fmt: skip
             result.groups.append(group)
-            result.rows.extend(_rows(group, grid, split.test_labels, timing))
+            with timings.phase("metrics"):
+                result.rows.extend(_rows(group, grid, split.test_labels, timing))
         if kind == "run":
             result.splits[normal] = split
+    for checkpointer in checkpointers:
+        checkpointer.close()
+        timings.add("checkpoints", checkpointer.save_seconds)
     return result
 
 
@@ -287,7 +305,8 @@ def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:
 
 
 def _train_and_score(
-    grid, normal, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params, board
+    grid, normal, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params, board,
+    timings, checkpointers,
 ) -> tuple[Group, dict]:
     """Trains (or restores) every point of one model kind together, then scores them."""
     base, points = grid.base, points_of(grid, name)
@@ -308,15 +327,17 @@ def _train_and_score(
     checkpointer = None
     if base.checkpoint_every or eval_only:
         checkpointer = Checkpointer(checkpoint_dir, every=max(base.checkpoint_every, 1))
+        checkpointers.append(checkpointer)
     if eval_only:
         if checkpointer.latest_epoch() != base.epochs:
             raise ConfigError(
                 f"{label} has no final checkpoint in {checkpoint_dir} (latest: epoch "
                 f"{checkpointer.latest_epoch()} of {base.epochs}); finish it with --resume first"
             )
-        template = train.init_state(train_keys, split.train_images[0], model=model,
-                                    learning_rate=base.learning_rate)  # fmt: skip
-        state, history = checkpointer.restore(template)
+        with timings.phase("checkpoints"):
+            template = train.init_state(train_keys, split.train_images[0], model=model,
+                                        learning_rate=base.learning_rate)  # fmt: skip
+            state, history = checkpointer.restore(template)
         params, history, timing = state.params, train.stack_history(history), {}
     else:
         logging.info(
@@ -349,29 +370,32 @@ def _train_and_score(
                    "no checkpoint to resume from yet")
             ) from None
         params, history = trained.params, trained.history
+        timings.add("compile", trained.compile_seconds)
+        timings.add("train", trained.train_seconds)
         timing = {
             "train_seconds": trained.train_seconds, "compile_seconds": trained.compile_seconds,
             "images_per_second": trained.epochs_run * k * len(split.train_images)
             / trained.train_seconds if trained.epochs_run else None,
         }  # fmt: skip
-    params = sharding.on_one_device(params)  # Score on one device.
-    if jnp.ndim(train_keys) == 0:  # Give the single model its leading axis back.
-        params, history = jax.tree.map(lambda a: a[None], (params, history))
-    params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
-    history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
-               for f, h in history._asdict().items()}  # fmt: skip
-    score_fn = scoring.stack_scores(tuple(
-        scoring.make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples,
-                              likelihood=base.likelihood, smoothing=s)
-        for s in grid.smoothings
-    ))  # fmt: skip
-    scores = scoring.score_parts(
-        params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
-        key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
-    )  # fmt: skip
-    # [points * members, N, S] -> the members' mean score [points, N, S].
-    scores = scoring.Parts(*(
-        np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
-    ))  # fmt: skip
+    with timings.phase("scoring"):
+        params = sharding.on_one_device(params)  # Score on one device.
+        if jnp.ndim(train_keys) == 0:  # Give the single model its leading axis back.
+            params, history = jax.tree.map(lambda a: a[None], (params, history))
+        params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
+        history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
+                   for f, h in history._asdict().items()}  # fmt: skip
+        score_fn = scoring.stack_scores(tuple(
+            scoring.make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples,
+                                  likelihood=base.likelihood, smoothing=s)
+            for s in grid.smoothings
+        ))  # fmt: skip
+        scores = scoring.score_parts(
+            params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
+            key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
+        )  # fmt: skip
+        # [points * members, N, S] -> the members' mean score [points, N, S].
+        scores = scoring.Parts(*(
+            np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
+        ))  # fmt: skip
     first_members = jax.tree.map(lambda a: a[::members], params) if keep_params else None
     return Group(normal, name, points, scores, history, first_members, model), timing

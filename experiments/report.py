@@ -18,7 +18,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import plots
 from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
 from jax_vae import rules, sharding
@@ -51,7 +50,7 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
       The content of the completion file (``metrics.json`` or ``<kind>.json``),
       plus ``output_dir``.
     """
-    path = result.output_dir
+    path, timings = result.output_dir, result.timings
     writer = sharding.is_main_process()
     if result.kind == "run":
         models = {r["model"]: {k: v for k, v in r.items() if k not in IDENTITY}
@@ -66,49 +65,79 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
     (out or sys.stdout).write(table)
     if writer:
         if result.kind == "run":
-            atomic_write_bytes(os.path.join(path, "results.txt"), table.encode())
+            with timings.phase("files"):
+                atomic_write_bytes(os.path.join(path, "results.txt"), table.encode())
             _write_run_files(result)
-            result.board.finals(result.grid.base, result.rows)
-            result.board.images({name[:-4]: os.path.join(path, name) for name in sorted(
-                os.listdir(path)) if name.endswith(".png")}, result.grid.base.epochs)  # fmt: skip
-            result.board.close()
-            write_json(os.path.join(path, "metrics.json"), record)  # Last: marks completion.
+            with timings.phase("tensorboard"):
+                result.board.finals(result.grid.base, result.rows)
+                pngs = sorted(name for name in os.listdir(path) if name.endswith(".png"))
+                result.board.images({name[:-4]: os.path.join(path, name) for name in pngs},
+                                    result.grid.base.epochs)  # fmt: skip
+                result.board.close()
+            _complete(os.path.join(path, "metrics.json"), record, timings)
         else:
-            csv_text = rows_to_csv(result.rows).encode()
-            atomic_write_bytes(os.path.join(path, f"{result.kind}.csv"), csv_text)
-            atomic_write_bytes(os.path.join(path, "summary.txt"), table.encode())
+            with timings.phase("files"):
+                csv_text = rows_to_csv(result.rows).encode()
+                atomic_write_bytes(os.path.join(path, f"{result.kind}.csv"), csv_text)
+                atomic_write_bytes(os.path.join(path, "summary.txt"), table.encode())
             if result.kind == "sweep":
+                from experiments import plots  # noqa: PLC0415  (matplotlib: only for plots)
+
                 labels = _labels(result.grid.base.dataset)
-                plots.save(plots.auroc_vs_beta(summary, labels),
-                           os.path.join(path, "auroc_vs_beta.png"))  # fmt: skip
-                plots.save(plots.best_per_class(summary, labels),
-                           os.path.join(path, "best_per_class.png"))  # fmt: skip
-            result.board.finals(result.grid.base, result.rows)
-            result.board.close()
-            write_json(os.path.join(path, f"{result.kind}.json"), record)  # Last.
+                with timings.phase("plots"):
+                    plots.save(plots.auroc_vs_beta(summary, labels),
+                               os.path.join(path, "auroc_vs_beta.png"))  # fmt: skip
+                    plots.save(plots.best_per_class(summary, labels),
+                               os.path.join(path, "best_per_class.png"))  # fmt: skip
+            with timings.phase("tensorboard"):
+                result.board.finals(result.grid.base, result.rows)
+                result.board.close()
+            _complete(os.path.join(path, f"{result.kind}.json"), record, timings)
         logging.info("results in %s", path)
     return {**record, "output_dir": path}
+
+
+def _complete(path: str, record: dict[str, Any], timings) -> None:
+    """Writes the completion file, last, with the command's seconds per phase."""
+    with timings.phase("files"):
+        record["timings"] = timings.record()  # Up to here; this small write is left out.
+        write_json(path, record)
 
 
 def _write_run_files(result: Result) -> None:
     """scores.npz and the plots of a single run."""
     (normal,) = result.grid.classes
-    split, path = result.splits[normal], result.output_dir
+    split, path, timings = result.splits[normal], result.output_dir, result.timings
     labels = split.test_labels
     arrays = {"labels": labels, "classes": split.test_classes}
     for g in result.groups:
         for part, scores in g.scores._asdict().items():
             arrays[f"{g.name}_{part}"] = scores[0, :, 0]
-    write_npz(os.path.join(path, "scores.npz"), arrays)
+    with timings.phase("files"):
+        write_npz(os.path.join(path, "scores.npz"), arrays)
+    with timings.phase("plots"):
+        from experiments import plots  # noqa: PLC0415  (matplotlib: only for plots)
+
+        figures = _run_figures(result, arrays)
+        for name, figure in figures.items():
+            plots.save(figure, os.path.join(path, f"{name}.png"))
+
+
+def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The figures of a single run, by file name (without .png)."""
+    from experiments import plots  # noqa: PLC0415
+    (normal,) = result.grid.classes
+    split, labels = result.splits[normal], arrays["labels"]
     rows = {r["model"]: r for r in result.rows}
     test = {g.name: arrays[f"{g.name}_test"] for g in result.groups}
-    plots.save(plots.roc_curves(labels, test, {n: r["auroc"] for n, r in rows.items()}),
-               os.path.join(path, "roc.png"))  # fmt: skip
-    plots.save(plots.score_histograms(labels, test, {n: r["threshold"] for n, r in rows.items()}),
-               os.path.join(path, "score_histograms.png"))  # fmt: skip
+    figures = {
+        "roc": plots.roc_curves(labels, test, {n: r["auroc"] for n, r in rows.items()}),
+        "score_histograms": plots.score_histograms(
+            labels, test, {n: r["threshold"] for n, r in rows.items()}),
+    }  # fmt: skip
     models = [g for g in result.groups if g.params is not None]
     if not models:  # Baselines only: nothing to reconstruct.
-        return
+        return figures
     rng = np.random.default_rng(result.grid.base.split_seed)
     picks = np.concatenate([
         rng.choice(np.flatnonzero(labels == c), size=min(GRID_IMAGES, int((labels == c).sum())),
@@ -125,10 +154,9 @@ def _write_run_files(result: Result) -> None:
     names = rules.CLASS_NAMES[result.grid.base.dataset]
     titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(split.test_classes[picks],
                                                                  labels[picks], strict=True)]
-    plots.save(plots.reconstruction_grid(inputs, reconstructions, titles),
-               os.path.join(path, "reconstructions.png"))  # fmt: skip
-    plots.save(plots.training_curves({n: r["history"] for n, r in rows.items() if "history" in r}),
-               os.path.join(path, "training_curves.png"))  # fmt: skip
+    figures["reconstructions"] = plots.reconstruction_grid(inputs, reconstructions, titles)
+    figures["training_curves"] = plots.training_curves(
+        {n: r["history"] for n, r in rows.items() if "history" in r})
     vae = next((g for g in models if g.name == "vae"), None)
     if vae is not None:
         subset = rng.permutation(labels.size)[:LATENT_POINTS]
@@ -136,9 +164,9 @@ def _write_run_files(result: Result) -> None:
             lambda p, x, k: vae.model.apply(p, x, method="encode")[0], first["vae"],
             split.test_images[subset], chunk_size=result.grid.base.chunk_size,
         )  # fmt: skip
-        plots.save(plots.latent_scatter(means, split.test_classes[subset], normal,
-                                        _labels(result.grid.base.dataset)),
-                   os.path.join(path, "latent.png"))  # fmt: skip
+        figures["latent"] = plots.latent_scatter(
+            means, split.test_classes[subset], normal, _labels(result.grid.base.dataset))
+    return figures
 
 
 def _labels(dataset: str) -> tuple[str, ...]:

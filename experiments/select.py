@@ -74,7 +74,7 @@ def body():
         if not getattr(FLAGS, dataset):
             raise ConfigError(f"--{dataset} needs the candidates' sweep folders")
 
-    def work():
+    def work(_):
         for dataset in DATASETS:
             candidates[dataset] = load_candidates(getattr(FLAGS, dataset))
         out = sys.stdout

@@ -81,13 +81,7 @@ def body():
             base=base,
         )
         validate_sweep(config)
-
-    def work():
-        from experiments import pipeline, report  # noqa: PLC0415  (JAX, plots: after the checks)
-
-        report.write(pipeline.run(config, kind="sweep", resume=bool(FLAGS.resume)))
-
-    return work
+    return cli.pipeline_work(config, kind="sweep", resume=bool(FLAGS.resume))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,19 @@ every ``every`` epochs and at the end, and resumes from the latest complete
 checkpoint when there is one. Orbax writes each checkpoint to a temporary
 folder and renames it when complete, so a process killed mid-save leaves the
 previous checkpoint readable.
+
+Saves are asynchronous by default: :meth:`Checkpointer.save` copies the state
+to host memory (the next epoch may reuse the device buffers) and a background
+thread writes it while training goes on. Everything that reads the folder
+waits for pending writes first; call :meth:`Checkpointer.wait` (or
+:meth:`Checkpointer.close`) before relying on the files.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 from typing import Any
 
 import jax
@@ -58,13 +66,23 @@ class Checkpointer:
       directory: The checkpoint folder (created when missing).
       every: Save every this many epochs (the last epoch is always saved).
       keep: How many checkpoints to keep; older ones are deleted.
+      asynchronous: Write in a background thread (one save at a time, in
+        order); False writes before :meth:`save` returns.
+
+    Attributes:
+      save_seconds: Wall time the caller spent in :meth:`save` and waiting for
+        writes so far (the host copy; everything when synchronous).
     """
 
-    def __init__(self, directory: str, *, every: int = 5, keep: int = 3):
+    def __init__(self, directory: str, *, every: int = 5, keep: int = 3, asynchronous: bool = True):
         if every < 1 or keep < 1:
             raise ValueError(f"every and keep must be >= 1, got {every} and {keep}")
         self.directory = os.path.abspath(directory)
         self.every = every
+        self.save_seconds = 0.0
+        self._writer = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+                        if asynchronous else None)  # fmt: skip
+        self._pending: list[concurrent.futures.Future] = []
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory,
@@ -76,7 +94,7 @@ class Checkpointer:
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=keep,
                     create=True,
-                    enable_async_checkpointing=False,  # Saved before the next epoch donates it.
+                    enable_async_checkpointing=False,  # Our own thread writes host copies.
                     cleanup_tmp_directories=True,  # Leftovers of a save killed midway.
                 ),
             )
@@ -90,6 +108,7 @@ class Checkpointer:
           reload: Read the folder again instead of trusting what this manager
             knows, e.g. after a save that an interrupt may have cut short.
         """
+        self.wait()
         if reload:
             self._manager.reload()
         return self._manager.latest_step()
@@ -99,19 +118,49 @@ class Checkpointer:
 
     def save(self, epoch: int, state, history: list[LossTerms]) -> None:
         """Saves the state after ``epoch`` and the per-epoch history so far."""
+        t = time.perf_counter()
+        self._check_pending()
         history_json = {
             name: [np.asarray(getattr(h, name)).tolist() for h in history]
             for name in LossTerms._fields
         }
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_state_tree(state)),
-                history=ocp.args.JsonSave(history_json),
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        # A copy, not a view: on the CPU a device buffer can share memory with the
+        # host array, and the next epoch overwrites the buffers it was donated.
+        tree = jax.tree.map(np.array, jax.device_get(_state_tree(state)))
+        if self._writer is None:
+            self._write(epoch, tree, history_json)
+        else:
+            self._pending.append(self._writer.submit(self._write, epoch, tree, history_json))
+        self.save_seconds += time.perf_counter() - t
+
+    def _write(self, epoch: int, tree: Any, history_json: dict[str, Any]) -> None:
+        try:
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), history=ocp.args.JsonSave(history_json)
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as e:  # A full disk, a folder removed under us ...
+            raise CheckpointError(
+                f"cannot write checkpoint {epoch} in {self.directory}: {e}"
+            ) from None
+
+    def _check_pending(self) -> None:
+        """Raises the error of a finished background write, if any."""
+        while self._pending and self._pending[0].done():
+            self._pending.pop(0).result()
+
+    def wait(self) -> None:
+        """Blocks until every save so far is on disk; raises a failed write's error."""
+        t = time.perf_counter()
+        try:
+            while self._pending:
+                self._pending.pop(0).result()
+        finally:
+            self.save_seconds += time.perf_counter() - t
 
     def restore(self, template, epoch: int | None = None) -> tuple[Any, list[LossTerms]]:
         """Restores a checkpoint into the structure (and shardings) of ``template``.
@@ -127,6 +176,7 @@ class Checkpointer:
           CheckpointError: No checkpoint, a foreign or corrupt one, or one
             whose shapes differ from the model's (the message lists them).
         """
+        self.wait()
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")
@@ -176,4 +226,10 @@ class Checkpointer:
         return state, history
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for pending writes and releases the folder."""
+        try:
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+            self._manager.close()

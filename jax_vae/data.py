@@ -7,12 +7,15 @@ same arguments always give the same arrays.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import hashlib
 import os
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from importlib import resources
 from typing import NamedTuple
 
@@ -363,6 +366,37 @@ def load_dataset(
     if source == "tfds":
         return load_tfds(dataset, data_dir=data_dir)
     raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def load_dataset_early(
+    source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None
+) -> Callable[[], Dataset]:
+    """Starts :func:`load_dataset` in a background thread; call the result to get it.
+
+    Reading, decompressing and hashing the IDX files release the GIL, so the
+    load overlaps a program's other start-up work (importing JAX and the
+    rest). The returned function waits for the load and returns the dataset,
+    or raises its error then (never earlier). The tfds source, which imports
+    TensorFlow, loads when called instead.
+    """
+    resolved = source
+    if source == "auto" and not data_dir:
+        try:
+            resolved = find_dataset(dataset)[0]
+        except DataError:
+            resolved = "tfds"  # The error comes from load_dataset, when asked.
+    if resolved == "tfds":
+        return lambda: load_dataset(source, dataset=dataset, data_dir=data_dir)
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            future.set_result(load_dataset(source, dataset=dataset, data_dir=data_dir))
+        except BaseException as e:  # Handed to the caller by result().
+            future.set_exception(e)
+
+    threading.Thread(target=load, name="load_dataset", daemon=True).start()
+    return future.result
 
 
 # -------------------------------------------------------------------------- split

@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from sklearn import metrics as skm
 
 from jax_vae import rules
+
+
+def _sklearn_metrics():
+    # scikit-learn takes ~0.7 s to import (scipy.stats): a program pays for it when it
+    # first computes a metric, not when it imports this module.
+    from sklearn import metrics  # noqa: PLC0415
+
+    return metrics
 
 
 class DetectionMetrics(NamedTuple):
@@ -51,6 +58,7 @@ def separation_auroc(normal_scores: np.ndarray, anomalous_scores: np.ndarray) ->
     if normal_scores.size == 0 or anomalous_scores.size == 0:
         raise ValueError("need at least one score on each side")
     labels = np.r_[np.zeros(normal_scores.size), np.ones(anomalous_scores.size)]
+    skm = _sklearn_metrics()
     return float(skm.roc_auc_score(labels, np.r_[normal_scores, anomalous_scores]))
 
 
@@ -77,6 +85,7 @@ def detection_metrics(
     if np.unique(labels).size != 2:
         raise ValueError("labels need both normals (0) and anomalies (1)")
     predicted = (scores > threshold).astype(np.int32)
+    skm = _sklearn_metrics()
     tn, fp, _, _ = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     return DetectionMetrics(
         auroc=float(skm.roc_auc_score(labels, scores)),

@@ -432,9 +432,10 @@ def train(
         ``data``: each batch is split over the devices (``batch_size`` must
         divide by their number). Axis ``models``: K models are spread over the
         devices (K must divide by their number). None: the default device.
-      checkpointer: Saves every ``checkpointer.every`` epochs and at the end;
-        when it holds a checkpoint, training resumes from the latest one and
-        ends exactly where an uninterrupted run would.
+      checkpointer: Saves every ``checkpointer.every`` epochs and at the end
+        (written in the background while training goes on; all on disk when
+        this returns); when it holds a checkpoint, training resumes from the
+        latest one and ends exactly where an uninterrupted run would.
 
     Returns:
       Parameters, history [([K,] epochs)], final state, training seconds
@@ -491,6 +492,8 @@ def train(
         history.append(means)
         for hook in all_hooks:
             hook(Epoch(name, epoch, epochs, means, seconds, state, history))
+    if checkpointer is not None:
+        checkpointer.wait()  # Saves overlap the next epochs; on return they are on disk.
     return TrainResult(
         state.params, stack_history(history), state, train_seconds, compile_seconds,
         epochs + 1 - first_epoch,

@@ -12,6 +12,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ROOT, cli, cli_argv, run_single
@@ -50,6 +51,21 @@ def test_resume_in_memory_is_bit_identical(tmp_path):
     chex.assert_trees_all_equal(full.params, resumed.params)
     np.testing.assert_array_equal(full.history.total, resumed.history.total)
     assert sorted(os.listdir(tmp_path / "c")) == ["4", "5"]  # Older ones pruned.
+
+
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_a_failed_save_is_one_checkpoint_error(tmp_path, monkeypatch, asynchronous):
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "c"), asynchronous=asynchronous)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "save", full_disk)
+    state = train.init_state(jax.random.key(0), jnp.zeros(784), model=models.make_model(
+        "ae", hidden_dims=(8,), latent_dim=2), learning_rate=1e-3)  # fmt: skip
+    with pytest.raises(checkpoints.CheckpointError, match="cannot write checkpoint 1 in .*space"):
+        ckpt.save(1, state, [])
+        ckpt.wait()  # In the background: the error comes when the write is waited for.
 
 
 def test_changed_model_shape_is_refused(tmp_path):

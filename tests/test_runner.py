@@ -54,7 +54,15 @@ def test_end_to_end_files_and_schema(e2e):
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # No temp files left.
     assert sorted(os.listdir(out / "checkpoints" / "digit0_vae")) == ["2"]  # The final epoch.
     record = json.loads((out / "metrics.json").read_text())
-    assert set(record) == {"config", "models"}
+    assert set(record) == {"config", "models", "timings"}
+    # Where the run's time went: measured phases that add up to the total.
+    timings = record["timings"]
+    assert {"data", "compile", "train", "scoring", "metrics", "plots", "files"} <= set(timings)
+    assert all(v >= 0 for k, v in timings.items() if k != "other"), timings
+    assert timings["train"] == pytest.approx(
+        sum(m["train_seconds"] for m in record["models"].values()), abs=2e-3)
+    assert sum(v for k, v in timings.items() if k != "total") == pytest.approx(
+        timings["total"], abs=0.01)
     cfg = record["config"]
     for field in dataclasses.fields(ExperimentConfig):
         assert field.name in cfg, field.name
@@ -280,6 +288,8 @@ def test_flagfile_run_writes_results(tmp_path):
     assert os.listdir(out / "checkpoints" / "digit1_ae") == ["1"]  # Which did happen.
     record = json.loads((out / "metrics.json").read_text())
     assert set(record["models"]) == {"ae"} and record["config"]["epochs"] == 1
+    # A command's timings start with the process: start-up and imports are phases too.
+    assert {"startup", "backend", "imports", "train"} <= set(record["timings"])
 
 
 def test_library_info_filter_hides_only_library_info():
