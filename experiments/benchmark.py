@@ -1,26 +1,42 @@
-"""Training throughput against the device's measured matmul peak, and sweep cost.
+"""Benchmarks: training throughput, time to result, and the accelerator suite.
 
-  python -m experiments.benchmark                 # default model, digit 0
+  python -m experiments.benchmark                 # throughput: default model, digit 0
   python -m experiments.benchmark --sweep_sizes=1,4,16 --epochs=3
   python -m experiments.benchmark --profile       # also: time in matmuls (CPU)
+  python -m experiments.benchmark --suite=time_to_result   # the default run, cold and warm
+  python -m experiments.benchmark --suite=accelerator      # on whatever backend JAX finds
 
-Prints, per model: FLOPs per training image (from XLA's cost analysis of one
-compiled training step), compile time, images/s, achieved GFLOP/s, the peak of
-a large float32 matmul on the same device, their ratio, and the 30-epoch time
-against its FLOP floor (FLOPs / peak). Then the cost of training K models as
-one vmapped program relative to K single trainings. With ``--profile`` (CPU
-backend), a ``jax.profiler`` trace of a few epochs splits an epoch into the
-time spent in the matmuls (dots and fusions that contain one) and the rest.
+``--suite=throughput`` (the default) prints, per model: FLOPs per training
+image (from XLA's cost analysis of one compiled training step), compile time,
+images/s, achieved GFLOP/s, the peak of a large float32 matmul on the same
+device, their ratio, and the 30-epoch time against its FLOP floor (FLOPs /
+peak). Then the cost of training K models as one vmapped program relative to
+K single trainings. With ``--profile`` (CPU backend), a ``jax.profiler``
+trace of a few epochs splits an epoch into the time spent in the matmuls
+(dots and fusions that contain one) and the rest.
+
+``--suite=time_to_result`` runs ``experiments.main --beta=2`` twice in fresh
+processes with an empty compilation cache (cold, then warm) and prints where
+each run's wall time went, phase by phase (:mod:`experiments.timing`).
+
+``--suite=accelerator`` measures one model's training, K = 1..256 vmapped
+VAEs, scoring throughput, the whole one-class benchmark grid as one timed
+sweep and the peak device memory, and writes them to one JSON. ``--reduced``
+shrinks every part to a smoke test (the test suite runs it on the CPU).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import glob
 import gzip
 import json
+import os
 import re
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +47,9 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import cli
-from experiments.config import ConfigError, parse_int_list
-from jax_vae import rules
+from experiments.config import ConfigError, ExperimentConfig, SweepConfig, parse_int_list
+from experiments.files import new_run_dir, write_json
+from jax_vae import keys, rules, scoring
 from jax_vae.data import load_dataset, one_class_split
 from jax_vae.models import make_model
 from jax_vae.train import default_group_size, init_state, make_epoch_fn, train
@@ -44,6 +61,11 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("sweep_sizes", "1,4,16", "K values for the K-model sweep cost; empty: skip.")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-matmul probe; 0 picks by backend.")
 flags.DEFINE_bool("profile", False, "Profile epochs: time in matmuls vs the rest (CPU).")
+SUITES = ("throughput", "time_to_result", "accelerator")
+flags.DEFINE_string("suite", "throughput", f"What to measure: {', '.join(SUITES)}.")
+flags.DEFINE_bool("reduced", False, "time_to_result, accelerator: a small smoke-test version.")
+flags.DEFINE_string("output", None, "accelerator, time_to_result: the JSON file to write "
+                    "(default: runs/benchmark_<suite>_<time>.json).")  # fmt: skip
 FLAGS = flags.FLAGS
 # A training step cannot beat the device's large-matmul peak; a probe that says it does was
 # disturbed (another process on the CPU, clocks changing), and its ratios mean nothing.
@@ -169,6 +191,7 @@ def body():
     models = tuple(m.strip().lower() for m in FLAGS.models)
     sizes = parse_int_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
     try:
+        rules.choice("--suite", FLAGS.suite, SUITES)
         rules.choices("--models", models, rules.MODEL_NAMES)
         rules.normal_class("--normal_class", FLAGS.normal_class)
         rules.at_least("--epochs", FLAGS.epochs, 1)
@@ -178,7 +201,29 @@ def body():
             rules.at_least("--sweep_sizes", k, 1)
     except rules.InvalidArgument as e:
         raise ConfigError(str(e)) from None
-    return lambda _: benchmark(models, sizes)
+    if FLAGS.suite == "throughput":
+        return lambda _: benchmark(models, sizes)
+    suite = {"time_to_result": time_to_result, "accelerator": accelerator}[FLAGS.suite]
+    output = _output_path()
+    return lambda _: _write(output, suite(reduced=FLAGS.reduced))
+
+
+def _output_path() -> str:
+    """``--output``, or a new file under runs/; its folder is made (and checked) now."""
+    path = FLAGS.output or new_run_dir(f"benchmark_{FLAGS.suite}") + ".json"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output {path}: cannot create {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--output {path}: {folder} is not writable")
+    return path
+
+
+def _write(path: str, record: dict) -> None:
+    write_json(path, record)
+    sys.stdout.write(f"\nwrote {path}\n")
 
 
 def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
@@ -264,6 +309,196 @@ def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
             f"{together:>9.3f}{together / (k * single):>7.2f}\n"
         )
     out.write("(seconds per epoch, median over timed epochs)\n")
+
+
+# ------------------------------------------------------------------- time to result
+
+# The phases of a run, in the order they happen (experiments.timing); "exit" is the
+# wall time the run's own clock cannot see: process teardown after the last file.
+PHASES = ("startup", "backend", "imports", "data", "compile", "train", "checkpoints",
+          "scoring", "metrics", "baselines", "plots", "files", "tensorboard", "other")  # fmt: skip
+TOTALS = (("wall", "wall_seconds", ".2f"), ("training", "train_seconds", ".2f"),
+          ("wall/training", "ratio", ".2f"), ("peak RSS MB", "peak_rss_mb", ".0f"))  # fmt: skip
+DEFAULT_RUN = ("--beta=2",)
+REDUCED_RUN = ("--beta=2", "--epochs=2", "--hidden_dims=32", "--latent_dim=4")
+
+
+def timed_run(args: tuple[str, ...], output_dir: str, cache: str) -> dict:
+    """Runs ``experiments.main ARGS`` in a fresh process: wall time, peak RSS, its record."""
+    argv = [sys.executable, "-m", "experiments.main", *args, f"--output_dir={output_dir}",
+            f"--compilation_cache={cache}"]  # fmt: skip
+    with tempfile.TemporaryFile("w+") as log:
+        t = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)  # The child's own resource use.
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{log.read()[-2000:]}")
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        record = json.load(f)
+    train_seconds = sum(m["train_seconds"] for m in record["models"].values())
+    phases = record["timings"]
+    return {
+        "wall_seconds": wall, "train_seconds": train_seconds, "ratio": wall / train_seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes.
+        "phases": {**phases, "exit": wall - phases["total"]},
+        "metrics": {name: {"auroc": m["auroc"], "f1": m["f1"]}
+                    for name, m in record["models"].items()},
+    }  # fmt: skip
+
+
+def time_to_result(*, reduced: bool = False) -> dict:
+    """The default run twice, in fresh processes sharing an initially empty
+    compilation cache: cold (compiles everything), then warm (loads it)."""
+    args = REDUCED_RUN if reduced else DEFAULT_RUN
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = os.path.join(tmp, "xla")
+        runs = {name: timed_run(args, os.path.join(tmp, name), cache) for name in ("cold", "warm")}
+    out = sys.stdout
+    out.write(f"experiments.main {' '.join(args)}: seconds per phase (wall clock)\n")
+    out.write(f"{'phase':<14}{'cold':>9}{'warm':>9}\n" + "-" * 32 + "\n")
+    for phase in (*PHASES, "exit"):
+        values = [r["phases"].get(phase) for r in runs.values()]
+        if any(values):
+            out.write(f"{phase:<14}" + "".join(f"{v or 0:>9.2f}" for v in values) + "\n")
+    out.write("-" * 32 + "\n")
+    for label, key, fmt in TOTALS:
+        out.write(f"{label:<14}" + "".join(f"{r[key]:>9{fmt}}" for r in runs.values()) + "\n")
+    same = runs["cold"]["metrics"] == runs["warm"]["metrics"]
+    out.write(f"cold and warm metrics {'identical' if same else 'DIFFER'}\n")
+    return {"suite": "time_to_result", "args": list(args), "runs": runs, "identical": same,
+            **_environment()}  # fmt: skip
+
+
+# ----------------------------------------------------------------------- accelerator
+
+ACCELERATOR_TARGETS = {  # The goals of the accelerator suite on one GPU (full size only).
+    "one model, 30 epochs after compile (s)": 0.5,
+    "16 vmapped VAEs / one VAE": 2.0,
+    "benchmark grid (s)": 120.0,
+}
+
+
+def _environment() -> dict:
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "devices": jax.device_count(), "jax": jax.__version__}  # fmt: skip
+
+
+def _peak_memory() -> dict:
+    """Peak memory of device 0 (where the backend reports it) and of this process (host)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"device_peak_bytes": stats.get("peak_bytes_in_use"),
+            "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def accelerator(*, reduced: bool = False) -> dict:
+    """Training, vmapped-VAE cost, scoring throughput and the whole grid, timed.
+
+    Full size: 30 epochs; K = 1, 16, 64, 256; the grid of AE and beta-VAE at
+    beta 0.5/1/2, seeds 0-2, digits 0-9 (the AE has no beta: 30 AEs and 90
+    VAEs). ``reduced``: 2 epochs, K = 1 and 2, one digit, one seed, one beta.
+    """
+    epochs = 2 if reduced else 30
+    sizes = (1, 2) if reduced else (1, 16, 64, 256)
+    split = one_class_split(load_dataset(), normal_class=0)
+    images = jax.device_put(split.train_images)
+    n, record = images.shape[0], {"suite": "accelerator", "reduced": reduced, **_environment()}
+    out = sys.stdout
+    out.write(f"{record['device']} ({record['backend']}), {record['devices']} device(s); "
+              f"{n} training images, {epochs} epochs{' (reduced)' if reduced else ''}\n\n")
+    models, params = {}, {}
+    for name in rules.MODEL_NAMES:
+        model = make_model(name)
+        r = train(keys.member_keys(0, name, 1).train[0], images, 1.0, model=model, epochs=epochs,
+                  hooks=())  # fmt: skip
+        params[name] = (model, r.params)
+        models[name] = {"train_seconds": r.train_seconds, "compile_seconds": r.compile_seconds,
+                        "images_per_second": epochs * n / r.train_seconds}  # fmt: skip
+        out.write(f"{name.upper():<4} {epochs} epochs {r.train_seconds:7.2f} s after a "
+                  f"{r.compile_seconds:.1f} s compile: {epochs * n / r.train_seconds:,.0f} img/s\n")
+    record["models"] = models
+
+    vmapped = []
+    out.write(f"\n{'K VAEs':>7}{'seconds':>10}{'/ one':>8}{'/ K single':>11}\n")
+    for k in sizes:
+        if k == 1:
+            seconds = models["vae"]["train_seconds"]
+        else:
+            r = train(jax.random.split(jax.random.key(1), k), images, jnp.linspace(0.5, 2.0, k),
+                      model=make_model("vae"), epochs=epochs, hooks=(), group_size=0)
+            seconds = r.train_seconds
+        one = models["vae"]["train_seconds"]
+        vmapped.append({"k": k, "seconds": seconds, "per_one": seconds / one,
+                        "per_k_singles": seconds / (k * one)})  # fmt: skip
+        out.write(f"{k:>7}{seconds:>10.2f}{seconds / one:>8.2f}{seconds / (k * one):>11.3f}\n")
+    record["vmapped_vaes"] = vmapped
+
+    record["scoring"] = {}
+    out.write("\nscoring the test set (mean score; after compile)\n")
+    for name, (model, p) in params.items():
+        score_fn = scoring.make_score_fn(model)
+        run = functools.partial(scoring.score, p, split.test_images, score_fn=score_fn)
+        run()  # Compile.
+        t = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - t
+        rate = len(split.test_images) / seconds
+        record["scoring"][name] = {"seconds": seconds, "images_per_second": rate}
+        out.write(f"{name.upper():<4} {len(split.test_images)} images in {seconds:.3f} s: "
+                  f"{rate:,.0f} img/s\n")
+
+    record["grid"] = time_grid(epochs=epochs, reduced=reduced)
+    g = record["grid"]
+    out.write(f"\nbenchmark grid: {g['models']} models ({g['grid']}), {epochs} epochs: "
+              f"{g['seconds']:.1f} s (of which training {g['train_seconds']:.1f} s, compiling "
+              f"{g['compile_seconds']:.1f} s)\n")
+    record["memory"] = _peak_memory()
+    device_peak = record["memory"]["device_peak_bytes"]
+    out.write(f"peak memory: device {device_peak / 2**30:.2f} GiB, " if device_peak else
+              "peak memory: device not reported by this backend, ")  # fmt: skip
+    out.write(f"host {record['memory']['host_peak_rss_mb']:.0f} MB\n")
+
+    measured = {
+        "one model, 30 epochs after compile (s)": max(m["train_seconds"] for m in models.values()),
+        "16 vmapped VAEs / one VAE": next((v["per_one"] for v in vmapped if v["k"] == 16), None),
+        "benchmark grid (s)": g["seconds"],
+    }
+    record["targets"] = {}
+    if not reduced:
+        out.write("\ntargets\n")
+        for label, target in ACCELERATOR_TARGETS.items():
+            value = measured[label]
+            record["targets"][label] = {"target": target, "measured": value,
+                                        "met": value is not None and value <= target}
+            out.write(f"  {label:<40} {value:8.2f}  (target {target:g}: "
+                      f"{'met' if value <= target else 'missed'})\n")
+    return record
+
+
+def time_grid(*, epochs: int, reduced: bool) -> dict:
+    """The one-class benchmark grid as one sweep, through the pipeline, in a temporary folder."""
+    from experiments import pipeline  # noqa: PLC0415  (scikit-learn, Orbax: only here)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ExperimentConfig(epochs=epochs, output_dir=os.path.join(tmp, "grid"))
+        grid = SweepConfig(betas=(0.5, 1.0, 2.0), seeds=(0, 1, 2), base=base)
+        if reduced:
+            grid = dataclasses.replace(grid, betas=(1.0,), seeds=(0,), classes=(0,))
+        t = time.perf_counter()
+        result = pipeline.run(grid, kind="sweep")
+        seconds = time.perf_counter() - t
+    phases = result.timings.phases
+    return {
+        "grid": f"betas {list(grid.betas)}, seeds {list(grid.seeds)}, classes "
+                f"{list(grid.classes)}", "models": len({(r['model'], r['beta'], r['seed'],
+                r['normal_class']) for r in result.rows}), "seconds": seconds,
+        "train_seconds": phases.get("train", 0.0), "compile_seconds": phases.get("compile", 0.0),
+        "phases": phases,
+        "mean_auroc": {m: float(np.mean([r["auroc"] for r in result.rows if r["model"] == m]))
+                       for m in rules.MODEL_NAMES},
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

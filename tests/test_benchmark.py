@@ -1,10 +1,14 @@
-"""The benchmark's profile split: which compiled instructions count as matmuls."""
+"""The benchmarks: the profile split (which compiled instructions count as matmuls), the
+time-to-result and accelerator suites in their reduced, CPU-sized form."""
 
 from __future__ import annotations
+
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import benchmark
 from jax_vae.models import make_model
@@ -70,3 +74,43 @@ def test_a_disturbed_peak_probe_is_flagged(monkeypatch, caplog, capsys):
     benchmark.benchmark(("ae",), ())
     assert "AE" in capsys.readouterr().out
     assert "not trustworthy" in caplog.text
+
+
+def test_time_to_result_cold_then_warm(tmp_path, capsys):
+    # Two fresh processes sharing an empty compilation cache: the second loads what the
+    # first compiled, and nothing else changes.
+    record = benchmark.time_to_result(reduced=True)
+    cold, warm = record["runs"]["cold"], record["runs"]["warm"]
+    assert record["identical"] and cold["metrics"] == warm["metrics"]
+    assert warm["phases"]["compile"] < cold["phases"]["compile"]
+    for run in (cold, warm):
+        phases = run["phases"]
+        assert {"startup", "backend", "imports", "data", "compile", "train", "scoring", "plots",
+                "exit"} <= set(phases)  # fmt: skip
+        assert phases["total"] + phases["exit"] == pytest.approx(run["wall_seconds"])
+        assert run["ratio"] == pytest.approx(run["wall_seconds"] / run["train_seconds"])
+        assert 0 < run["peak_rss_mb"] < 4096
+    table = capsys.readouterr().out
+    assert "wall/training" in table and "identical" in table
+
+
+def test_accelerator_suite_reduced(tmp_path, capsys, monkeypatch):
+    from absl import flags  # noqa: PLC0415
+
+    output = tmp_path / "out" / "accelerator.json"
+    flags.FLAGS(["benchmark", "--suite=accelerator", "--reduced", f"--output={output}"])
+    monkeypatch.chdir(tmp_path)
+    benchmark.body()(None)
+    record = json.loads(output.read_text())
+    assert record["backend"] == jax.default_backend() and record["reduced"]
+    assert set(record["models"]) == {"ae", "vae"}
+    assert all(m["images_per_second"] > 0 for m in record["models"].values())
+    assert [v["k"] for v in record["vmapped_vaes"]] == [1, 2]
+    assert record["vmapped_vaes"][0]["per_one"] == 1.0
+    assert all(s["images_per_second"] > 0 for s in record["scoring"].values())
+    grid = record["grid"]
+    assert grid["models"] == 2 and grid["seconds"] >= grid["train_seconds"] > 0
+    assert 0.5 < grid["mean_auroc"]["ae"] <= 1
+    assert record["memory"]["host_peak_rss_mb"] > 0
+    out = capsys.readouterr().out
+    assert "K VAEs" in out and "benchmark grid" in out and str(output) in out
