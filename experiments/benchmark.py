@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,8 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("sweep_sizes", "1,4,16", "K values for the K-model sweep cost; empty: skip.")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-matmul probe; 0 picks by backend.")
 flags.DEFINE_bool("profile", False, "Profile epochs: time in matmuls vs the rest (CPU).")
+flags.DEFINE_string("architecture", "mlp", "throughput: mlp or conv.")
+flags.DEFINE_list("hidden_dims", ["400"], "throughput: hidden widths (conv: channels, e.g. 32,64).")
 SUITES = ("throughput", "time_to_result", "accelerator")
 flags.DEFINE_string("suite", "throughput", f"What to measure: {', '.join(SUITES)}.")
 flags.DEFINE_bool("reduced", False, "time_to_result, accelerator: a small smoke-test version.")
@@ -192,6 +195,16 @@ def body():
     sizes = parse_int_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
     try:
         rules.choice("--suite", FLAGS.suite, SUITES)
+        rules.choice("--architecture", FLAGS.architecture, rules.ARCHITECTURES)
+        try:
+            dims = tuple(int(d) for d in FLAGS.hidden_dims)
+        except ValueError:
+            raise rules.InvalidArgument(
+                f"--hidden_dims must be integers, got {','.join(FLAGS.hidden_dims)}"
+            ) from None
+        rules.widths("--hidden_dims", dims)
+        if FLAGS.architecture == "conv":
+            rules.conv_depth("--hidden_dims", dims)
         rules.choices("--models", models, rules.MODEL_NAMES)
         rules.normal_class("--normal_class", FLAGS.normal_class)
         rules.at_least("--epochs", FLAGS.epochs, 1)
@@ -202,7 +215,8 @@ def body():
     except rules.InvalidArgument as e:
         raise ConfigError(str(e)) from None
     if FLAGS.suite == "throughput":
-        return lambda _: benchmark(models, sizes)
+        build = functools.partial(make_model, hidden_dims=dims, architecture=FLAGS.architecture)
+        return lambda _: benchmark(models, sizes, build=build)
     suite = {"time_to_result": time_to_result, "accelerator": accelerator}[FLAGS.suite]
     output = _output_path()
     return lambda _: _write(output, suite(reduced=FLAGS.reduced))
@@ -226,7 +240,9 @@ def _write(path: str, record: dict) -> None:
     sys.stdout.write(f"\nwrote {path}\n")
 
 
-def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
+def benchmark(
+    models: tuple[str, ...], sweep_sizes: tuple[int, ...], *, build: Callable = make_model
+) -> None:
     """Prints the throughput table and the sweep cost (see the module docstring)."""
     backend = jax.default_backend()
     size = FLAGS.matmul_size or (4096 if backend == "cpu" else 8192)
@@ -249,7 +265,7 @@ def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
     out.write(header + "-" * (len(header) - 1) + "\n")
     untrusted = []
     for name in models:
-        model = make_model(name)
+        model = build(name)
         flops = step_flops_per_image(model, images, FLAGS.batch_size)
         epoch_s, compile_s = time_training(
             model, images, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size
@@ -281,7 +297,7 @@ def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
             "disturbed (is another process using the CPU?), so the 'of peak' and 'x floor' "
             "columns are not trustworthy; rerun on an idle machine", ", ".join(untrusted), peak,
         )  # fmt: skip
-    with_writer, without = writer_overhead(make_model(models[-1]), images,
+    with_writer, without = writer_overhead(build(models[-1]), images,
                                            epochs=FLAGS.epochs, batch_size=FLAGS.batch_size)
     out.write(f"\nTensorBoard writer ({models[-1].upper()}, median epoch): {without * 1e3:.1f} ms "
               f"without, {with_writer * 1e3:.1f} ms with ({with_writer / without:.3f}x)\n")
@@ -296,7 +312,7 @@ def benchmark(models: tuple[str, ...], sweep_sizes: tuple[int, ...]) -> None:
         f"{'K':>4}{'K x single s':>14}{'grouped s':>11}{'ratio':>7}{'all-K s':>9}{'ratio':>7}\n"
     )
     out.write(header + "-" * (len(header) - 1) + "\n")
-    model = make_model("vae")
+    model = build("vae")
     single, _ = time_training(model, images, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size)
     for k in sweep_sizes:
         timed = functools.partial(

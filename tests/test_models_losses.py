@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,18 +121,19 @@ def test_conv_models_shapes_and_one_training_epoch(name):
     params = models.init_params(model, jax.random.key(1), x[0])
     kernels = {k.shape for k in jax.tree.leaves(params) if k.ndim == 4}
     assert (4, 4, 1, 4) in kernels and (4, 4, 4, 8) in kernels  # 28 -> 14 -> 7.
+    apply = jax.jit(model.apply)  # One program each, not one per operation.
     if name == "vae":
-        out = model.apply(params, x, jax.random.key(2))
+        out = apply(params, x, jax.random.key(2))
         chex.assert_shape([out.mean, out.logvar], (6, 3))
         recon = out.reconstruction
     else:
-        recon = model.apply(params, x)
+        recon = apply(params, x)
     chex.assert_shape(recon, (6, 784))
     # The per-example loss (unbatched input) equals the batched forward pass.
     from jax_vae import losses, train
 
     if name == "ae":
-        terms = jax.vmap(losses.make_example_loss(model), in_axes=(None, 0, None, None))(
+        terms = jax.jit(jax.vmap(losses.make_example_loss(model), in_axes=(None, 0, None, None)))(
             params, x, jax.random.key(0), 1.0
         )
         np.testing.assert_allclose(terms.reconstruction, ((x - recon) ** 2).sum(1), rtol=1e-5)
@@ -139,3 +141,35 @@ def test_conv_models_shapes_and_one_training_epoch(name):
     assert np.isfinite(result.history.total).all()
     with pytest.raises(ValueError, match="architecture"):
         models.make_model(name, architecture="transformer")
+
+
+LAYERS = [  # (ours, the Flax layer it must equal, input shape, kernel, stride)
+    (models.StridedConv, nn.Conv, (2, 28, 28, 1), 4, 2),
+    (models.StridedConv, nn.Conv, (9, 7, 3), 3, 2),  # One image, odd sizes: uneven padding.
+    (models.StridedConvTranspose, nn.ConvTranspose, (2, 7, 7, 4), 4, 2),
+    (models.StridedConvTranspose, nn.ConvTranspose, (5, 4, 2), 3, 3),
+]
+
+
+@pytest.mark.parametrize("ours,flax_layer,shape,k,s", LAYERS)
+def test_strided_convolutions_equal_flax_layers_and_gradients(ours, flax_layer, shape, k, s):
+    # The slices-and-matmuls layers compute nn.Conv / nn.ConvTranspose ("SAME") with the
+    # same parameters: values and gradients, within float32 rounding.
+    x = jax.random.normal(jax.random.key(0), shape)
+    reference = flax_layer(5, (k, k), strides=(s, s), padding="SAME")
+    params = reference.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape), params)
+    layer = ours(5, kernel_size=k, stride=s)
+    assert jax.tree.map(jnp.shape, layer.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, params)  # Same parameter tree: checkpoints carry over.
+
+    @jax.jit
+    def values_and_grads(p, x):
+        outputs = [module.apply(p, x) for module in (layer, reference)]
+        grads = [jax.grad(lambda p, x, m=m: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(p, x)
+                 for m in (layer, reference)]  # fmt: skip
+        return outputs, grads
+
+    (ours_out, flax_out), (ours_grads, flax_grads) = values_and_grads(params, x)
+    np.testing.assert_allclose(ours_out, flax_out, atol=2e-5)
+    chex.assert_trees_all_close(ours_grads, flax_grads, atol=1e-4, rtol=1e-5)
