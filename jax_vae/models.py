@@ -159,7 +159,12 @@ def _shifted(x: jax.Array, rows: int, cols: int, height: int, width: int, stride
 
 
 class StridedConv(nn.Module):
-    """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")`` as patches @ kernel."""
+    """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")`` as patches @ kernel.
+
+    The padded input is folded into s x s blocks (space to depth), so a k x k window
+    at stride s is ceil(k / s)^2 unit-stride slices of the blocks, and the kernel
+    (zero-padded to a multiple of s) is regrouped to match.
+    """
 
     features: int
     kernel_size: int = 4
@@ -171,14 +176,23 @@ class StridedConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (k, k, channels, self.features))  # fmt: skip
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        (top, bottom), (left, right) = _same_padding(height, k, s), _same_padding(width, k, s)
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(top, bottom), (left, right), (0, 0)])
+        blocks = -(-k // s)  # Window size in blocks.
+        kernel = jnp.pad(kernel, [(0, blocks * s - k)] * 2 + [(0, 0)] * 2)
         out_h, out_w = -(-height // s), -(-width // s)
-        # Tap (a, b) of every output pixel, in the kernel's (a, b, channel) order.
+        top, left = _same_padding(height, k, s)[0], _same_padding(width, k, s)[0]
+        rows, cols = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
+        lead = x.shape[:-3]
+        x = jnp.pad(x, [(0, 0)] * len(lead) + [(top, rows - height - top),
+                                              (left, cols - width - left), (0, 0)])  # fmt: skip
+        x = x.reshape(*lead, rows // s, s, cols // s, s, channels)
+        x = jnp.moveaxis(x, -4, -3).reshape(*lead, rows // s, cols // s, s * s * channels)
         patches = jnp.concatenate(
-            [_shifted(x, a, b, out_h, out_w, s) for a in range(k) for b in range(k)], axis=-1
-        )
-        return patches @ kernel.reshape(k * k * channels, self.features) + bias
+            [_shifted(x, a, b, out_h, out_w, 1) for a in range(blocks) for b in range(blocks)],
+            axis=-1,
+        )  # Order (block row, block col, row in block, col in block, channel).
+        kernel = kernel.reshape(blocks, s, blocks, s, channels, self.features)
+        kernel = jnp.moveaxis(kernel, 2, 1).reshape(-1, self.features)
+        return patches @ kernel + bias
 
 
 class StridedConvTranspose(nn.Module):

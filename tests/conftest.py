@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,8 +11,13 @@ import pytest
 # Two test workers share one accelerator where there is one: neither may take most of its
 # memory up front (set before JAX starts).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The commands' persistent compilation cache: one per test session, not the user's.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-vae-test-xla-")
+# One persistent compilation cache per test session (not the user's), for the commands the
+# tests start and for the tests themselves: many compile the same small programs.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())  # Shared by the workers.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    tempfile.gettempdir(), f"jax-vae-test-xla-{_RUN}"
+)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 from jax_vae import data  # noqa: E402
 
@@ -24,3 +30,9 @@ def mnist() -> data.Dataset:
 @pytest.fixture(scope="session")
 def split0(mnist) -> data.OneClassSplit:
     return data.one_class_split(mnist, normal_class=0)
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with the session (the main process, last)."""
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

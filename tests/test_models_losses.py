@@ -121,22 +121,23 @@ def test_conv_models_shapes_and_one_training_epoch(name):
     params = models.init_params(model, jax.random.key(1), x[0])
     kernels = {k.shape for k in jax.tree.leaves(params) if k.ndim == 4}
     assert (4, 4, 1, 4) in kernels and (4, 4, 4, 8) in kernels  # 28 -> 14 -> 7.
-    apply = jax.jit(model.apply)  # One program each, not one per operation.
+    from jax_vae import losses, train
+
+    @jax.jit  # One program, not one per operation.
+    def forward_and_loss(params, x):
+        args = (x, jax.random.key(2)) if name == "vae" else (x,)
+        loss = jax.vmap(losses.make_example_loss(model), in_axes=(None, 0, None, None))
+        return model.apply(params, *args), loss(params, x, jax.random.key(0), 1.0)
+
+    out, terms = forward_and_loss(params, x)
     if name == "vae":
-        out = apply(params, x, jax.random.key(2))
         chex.assert_shape([out.mean, out.logvar], (6, 3))
         recon = out.reconstruction
     else:
-        recon = apply(params, x)
-    chex.assert_shape(recon, (6, 784))
-    # The per-example loss (unbatched input) equals the batched forward pass.
-    from jax_vae import losses, train
-
-    if name == "ae":
-        terms = jax.jit(jax.vmap(losses.make_example_loss(model), in_axes=(None, 0, None, None)))(
-            params, x, jax.random.key(0), 1.0
-        )
+        recon = out
+        # The per-example loss (unbatched input) equals the batched forward pass.
         np.testing.assert_allclose(terms.reconstruction, ((x - recon) ** 2).sum(1), rtol=1e-5)
+    chex.assert_shape(recon, (6, 784))
     result = train.train(jax.random.key(3), x, model=model, epochs=1, batch_size=3)
     assert np.isfinite(result.history.total).all()
     with pytest.raises(ValueError, match="architecture"):
