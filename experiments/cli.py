@@ -194,6 +194,19 @@ def quiet_libraries(packages: Iterable[str] = QUIET_LIBRARIES) -> None:
     handler.addFilter(LibraryInfoFilter(packages))
 
 
+def _usable_folder(path: str) -> bool:
+    """Whether the compilation cache can live in ``path`` (made if missing); a cache is
+    an optimization, so an unusable one is one warning and a run without it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return True
+    except OSError:
+        pass
+    logging.warning("--compilation_cache %s cannot be written; compiling without the cache", path)
+    return False
+
+
 def start() -> None:
     """Starts JAX: joins a multi-host run when flags or the cluster say so; INFO logging
     by default (without the INFO lines of QUIET_LIBRARIES)."""
@@ -209,7 +222,7 @@ def start() -> None:
         )
     except (RuntimeError, ValueError) as e:
         fail(f"could not join the multi-host run: {str(e).splitlines()[0]}")
-    if FLAGS.compilation_cache:
+    if FLAGS.compilation_cache and _usable_folder(FLAGS.compilation_cache):
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     verbosity = logging.get_verbosity()

@@ -378,3 +378,11 @@ def test_fashion_mnist_run_names_its_class(tmp_path):
     assert pipeline._default_dir("run", grid).endswith("_fashion_mnist-ankle-boot_beta1")
     assert "--normal_digit is for MNIST" in one_line_error(
         cli("main", "--dataset=fashion_mnist", "--normal_digit=3", env=env))
+
+
+def test_an_unusable_compilation_cache_is_a_warning_not_an_error(tmp_path, caplog):
+    from experiments import cli  # noqa: PLC0415
+
+    assert cli._usable_folder(str(tmp_path / "new" / "xla")) and (tmp_path / "new" / "xla").is_dir()
+    assert not cli._usable_folder("/proc/forbidden/xla")
+    assert "cannot be written; compiling without the cache" in caplog.text
