@@ -158,7 +158,21 @@ def _shifted(x: jax.Array, rows: int, cols: int, height: int, width: int, stride
     )  # fmt: skip
 
 
-class StridedConv(nn.Module):
+class _Strided(nn.Module):
+    """A k x k layer at stride s with nn.Conv's parameters: kernel [k, k, in, out], bias."""
+
+    features: int
+    kernel_size: int = 4
+    stride: int = 2
+
+    def parameters(self, channels: int) -> tuple[jax.Array, jax.Array]:
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (k, k, channels, self.features))  # fmt: skip
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
+class StridedConv(_Strided):
     """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")`` as patches @ kernel.
 
     The padded input is folded into s x s blocks (space to depth), so a k x k window
@@ -166,16 +180,10 @@ class StridedConv(nn.Module):
     (zero-padded to a multiple of s) is regrouped to match.
     """
 
-    features: int
-    kernel_size: int = 4
-    stride: int = 2
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s, (height, width, channels) = self.kernel_size, self.stride, x.shape[-3:]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, channels, self.features))  # fmt: skip
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        kernel, bias = self.parameters(channels)
         blocks = -(-k // s)  # Window size in blocks.
         kernel = jnp.pad(kernel, [(0, blocks * s - k)] * 2 + [(0, 0)] * 2)
         out_h, out_w = -(-height // s), -(-width // s)
@@ -195,21 +203,15 @@ class StridedConv(nn.Module):
         return patches @ kernel + bias
 
 
-class StridedConvTranspose(nn.Module):
+class StridedConvTranspose(_Strided):
     """``nn.ConvTranspose(features, (k, k), strides=(s, s), padding="SAME")``, one matrix
     product per output phase: output pixel ``s * i + r`` sees only the taps ``a`` with
     ``r + a - pad`` divisible by ``s``, applied to input pixel ``i + (r + a - pad) // s``."""
 
-    features: int
-    kernel_size: int = 4
-    stride: int = 2
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s, (height, width, channels) = self.kernel_size, self.stride, x.shape[-3:]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, channels, self.features))  # fmt: skip
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        kernel, bias = self.parameters(channels)
         # lax.conv_transpose's "SAME": the input dilated by s, padded by `pad` in front.
         pad = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
         taps = [[(a, (r + a - pad) // s) for a in range(k) if (r + a - pad) % s == 0]
