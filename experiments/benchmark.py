@@ -400,8 +400,10 @@ ACCELERATOR_TARGETS = {  # The goals of the accelerator suite on one GPU (full s
 
 
 def _environment() -> dict:
-    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-            "devices": jax.device_count(), "jax": jax.__version__}  # fmt: skip
+    """The pipeline's record of versions and devices, and the first device's kind."""
+    from experiments.pipeline import environment_record  # noqa: PLC0415
+
+    return {**environment_record(), "device": jax.devices()[0].device_kind}
 
 
 def _peak_memory() -> dict:
@@ -424,7 +426,7 @@ def accelerator(*, reduced: bool = False) -> dict:
     images = jax.device_put(split.train_images)
     n, record = images.shape[0], {"suite": "accelerator", "reduced": reduced, **_environment()}
     out = sys.stdout
-    out.write(f"{record['device']} ({record['backend']}), {record['devices']} device(s); "
+    out.write(f"{record['device']} ({record['backend']}), {len(record['devices'])} device(s); "
               f"{n} training images, {epochs} epochs{' (reduced)' if reduced else ''}\n\n")
     models, params = {}, {}
     for name in rules.MODEL_NAMES:

@@ -332,6 +332,13 @@ def find_dataset(dataset: str) -> tuple[str, str | None]:
     )
 
 
+def _resolve(source: str, dataset: str, data_dir: str | None) -> tuple[str, str | None]:
+    """``auto``: ``idx`` with ``data_dir``, else where :func:`find_dataset` finds it."""
+    if source == "auto":
+        return ("idx", data_dir) if data_dir else find_dataset(dataset)
+    return source, data_dir
+
+
 def load_dataset(
     source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None
 ) -> Dataset:
@@ -351,8 +358,7 @@ def load_dataset(
     Raises:
       DataError: Any problem with the source or its files.
     """
-    if source == "auto":
-        source, data_dir = ("idx", data_dir) if data_dir else find_dataset(dataset)
+    source, data_dir = _resolve(source, dataset, data_dir)
     if source == "bundled":
         if dataset != "mnist":
             raise DataError(
@@ -379,13 +385,11 @@ def load_dataset_early(
     or raises its error then (never earlier). The tfds source, which imports
     TensorFlow, loads when called instead.
     """
-    resolved = source
-    if source == "auto" and not data_dir:
-        try:
-            resolved = find_dataset(dataset)[0]
-        except DataError:
-            resolved = "tfds"  # The error comes from load_dataset, when asked.
-    if resolved == "tfds":
+    try:
+        source, data_dir = _resolve(source, dataset, data_dir)
+    except DataError:  # No copy found: load_dataset says so, when asked.
+        return lambda: load_dataset(source, dataset=dataset, data_dir=data_dir)
+    if source == "tfds":
         return lambda: load_dataset(source, dataset=dataset, data_dir=data_dir)
     future: concurrent.futures.Future = concurrent.futures.Future()
 

@@ -144,18 +144,14 @@ class VAE(nn.Module):
 # with padding "SAME" (the same parameters: "kernel" [k, k, in, out] and "bias" [out]).
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """lax's "SAME" padding of a strided convolution: (before, after)."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
+def _same_padding_before(size: int, kernel: int, stride: int) -> int:
+    """The leading padding of lax's "SAME" for a strided convolution."""
+    return max((-(-size // stride) - 1) * stride + kernel - size, 0) // 2
 
 
-def _shifted(x: jax.Array, rows: int, cols: int, height: int, width: int, stride: int):
-    """x[..., rows + stride * i, cols + stride * j, :] for i < height, j < width."""
-    return jax.lax.slice_in_dim(
-        jax.lax.slice_in_dim(x, rows, rows + stride * (height - 1) + 1, stride, axis=-3),
-        cols, cols + stride * (width - 1) + 1, stride, axis=-2,
-    )  # fmt: skip
+def _window(x: jax.Array, row: int, col: int, height: int, width: int) -> jax.Array:
+    """x[..., row : row + height, col : col + width, :]."""
+    return x[..., row : row + height, col : col + width, :]
 
 
 class _Strided(nn.Module):
@@ -187,7 +183,7 @@ class StridedConv(_Strided):
         blocks = -(-k // s)  # Window size in blocks.
         kernel = jnp.pad(kernel, [(0, blocks * s - k)] * 2 + [(0, 0)] * 2)
         out_h, out_w = -(-height // s), -(-width // s)
-        top, left = _same_padding(height, k, s)[0], _same_padding(width, k, s)[0]
+        top, left = _same_padding_before(height, k, s), _same_padding_before(width, k, s)
         rows, cols = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
         lead = x.shape[:-3]
         x = jnp.pad(x, [(0, 0)] * len(lead) + [(top, rows - height - top),
@@ -195,7 +191,7 @@ class StridedConv(_Strided):
         x = x.reshape(*lead, rows // s, s, cols // s, s, channels)
         x = jnp.moveaxis(x, -4, -3).reshape(*lead, rows // s, cols // s, s * s * channels)
         patches = jnp.concatenate(
-            [_shifted(x, a, b, out_h, out_w, 1) for a in range(blocks) for b in range(blocks)],
+            [_window(x, a, b, out_h, out_w) for a in range(blocks) for b in range(blocks)],
             axis=-1,
         )  # Order (block row, block col, row in block, col in block, channel).
         kernel = kernel.reshape(blocks, s, blocks, s, channels, self.features)
@@ -224,7 +220,7 @@ class StridedConvTranspose(_Strided):
             row = []
             for col_taps in taps:
                 patches = jnp.concatenate([
-                    _shifted(x, low + oa, low + ob, height, width, 1)
+                    _window(x, low + oa, low + ob, height, width)
                     for _, oa in row_taps for _, ob in col_taps
                 ], axis=-1)  # fmt: skip
                 weights = jnp.concatenate(
