@@ -25,18 +25,19 @@ def run_single(config, **kwargs):
 
 
 def cli_argv(module: str, *args: str) -> list[str]:
-    """``python -m experiments.<module> ARGS``, with Python's Ctrl-C handler installed even
+    """``python -m experiments.<module> ARGS`` (or ``python -m <package.module>``), with Python's Ctrl-C handler installed even
     where the test runner was started with SIGINT ignored (a background CI job)."""
+    module = module if "." in module else f"experiments.{module}"
     start = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         f"sys.argv = [{module!r}, *sys.argv[1:]]; "
-        f"runpy.run_module('experiments.{module}', run_name='__main__', alter_sys=True)"
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
     )
     return [sys.executable, "-c", start, *args]
 
 
 def cli(module: str, *args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
-    """Runs ``python -m experiments.<module> ARGS`` to the end."""
+    """Runs ``python -m experiments.<module> ARGS`` (or ``<package.module>``) to the end."""
     return subprocess.run(
         cli_argv(module, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env=env,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark
+from benchmarks import accelerator, throughput, time_to_result
 from jax_vae.models import make_model
 
 HLO = """\
@@ -38,7 +38,7 @@ ENTRY %main.5 (a: f32[8,4], b: f32[4,2]) -> f32[8,2] {
 
 
 def test_matmul_instructions_finds_dots_and_fusions_that_contain_one():
-    found = benchmark.matmul_instructions(HLO)
+    found = throughput.matmul_instructions(HLO)
     assert {"ynn_fusion", "dot.7"} <= found
     assert "tanh_fusion" not in found and "a" not in found
 
@@ -46,14 +46,14 @@ def test_matmul_instructions_finds_dots_and_fusions_that_contain_one():
 def test_compiled_matmul_is_found():
     f = jax.jit(lambda a, b: jnp.tanh(a @ b)).lower(jnp.ones((8, 4)), jnp.ones((4, 2))).compile()
     hlo = f.as_text()
-    found = benchmark.matmul_instructions(hlo)
+    found = throughput.matmul_instructions(hlo)
     entry = hlo[hlo.index("ENTRY") :]
     assert any(f"%{name} = " in entry for name in found)
 
 
 def test_profile_epoch_splits_the_epoch():
     images = jnp.asarray(np.random.default_rng(0).random((512, 784), np.float32))
-    seconds, matmul_seconds = benchmark.profile_epoch(make_model("ae"), images, batch_size=128)
+    seconds, matmul_seconds = throughput.profile_epoch(make_model("ae"), images, batch_size=128)
     assert 0 < matmul_seconds < seconds
 
 
@@ -63,15 +63,15 @@ def test_bad_flags_fail_before_the_peak_probe():
     for args, needle in ((["--models=vea"], "--models must be one of ae, vae, got 'vea'"),
                          (["--epochs=0"], "--epochs must be >= 1"),
                          (["--sweep_sizes=a"], "--sweep_sizes must be integers")):  # fmt: skip
-        assert needle in one_line_error(cli("benchmark", *args, timeout=30))
+        assert needle in one_line_error(cli("benchmarks.throughput", *args, timeout=30))
 
 
 def test_a_disturbed_peak_probe_is_flagged(monkeypatch, caplog, capsys):
     from absl import flags  # noqa: PLC0415
 
-    flags.FLAGS(["benchmark", "--epochs=1", "--sweep_sizes="])
-    monkeypatch.setattr(benchmark, "matmul_peak_gflops", lambda size: 0.001)  # "Disturbed".
-    benchmark.benchmark(("ae",), ())
+    flags.FLAGS(["throughput", "--epochs=1", "--sweep_sizes="])
+    monkeypatch.setattr(throughput, "matmul_peak_gflops", lambda size: 0.001)  # "Disturbed".
+    throughput.benchmark(("ae",), ())
     assert "AE" in capsys.readouterr().out
     assert "not trustworthy" in caplog.text
 
@@ -79,7 +79,7 @@ def test_a_disturbed_peak_probe_is_flagged(monkeypatch, caplog, capsys):
 def test_time_to_result_cold_then_warm(tmp_path, capsys):
     # Two fresh processes sharing an empty compilation cache: the second loads what the
     # first compiled, and nothing else changes.
-    record = benchmark.time_to_result(reduced=True)
+    record = time_to_result.time_to_result(reduced=True)
     cold, warm = record["runs"]["cold"], record["runs"]["warm"]
     assert record["identical"] and cold["metrics"] == warm["metrics"]
     assert warm["phases"]["compile"] < cold["phases"]["compile"]
@@ -98,9 +98,9 @@ def test_accelerator_suite_reduced(tmp_path, capsys, monkeypatch):
     from absl import flags  # noqa: PLC0415
 
     output = tmp_path / "out" / "accelerator.json"
-    flags.FLAGS(["benchmark", "--suite=accelerator", "--reduced", f"--output={output}"])
+    flags.FLAGS(["accelerator", "--reduced", f"--output={output}"])
     monkeypatch.chdir(tmp_path)
-    benchmark.body()(None)
+    accelerator.body()(None)
     record = json.loads(output.read_text())
     assert record["backend"] == jax.default_backend() and record["reduced"]
     assert set(record["models"]) == {"ae", "vae"}

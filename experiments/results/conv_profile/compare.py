@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from experiments import benchmark
+from benchmarks import throughput
 from jax_vae import data, models, train
 
 
@@ -73,7 +73,7 @@ def main(torch_python: str) -> None:
         epochs[label] = float(np.median(seconds[1:]))
         print(f"{label:<24} epoch {epochs[label]:6.2f} s  ({epochs[label] / steps * 1e3:5.0f} "
               f"ms/step, {steps} steps), compile {result.compile_seconds:.1f} s")
-    profiled, matmuls = benchmark.profile_epoch(candidates["slices + matmuls (now)"], images,
+    profiled, matmuls = throughput.profile_epoch(candidates["slices + matmuls (now)"], images,
                                                 batch_size=128)  # fmt: skip
     print(f"  profiled epoch {profiled:.2f} s: matmuls {matmuls:.2f} s ({matmuls / profiled:.0%}), "
           f"the rest (slices, concatenations, elementwise, Adam) {profiled - matmuls:.2f} s")

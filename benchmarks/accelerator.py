@@ -1,0 +1,169 @@
+"""The accelerator suite: one command measures what a GPU or TPU user asks about.
+
+  python -m benchmarks.accelerator                 # runs/<time>_benchmark_accelerator.json
+  python -m benchmarks.accelerator --reduced       # a smoke test (the test suite runs it)
+
+On whatever backend JAX finds: each model's 30 epochs after compile and its
+images/s; K = 1, 16, 64, 256 vmapped VAEs against one VAE and against K single
+trainings; scoring throughput over the test set; the whole one-class benchmark
+grid as one timed sweep through the pipeline; the peak device memory and host
+RSS. Prints one table, checks the targets at full size, writes one JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from benchmarks import common
+from experiments import cli
+from experiments.config import ExperimentConfig, SweepConfig
+from jax_vae import keys, rules, scoring
+from jax_vae.data import load_dataset, one_class_split
+from jax_vae.models import make_model
+from jax_vae.train import train
+
+flags.adopt_module_key_flags(common)
+FLAGS = flags.FLAGS
+
+ACCELERATOR_TARGETS = {  # The goals of the accelerator suite on one GPU (full size only).
+    "one model, 30 epochs after compile (s)": 0.5,
+    "16 vmapped VAEs / one VAE": 2.0,
+    "benchmark grid (s)": 120.0,
+}
+
+
+def _peak_memory() -> dict:
+    """Peak memory of device 0 (where the backend reports it) and of this process (host)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"device_peak_bytes": stats.get("peak_bytes_in_use"),
+            "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def accelerator(*, reduced: bool = False) -> dict:
+    """Training, vmapped-VAE cost, scoring throughput and the whole grid, timed.
+
+    Full size: 30 epochs; K = 1, 16, 64, 256; the grid of AE and beta-VAE at
+    beta 0.5/1/2, seeds 0-2, digits 0-9 (the AE has no beta: 30 AEs and 90
+    VAEs). ``reduced``: 2 epochs, K = 1 and 2, one digit, one seed, one beta.
+    """
+    epochs = 2 if reduced else 30
+    sizes = (1, 2) if reduced else (1, 16, 64, 256)
+    split = one_class_split(load_dataset(), normal_class=0)
+    images = jax.device_put(split.train_images)
+    n = images.shape[0]
+    record = {"suite": "accelerator", "reduced": reduced, **common.environment()}
+    out = sys.stdout
+    out.write(f"{record['device']} ({record['backend']}), {len(record['devices'])} device(s); "
+              f"{n} training images, {epochs} epochs{' (reduced)' if reduced else ''}\n\n")
+    models, params = {}, {}
+    for name in rules.MODEL_NAMES:
+        model = make_model(name)
+        r = train(keys.member_keys(0, name, 1).train[0], images, 1.0, model=model, epochs=epochs,
+                  hooks=())  # fmt: skip
+        params[name] = (model, r.params)
+        models[name] = {"train_seconds": r.train_seconds, "compile_seconds": r.compile_seconds,
+                        "images_per_second": epochs * n / r.train_seconds}  # fmt: skip
+        out.write(f"{name.upper():<4} {epochs} epochs {r.train_seconds:7.2f} s after a "
+                  f"{r.compile_seconds:.1f} s compile: {epochs * n / r.train_seconds:,.0f} img/s\n")
+    record["models"] = models
+
+    vmapped = []
+    out.write(f"\n{'K VAEs':>7}{'seconds':>10}{'/ one':>8}{'/ K single':>11}\n")
+    for k in sizes:
+        if k == 1:
+            seconds = models["vae"]["train_seconds"]
+        else:
+            r = train(jax.random.split(jax.random.key(1), k), images, jnp.linspace(0.5, 2.0, k),
+                      model=make_model("vae"), epochs=epochs, hooks=(), group_size=0)
+            seconds = r.train_seconds
+        one = models["vae"]["train_seconds"]
+        vmapped.append({"k": k, "seconds": seconds, "per_one": seconds / one,
+                        "per_k_singles": seconds / (k * one)})  # fmt: skip
+        out.write(f"{k:>7}{seconds:>10.2f}{seconds / one:>8.2f}{seconds / (k * one):>11.3f}\n")
+    record["vmapped_vaes"] = vmapped
+
+    record["scoring"] = {}
+    out.write("\nscoring the test set (mean score; after compile)\n")
+    for name, (model, p) in params.items():
+        score_fn = scoring.make_score_fn(model)
+        run = functools.partial(scoring.score, p, split.test_images, score_fn=score_fn)
+        run()  # Compile.
+        t = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - t
+        rate = len(split.test_images) / seconds
+        record["scoring"][name] = {"seconds": seconds, "images_per_second": rate}
+        out.write(f"{name.upper():<4} {len(split.test_images)} images in {seconds:.3f} s: "
+                  f"{rate:,.0f} img/s\n")
+
+    record["grid"] = time_grid(epochs=epochs, reduced=reduced)
+    g = record["grid"]
+    out.write(f"\nbenchmark grid: {g['models']} models ({g['grid']}), {epochs} epochs: "
+              f"{g['seconds']:.1f} s (of which training {g['train_seconds']:.1f} s, compiling "
+              f"{g['compile_seconds']:.1f} s)\n")
+    record["memory"] = _peak_memory()
+    device_peak = record["memory"]["device_peak_bytes"]
+    out.write(f"peak memory: device {device_peak / 2**30:.2f} GiB, " if device_peak else
+              "peak memory: device not reported by this backend, ")  # fmt: skip
+    out.write(f"host {record['memory']['host_peak_rss_mb']:.0f} MB\n")
+
+    measured = {
+        "one model, 30 epochs after compile (s)": max(m["train_seconds"] for m in models.values()),
+        "16 vmapped VAEs / one VAE": next((v["per_one"] for v in vmapped if v["k"] == 16), None),
+        "benchmark grid (s)": g["seconds"],
+    }
+    record["targets"] = {}
+    if not reduced:
+        out.write("\ntargets\n")
+        for label, target in ACCELERATOR_TARGETS.items():
+            value = measured[label]
+            record["targets"][label] = {"target": target, "measured": value,
+                                        "met": value is not None and value <= target}
+            out.write(f"  {label:<40} {value:8.2f}  (target {target:g}: "
+                      f"{'met' if value <= target else 'missed'})\n")
+    return record
+
+
+def time_grid(*, epochs: int, reduced: bool) -> dict:
+    """The one-class benchmark grid as one sweep, through the pipeline, in a temporary folder."""
+    from experiments import pipeline  # noqa: PLC0415  (scikit-learn, Orbax: only here)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ExperimentConfig(epochs=epochs, output_dir=os.path.join(tmp, "grid"))
+        grid = SweepConfig(betas=(0.5, 1.0, 2.0), seeds=(0, 1, 2), base=base)
+        if reduced:
+            grid = dataclasses.replace(grid, betas=(1.0,), seeds=(0,), classes=(0,))
+        t = time.perf_counter()
+        result = pipeline.run(grid, kind="sweep")
+        seconds = time.perf_counter() - t
+    phases = result.timings.phases
+    return {
+        "grid": f"betas {list(grid.betas)}, seeds {list(grid.seeds)}, classes "
+                f"{list(grid.classes)}", "models": len({(r['model'], r['beta'], r['seed'],
+                r['normal_class']) for r in result.rows}), "seconds": seconds,
+        "train_seconds": phases.get("train", 0.0), "compile_seconds": phases.get("compile", 0.0),
+        "phases": phases,
+        "mean_auroc": {m: float(np.mean([r["auroc"] for r in result.rows if r["model"] == m]))
+                       for m in rules.MODEL_NAMES},
+    }  # fmt: skip
+
+
+def body():
+    common.no_compilation_cache()
+    output = common.output_path("accelerator")
+    return lambda _: common.write(output, accelerator(reduced=FLAGS.reduced))
+
+
+if __name__ == "__main__":
+    cli.command(body)
