@@ -18,6 +18,13 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
     tempfile.gettempdir(), f"jax-vae-test-xla-{_RUN}"
 )
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+# The tests compile a few hundred small programs and run most of them briefly: without
+# LLVM's optimisation passes they compile in about half the time. The programs (the HLO
+# that JAX and XLA's own passes produce) are the same; only the machine code is less tuned.
+# Commands and benchmarks run outside the tests keep XLA's default.
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, (os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"))
+)
 
 from jax_vae import data  # noqa: E402
 

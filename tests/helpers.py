@@ -25,8 +25,9 @@ def run_single(config, **kwargs):
 
 
 def cli_argv(module: str, *args: str) -> list[str]:
-    """``python -m experiments.<module> ARGS`` (or ``python -m <package.module>``), with Python's Ctrl-C handler installed even
-    where the test runner was started with SIGINT ignored (a background CI job)."""
+    """``python -m experiments.<module> ARGS`` (or ``<package.module>``), with Python's Ctrl-C
+    handler installed even where the test runner was started with SIGINT ignored (a
+    background CI job)."""
     module = module if "." in module else f"experiments.{module}"
     start = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "

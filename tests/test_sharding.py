@@ -11,7 +11,9 @@ import textwrap
 
 from helpers import ROOT, cli, cli_argv
 
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+# The tests' own XLA flags (conftest), without any device count, then the one wanted.
+_FLAGS = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+ENV = {**os.environ, "XLA_FLAGS": " ".join([*_FLAGS, "--xla_force_host_platform_device_count=4"])}
 
 FOUR_DEVICES = """
 import os, jax, jax.numpy as jnp, numpy as np, chex
@@ -92,7 +94,7 @@ def test_two_processes_train_together_and_process_0_writes(tmp_path):
     with socket.socket() as s:  # A free loopback port for the coordinator.
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": " ".join(_FLAGS)}  # One CPU device per process.
     common = ["--epochs=1", "--models=ae", "--normal_class=1", "--checkpoint_every=0",
               "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1"]  # fmt: skip
     procs = [
