@@ -174,26 +174,23 @@ def body():
     """Checks every flag before the (long) peak probe; returns the benchmark."""
     models = tuple(m.strip().lower() for m in FLAGS.models)
     sizes = parse_int_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
+    rules.choice("--architecture", FLAGS.architecture, rules.ARCHITECTURES)
     try:
-        rules.choice("--architecture", FLAGS.architecture, rules.ARCHITECTURES)
-        try:
-            dims = tuple(int(d) for d in FLAGS.hidden_dims)
-        except ValueError:
-            raise rules.InvalidArgument(
-                f"--hidden_dims must be integers, got {','.join(FLAGS.hidden_dims)}"
-            ) from None
-        rules.widths("--hidden_dims", dims)
-        if FLAGS.architecture == "conv":
-            rules.conv_depth("--hidden_dims", dims)
-        rules.choices("--models", models, rules.MODEL_NAMES)
-        rules.normal_class("--normal_class", FLAGS.normal_class)
-        rules.at_least("--epochs", FLAGS.epochs, 1)
-        rules.at_least("--batch_size", FLAGS.batch_size, 1)
-        rules.at_least("--matmul_size", FLAGS.matmul_size, 0, " (0 = by backend)")
-        for k in sizes:
-            rules.at_least("--sweep_sizes", k, 1)
-    except rules.InvalidArgument as e:
-        raise ConfigError(str(e)) from None
+        dims = tuple(int(d) for d in FLAGS.hidden_dims)
+    except ValueError:
+        raise ConfigError(
+            f"--hidden_dims must be integers, got {','.join(FLAGS.hidden_dims)}"
+        ) from None
+    rules.widths("--hidden_dims", dims)
+    if FLAGS.architecture == "conv":
+        rules.conv_depth("--hidden_dims", dims)
+    rules.choices("--models", models, rules.MODEL_NAMES)
+    rules.normal_class("--normal_class", FLAGS.normal_class)
+    rules.at_least("--epochs", FLAGS.epochs, 1)
+    rules.at_least("--batch_size", FLAGS.batch_size, 1)
+    rules.at_least("--matmul_size", FLAGS.matmul_size, 0, " (0 = by backend)")
+    for k in sizes:
+        rules.at_least("--sweep_sizes", k, 1)
     common.no_compilation_cache()
     build = functools.partial(make_model, hidden_dims=dims, architecture=FLAGS.architecture)
     return lambda _: benchmark(models, sizes, build=build)

@@ -15,11 +15,10 @@ import re
 from typing import Any
 
 from jax_vae import rules
-from jax_vae.rules import InvalidArgument
 
-
-class ConfigError(InvalidArgument):
-    """An invalid setting; the message names the flag."""
+# An invalid setting: a rule of jax_vae.rules broken, its message naming the flag. The rules
+# raise it themselves (called here with the flag's name), so nothing needs translating.
+ConfigError = rules.InvalidArgument
 
 
 def _flag(default: Any, help_text: str) -> Any:
@@ -150,14 +149,6 @@ def check_output_dir(path: str) -> None:
         )
 
 
-def _rule(check, *args, **kwargs) -> None:
-    """Runs a rule; its error becomes a ConfigError (the message already names the flag)."""
-    try:
-        check(*args, **kwargs)
-    except InvalidArgument as e:
-        raise ConfigError(str(e)) from None
-
-
 def validate(config: ExperimentConfig) -> None:
     """Checks every setting that needs no data; raises ConfigError naming the first bad flag.
 
@@ -167,23 +158,23 @@ def validate(config: ExperimentConfig) -> None:
     """
     c = config
     if c.preset is not None:
-        _rule(rules.choice, "--preset", c.preset, tuple(PRESETS))
-    _rule(rules.beta, "--beta", c.beta)
-    _rule(rules.normal_class, "--normal_class", c.normal_class)
-    _rule(rules.at_least, "--latent_dim", c.latent_dim, 1)
-    _rule(rules.widths, "--hidden_dims", c.hidden_dims)
-    _rule(rules.at_least, "--epochs", c.epochs, 1)
-    _rule(rules.at_least, "--batch_size", c.batch_size, 1)
-    _rule(rules.number, "--learning_rate", c.learning_rate, low=0, low_open=True)
-    _rule(rules.seed, "--seed", c.seed)
-    _rule(rules.seed, "--split_seed", c.split_seed)
-    _rule(rules.fraction, "--val_fraction", c.val_fraction)
+        rules.choice("--preset", c.preset, tuple(PRESETS))
+    rules.beta("--beta", c.beta)
+    rules.normal_class("--normal_class", c.normal_class)
+    rules.at_least("--latent_dim", c.latent_dim, 1)
+    rules.widths("--hidden_dims", c.hidden_dims)
+    rules.at_least("--epochs", c.epochs, 1)
+    rules.at_least("--batch_size", c.batch_size, 1)
+    rules.number("--learning_rate", c.learning_rate, low=0, low_open=True)
+    rules.seed("--seed", c.seed)
+    rules.seed("--split_seed", c.split_seed)
+    rules.fraction("--val_fraction", c.val_fraction)
     if c.anomaly_fraction is not None:
-        _rule(rules.fraction, "--anomaly_fraction", c.anomaly_fraction)
-    _rule(rules.percentile, "--threshold_percentile", c.threshold_percentile)
-    _rule(rules.choices, "--models", c.models, rules.MODEL_NAMES + rules.BASELINES)
-    _rule(rules.choice, "--data_source", c.data_source, rules.SOURCES)
-    _rule(rules.choice, "--dataset", c.dataset, rules.DATASETS)
+        rules.fraction("--anomaly_fraction", c.anomaly_fraction)
+    rules.percentile("--threshold_percentile", c.threshold_percentile)
+    rules.choices("--models", c.models, rules.MODEL_NAMES + rules.BASELINES)
+    rules.choice("--data_source", c.data_source, rules.SOURCES)
+    rules.choice("--dataset", c.dataset, rules.DATASETS)
     if c.data_source == "bundled" and c.dataset != "mnist":
         raise ConfigError(
             f"--dataset={c.dataset} is not bundled (only mnist is); use --data_source=auto, "
@@ -193,21 +184,20 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--data_source=idx needs --data_dir with the four IDX files")
     if c.data_dir and c.data_source == "idx" and not os.path.isdir(c.data_dir):
         raise ConfigError(f"--data_dir {c.data_dir} is not a directory")
-    _rule(rules.choice, "--vae_score", c.vae_score, rules.VAE_SCORES)
-    _rule(rules.at_least, "--mc_samples", c.mc_samples, 1)
-    _rule(rules.smoothing, "--score_smoothing", c.score_smoothing)
+    rules.choice("--vae_score", c.vae_score, rules.VAE_SCORES)
+    rules.at_least("--mc_samples", c.mc_samples, 1)
+    rules.smoothing("--score_smoothing", c.score_smoothing)
     if "vae" in c.models:
-        _rule(rules.smoothing_needs_reconstruction, "--score_smoothing", c.score_smoothing,
-              c.vae_score)  # fmt: skip
-    _rule(rules.at_least, "--chunk_size", c.chunk_size, 1)
-    _rule(rules.choice, "--likelihood", c.likelihood, rules.LIKELIHOODS)
-    _rule(rules.choice, "--architecture", c.architecture, rules.ARCHITECTURES)
+        rules.smoothing_needs_reconstruction("--score_smoothing", c.score_smoothing, c.vae_score)
+    rules.at_least("--chunk_size", c.chunk_size, 1)
+    rules.choice("--likelihood", c.likelihood, rules.LIKELIHOODS)
+    rules.choice("--architecture", c.architecture, rules.ARCHITECTURES)
     if c.architecture == "conv":
-        _rule(rules.conv_depth, "--hidden_dims", c.hidden_dims)
-    _rule(rules.at_least, "--kl_warmup_epochs", c.kl_warmup_epochs, 0)
-    _rule(rules.at_least, "--ensemble_size", c.ensemble_size, 1)
-    _rule(rules.at_least, "--checkpoint_every", c.checkpoint_every, 0, " (0 = no checkpoints)")
-    _rule(rules.at_least, "--num_devices", c.num_devices, 0, " (0 = all)")
+        rules.conv_depth("--hidden_dims", c.hidden_dims)
+    rules.at_least("--kl_warmup_epochs", c.kl_warmup_epochs, 0)
+    rules.at_least("--ensemble_size", c.ensemble_size, 1)
+    rules.at_least("--checkpoint_every", c.checkpoint_every, 0, " (0 = no checkpoints)")
+    rules.at_least("--num_devices", c.num_devices, 0, " (0 = all)")
     if c.output_dir is not None:
         check_output_dir(c.output_dir)
 
@@ -223,15 +213,16 @@ def validate_sweep(config: SweepConfig) -> None:
         if not values:
             raise ConfigError(f"{flag} needs at least one value")
         for value in values:
-            _rule(rule, flag, value)
+            rule(flag, value)
     if config.group_size is not None:
-        _rule(rules.at_least, "--group_size", config.group_size, 0)
-    _rule(rules.choice, "--mesh_layout", config.mesh_layout, rules.LAYOUTS)
+        rules.at_least("--group_size", config.group_size, 0)
+    rules.choice("--mesh_layout", config.mesh_layout, rules.LAYOUTS)
     validate(config.base)
     if "vae" in config.base.models:
         for smoothing in config.smoothings:
-            _rule(rules.smoothing_needs_reconstruction, "--score_smoothing", smoothing,
-                  config.base.vae_score)  # fmt: skip
+            rules.smoothing_needs_reconstruction(
+                "--score_smoothing", smoothing, config.base.vae_score
+            )
 
 
 def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
@@ -256,13 +247,10 @@ def parse_classes(text: str, *, name: str, dataset: str) -> tuple[int, ...]:
         if re.fullmatch(r"\d+-\d+", part):
             lo, hi = map(int, part.split("-"))
             for value in (lo, hi):
-                _rule(rules.normal_class, f"--{name}", value)
+                rules.normal_class(f"--{name}", value)
             values.extend(range(lo, hi + 1))
         else:
-            try:
-                values.append(rules.class_index(f"--{name}", part, dataset))
-            except InvalidArgument as e:
-                raise ConfigError(str(e)) from None
+            values.append(rules.class_index(f"--{name}", part, dataset))
     return _nonempty_unique(values, name=name, text=text)
 
 

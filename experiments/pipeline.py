@@ -131,16 +131,13 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> dict[str, dict[st
     """Every class's split rules, before any training; its sizes and fingerprint."""
     base, splits = grid.base, {}
     for normal in grid.classes:
-        try:
-            idx = data.split_indices(
-                dataset, normal_class=normal, val_fraction=base.val_fraction,
-                anomaly_fraction=base.anomaly_fraction, seed=base.split_seed, prefix="--",
-            )  # fmt: skip
-            if set(base.models) & set(rules.MODEL_NAMES):
-                train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs,
-                                 prefix="--", what=f" of {_name(base, normal)}")  # fmt: skip
-        except rules.InvalidArgument as e:
-            raise ConfigError(str(e)) from None
+        idx = data.split_indices(
+            dataset, normal_class=normal, val_fraction=base.val_fraction,
+            anomaly_fraction=base.anomaly_fraction, seed=base.split_seed, prefix="--",
+        )  # fmt: skip
+        if set(base.models) & set(rules.MODEL_NAMES):
+            train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs,
+                             prefix="--", what=f" of {_name(base, normal)}")  # fmt: skip
         splits[str(normal)] = {
             "train": int(idx.train.size), "val": int(idx.val.size), "test": int(idx.test.size),
             "test_anomalies": int((dataset.test_labels[idx.test] != normal).sum()),
