@@ -35,7 +35,7 @@ from absl import flags, logging
 
 from benchmarks import common
 from experiments import cli
-from experiments.config import ConfigError, parse_int_list
+from experiments.config import ConfigError, parse_list
 from jax_vae import rules
 from jax_vae.data import load_dataset, one_class_split
 from jax_vae.models import make_model
@@ -173,7 +173,7 @@ def writer_overhead(model, images, *, epochs: int, batch_size: int, repeats: int
 def body():
     """Checks every flag before the (long) peak probe; returns the benchmark."""
     models = tuple(m.strip().lower() for m in FLAGS.models)
-    sizes = parse_int_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
+    sizes = parse_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
     rules.choice("--architecture", FLAGS.architecture, rules.ARCHITECTURES)
     try:
         dims = tuple(int(d) for d in FLAGS.hidden_dims)

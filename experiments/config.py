@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
+from collections.abc import Callable
 from typing import Any
 
 from jax_vae import rules
@@ -225,50 +225,39 @@ def validate_sweep(config: SweepConfig) -> None:
             )
 
 
-def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
-    """Parses ``0-9`` or ``0,3,5`` or ``2-4,7`` into integers (in order, no repeats)."""
-    values: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",")):
-            if "-" in part:
-                lo, hi = part.split("-", 1)
+def parse_list(text: str, *, name: str, item: Callable[[str], Any] = int) -> tuple:
+    """Parses a comma list of ``item`` values, integer ranges included: ``0.5,1,2`` (float),
+    ``0-9``, ``2-4,7`` (int) or, with a class parser, ``Sandal,Bag``. In order, no repeats.
+
+    Raises:
+      ConfigError: A value ``item`` rejects, a repeat, or nothing at all.
+    """
+    values: list = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash and lo.isdigit() and hi.isdigit():  # A range of integers: 2-4.
                 values.extend(range(int(lo), int(hi) + 1))
             else:
-                values.append(int(part))
-    except ValueError:
-        raise ConfigError(f"--{name} must be integers or ranges like 0-9, got {text!r}") from None
-    return _nonempty_unique(values, name=name, text=text)
-
-
-def parse_classes(text: str, *, name: str, dataset: str) -> tuple[int, ...]:
-    """Parses classes by index, range or name: ``0-9``, ``1,7``, ``Sandal,Bag``."""
-    values: list[int] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if re.fullmatch(r"\d+-\d+", part):
-            lo, hi = map(int, part.split("-"))
-            for value in (lo, hi):
-                rules.normal_class(f"--{name}", value)
-            values.extend(range(lo, hi + 1))
-        else:
-            values.append(rules.class_index(f"--{name}", part, dataset))
-    return _nonempty_unique(values, name=name, text=text)
-
-
-def parse_float_list(text: str, *, name: str) -> tuple[float, ...]:
-    """Parses ``0.5,1,2`` into floats (no repeats)."""
-    try:
-        values = tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ConfigError(f"--{name} must be a comma list of numbers, got {text!r}") from None
-    return _nonempty_unique(values, name=name, text=text)
-
-
-def _nonempty_unique(values, *, name: str, text: str) -> tuple:
+                values.append(item(part))
+        except ConfigError:
+            raise
+        except ValueError:
+            kind = "integers or ranges like 0-9" if item is int else "a comma list of numbers"
+            raise ConfigError(f"--{name} must be {kind}, got {text!r}") from None
     if not values:
         raise ConfigError(f"--{name} is empty")
     if len(set(values)) != len(values):
         raise ConfigError(f"--{name} lists a value twice: {text}")
     return tuple(values)
+
+
+def parse_classes(text: str, *, name: str, dataset: str) -> tuple[int, ...]:
+    """Parses classes by index, range or name: ``0-9``, ``1,7``, ``Sandal,Bag``."""
+    classes = parse_list(text, name=name, item=lambda p: rules.class_index(f"--{name}", p, dataset))
+    for index in classes:  # A range's ends, named with this flag.
+        rules.normal_class(f"--{name}", index)
+    return classes
 
 
 def read_record(run_dir: str, *, flag: str) -> dict[str, Any]:

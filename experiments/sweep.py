@@ -22,8 +22,7 @@ from experiments.config import (
     ConfigError,
     SweepConfig,
     load_config,
-    parse_float_list,
-    parse_int_list,
+    parse_list,
     preset_values,
     validate_sweep,
 )
@@ -72,10 +71,10 @@ def body():
         smoothings = FLAGS.score_smoothing if FLAGS["score_smoothing"].present else \
             f"{preset.get('score_smoothing', FLAGS.score_smoothing)}"  # fmt: skip
         config = SweepConfig(
-            betas=parse_float_list(betas, name="betas"),
-            seeds=parse_int_list(FLAGS.seeds, name="seeds"),
+            betas=parse_list(betas, name="betas", item=float),
+            seeds=parse_list(FLAGS.seeds, name="seeds"),
             classes=cli.classes_from_flags(base.dataset),
-            smoothings=parse_float_list(smoothings, name="score_smoothing"),
+            smoothings=parse_list(smoothings, name="score_smoothing", item=float),
             group_size=FLAGS.group_size,
             mesh_layout=FLAGS.mesh_layout,
             base=base,

@@ -18,8 +18,8 @@ from experiments.config import (
     ExperimentConfig,
     SweepConfig,
     load_config,
-    parse_float_list,
-    parse_int_list,
+    parse_classes,
+    parse_list,
 )
 from jax_vae import data, keys, metrics, models, scoring, train
 
@@ -122,14 +122,19 @@ def test_csv_json_and_summary_agree(sweep):
 
 
 def test_parse_lists():
-    assert parse_int_list("0-9", name="digits") == tuple(range(10))
-    assert parse_int_list("2-4,7", name="digits") == (2, 3, 4, 7)
-    assert parse_float_list("0.5,1,2", name="betas") == (0.5, 1.0, 2.0)
+    assert parse_list("0-9", name="digits") == tuple(range(10))
+    assert parse_list("2-4,7", name="digits") == (2, 3, 4, 7)
+    assert parse_list("0.5,1,2", name="betas", item=float) == (0.5, 1.0, 2.0)
     for bad in ("", "a", "1,1", "3-x"):
         with pytest.raises(ConfigError):
-            parse_int_list(bad, name="digits")
-    with pytest.raises(ConfigError):
-        parse_float_list("1,abc", name="betas")
+            parse_list(bad, name="digits")
+    with pytest.raises(ConfigError, match="--betas must be a comma list of numbers"):
+        parse_list("1,abc", name="betas", item=float)
+    with pytest.raises(ConfigError, match="--seeds must be integers or ranges like 0-9"):
+        parse_list("1,x", name="seeds")
+    assert parse_classes("Sandal,1-2", name="classes", dataset="fashion_mnist") == (5, 1, 2)
+    with pytest.raises(ConfigError, match="--digits"):  # A range's end, named by its flag.
+        parse_classes("0-10", name="digits", dataset="mnist")
 
 
 BAD_SWEEPS = [
