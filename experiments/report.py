@@ -250,8 +250,12 @@ def select_by_synthetic_auroc(rows: list[dict[str, Any]]) -> str:
     The selection rule of the ``best`` preset: it uses normal data only (held-out
     normals and corruptions of them), never test labels.
     """
-    synthetic = summarize(rows, metric="synthetic_auroc")
-    return max(synthetic, key=lambda label: synthetic[label]["mean"][0])
+    return best(summarize(rows, metric="synthetic_auroc"))
+
+
+def best(summary: dict[str, dict[str, Any]]) -> str:
+    """The configuration with the highest mean over classes (the first of a tie)."""
+    return max(summary, key=lambda label: summary[label]["mean"][0])
 
 
 def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names) -> str:
@@ -262,7 +266,7 @@ def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names) -
             f"{format_summary(synthetic_summary, metric='synth AUROC', names=names)}")
     if not select:
         return text
-    chosen = select_by_synthetic_auroc(rows)
+    chosen = best(synthetic_summary)
     return (
         f"{text}\nselected by synthetic AUROC (normal data only): {chosen} "
         f"(synth AUROC {synthetic_summary[chosen]['mean'][0]:.4f}, "

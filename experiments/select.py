@@ -22,7 +22,7 @@ from absl import flags
 
 from experiments import cli
 from experiments.config import ConfigError
-from experiments.report import summarize
+from experiments.report import best, summarize
 
 flags.DEFINE_list("mnist", [], "Sweep folders of the MNIST candidates.")
 flags.DEFINE_list("fashion_mnist", [], "Sweep folders of the Fashion-MNIST candidates.")
@@ -47,10 +47,6 @@ def load_candidates(folders: list[str]) -> tuple[dict, dict]:
     return test, synthetic
 
 
-def _best(summary: dict) -> str:
-    return max(summary, key=lambda label: summary[label]["mean"][0])
-
-
 def select(candidates: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, str]]:
     """The pick of each rule on each dataset (both datasets' candidates are needed)."""
     (a, b) = DATASETS
@@ -58,13 +54,13 @@ def select(candidates: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, str]
     for dataset, other in ((a, b), (b, a)):
         test, synthetic = candidates[dataset]
         picks[dataset] = {
-            "synthetic": _best(synthetic),
-            "transfer": _best(candidates[other][0]),
-            "oracle (own test labels, an upper bound)": _best(test),
+            "synthetic": best(synthetic),
+            "transfer": best(candidates[other][0]),
+            "oracle (own test labels, an upper bound)": best(test),
         }
     both = {k: {"mean": ((candidates[a][0][k]["mean"][0] + candidates[b][0][k]["mean"][0]) / 2,)}
             for k in candidates[a][0].keys() & candidates[b][0].keys()}  # fmt: skip
-    picks["other datasets"] = {"best mean test AUROC over both": _best(both)}
+    picks["other datasets"] = {"best mean test AUROC over both": best(both)}
     return picks
 
 
