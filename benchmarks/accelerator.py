@@ -34,7 +34,6 @@ from jax_vae.models import make_model
 from jax_vae.train import train
 
 flags.adopt_module_key_flags(common)
-FLAGS = flags.FLAGS
 
 ACCELERATOR_TARGETS = {  # The goals of the accelerator suite on one GPU (full size only).
     "one model, 30 epochs after compile (s)": 0.5,
@@ -159,10 +158,7 @@ def time_grid(*, epochs: int, reduced: bool) -> dict:
     }  # fmt: skip
 
 
-def body():
-    common.no_compilation_cache()
-    output = common.output_path("accelerator")
-    return lambda _: common.write(output, accelerator(reduced=FLAGS.reduced))
+body = common.suite_body("accelerator", accelerator)
 
 
 if __name__ == "__main__":

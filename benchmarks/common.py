@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 from absl import flags
 
@@ -47,3 +48,15 @@ def environment() -> dict:
     from experiments.pipeline import environment_record  # noqa: PLC0415
 
     return {**environment_record(), "device": jax.devices()[0].device_kind}
+
+
+def suite_body(suite: str, measure: Callable[..., dict]) -> Callable:
+    """The command body of a suite that writes one JSON: ``--output`` is checked first, then
+    ``measure(reduced=--reduced)`` runs and its record is written there."""
+
+    def body():
+        no_compilation_cache()
+        output = output_path(suite)
+        return lambda _: write(output, measure(reduced=FLAGS.reduced))
+
+    return body

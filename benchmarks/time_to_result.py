@@ -25,7 +25,6 @@ from benchmarks import common
 from experiments import cli
 
 flags.adopt_module_key_flags(common)
-FLAGS = flags.FLAGS
 
 # The phases of a run, in the order they happen (experiments.timing); "exit" is the
 # wall time the run's own clock cannot see: process teardown after the last file.
@@ -86,10 +85,7 @@ def time_to_result(*, reduced: bool = False) -> dict:
             **common.environment()}  # fmt: skip
 
 
-def body():
-    common.no_compilation_cache()
-    output = common.output_path("time_to_result")
-    return lambda _: common.write(output, time_to_result(reduced=FLAGS.reduced))
+body = common.suite_body("time_to_result", time_to_result)
 
 
 if __name__ == "__main__":
