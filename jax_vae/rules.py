@@ -70,13 +70,21 @@ def number(
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
     if below or above:
+        lo, hi = _bound(low), _bound(high)
         if high is None:
-            bound = f"{'>' if low_open else '>='} {low:g}"
+            bound = f"{'>' if low_open else '>='} {lo}"
         elif low is None:
-            bound = f"{'<' if high_open else '<='} {high:g}"
+            bound = f"{'<' if high_open else '<='} {hi}"
         else:
-            bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            bound = f"in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
         raise InvalidArgument(f"{name} must be {bound}{note}, got {value}")
+
+
+def _bound(value: float | None) -> str:
+    """A bound as written in a message: integers in full (4294967296, not 4.29497e+09)."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def at_least(name: str, value: Any, low: int, note: str = "") -> None:
