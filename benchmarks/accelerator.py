@@ -28,9 +28,9 @@ from absl import flags
 from benchmarks import common
 from experiments import cli
 from experiments.config import ExperimentConfig, SweepConfig
-from jax_vae import keys, rules, scoring
+from jax_vae import keys, scoring
 from jax_vae.data import load_dataset, one_class_split
-from jax_vae.models import make_model
+from jax_vae.registry import build as make_model
 from jax_vae.train import train
 
 flags.adopt_module_key_flags(common)
@@ -66,9 +66,9 @@ def accelerator(*, reduced: bool = False) -> dict:
     out.write(f"{record['device']} ({record['backend']}), {len(record['devices'])} device(s); "
               f"{n} training images, {epochs} epochs{' (reduced)' if reduced else ''}\n\n")
     models, params = {}, {}
-    for name in rules.MODEL_NAMES:
+    for name in ("ae", "vae"):
         model = make_model(name)
-        r = train(keys.member_keys(0, name, 1).train[0], images, 1.0, model=model, epochs=epochs,
+        r = train(keys.member_keys(0, name, 1).train[0], images, model=model, epochs=epochs,
                   hooks=())  # fmt: skip
         params[name] = (model, r.params)
         models[name] = {"train_seconds": r.train_seconds, "compile_seconds": r.compile_seconds,
@@ -83,7 +83,8 @@ def accelerator(*, reduced: bool = False) -> dict:
         if k == 1:
             seconds = models["vae"]["train_seconds"]
         else:
-            r = train(jax.random.split(jax.random.key(1), k), images, jnp.linspace(0.5, 2.0, k),
+            r = train(jax.random.split(jax.random.key(1), k), images,
+                      {"beta": jnp.linspace(0.5, 2.0, k)},
                       model=make_model("vae"), epochs=epochs, hooks=(), group_size=0)
             seconds = r.train_seconds
         one = models["vae"]["train_seconds"]
@@ -95,7 +96,7 @@ def accelerator(*, reduced: bool = False) -> dict:
     record["scoring"] = {}
     out.write("\nscoring the test set (mean score; after compile)\n")
     for name, (model, p) in params.items():
-        score_fn = scoring.make_score_fn(model)
+        score_fn = model.score()
         run = functools.partial(scoring.score, p, split.test_images, score_fn=score_fn)
         run()  # Compile.
         t = time.perf_counter()
@@ -154,7 +155,7 @@ def time_grid(*, epochs: int, reduced: bool) -> dict:
         "train_seconds": phases.get("train", 0.0), "compile_seconds": phases.get("compile", 0.0),
         "phases": phases,
         "mean_auroc": {m: float(np.mean([r["auroc"] for r in result.rows if r["model"] == m]))
-                       for m in rules.MODEL_NAMES},
+                       for m in ("ae", "vae")},
     }  # fmt: skip
 
 

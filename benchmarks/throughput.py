@@ -36,10 +36,10 @@ from absl import flags, logging
 from benchmarks import common
 from experiments import cli
 from experiments.config import ConfigError, parse_list
-from jax_vae import rules
+from jax_vae import registry, rules
 from jax_vae.data import load_dataset, one_class_split
-from jax_vae.models import make_model
-from jax_vae.train import default_group_size, init_state, make_epoch_fn, train
+from jax_vae.registry import build as make_model
+from jax_vae.train import default_group_size, make_train, train
 
 flags.DEFINE_list("models", ["ae", "vae"], "Models to benchmark.")
 flags.DEFINE_integer("normal_class", 0, "Digit whose training images are used.")
@@ -73,10 +73,10 @@ def matmul_peak_gflops(size: int, *, repeats: int = 10) -> float:
 
 def step_flops_per_image(model, images: jax.Array, batch_size: int) -> float:
     """FLOPs of one compiled training step (forward, backward, Adam), per image."""
-    epoch_fn = make_epoch_fn(model=model, batch_size=batch_size, learning_rate=1e-3)
-    state = init_state(jax.random.key(0), images[0], model=model, learning_rate=1e-3)
+    trainer, hparams = make_train(model, batch_size=batch_size), model.hparams
+    state = trainer.init(jax.random.key(0), images[:batch_size], hparams)
     # An epoch over exactly one batch: the scan body runs once.
-    lowered = jax.jit(epoch_fn).lower(state, images[:batch_size], jnp.float32(1.0))
+    lowered = jax.jit(trainer.epoch).lower(state, images[:batch_size], hparams)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost["flops"]) / batch_size
@@ -108,10 +108,9 @@ def profile_epoch(
     model, images: jax.Array, *, batch_size: int, epochs: int = 3
 ) -> tuple[float, float]:
     """(seconds per epoch, of which in matmuls) from a ``jax.profiler`` trace (CPU)."""
-    epoch_fn = make_epoch_fn(model=model, batch_size=batch_size, learning_rate=1e-3)
-    state = init_state(jax.random.key(0), images[0], model=model, learning_rate=1e-3)
-    beta = jnp.float32(1.0)
-    compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, beta).compile()
+    trainer, beta = make_train(model, batch_size=batch_size), model.hparams
+    state = trainer.init(jax.random.key(0), images, beta)
+    compiled = jax.jit(trainer.epoch, donate_argnums=0).lower(state, images, beta).compile()
     matmuls = matmul_instructions(compiled.as_text())
     state, means = compiled(state, images, beta)
     jax.block_until_ready(means)
@@ -140,12 +139,13 @@ def time_training(
     """(median seconds per epoch for all k models, compile seconds) of the training driver."""
     key = jax.random.key(0)
     if k > 1:
-        key, beta = jax.random.split(key, k), jnp.linspace(0.5, 4.0, k)
+        key, hparams = jax.random.split(key, k), {"beta": jnp.linspace(0.5, 4.0, k)}
     else:
-        beta = 1.0
+        hparams = {"beta": 1.0}
+    hparams = {h: v for h, v in hparams.items() if h in model.hparams}
     seconds = []
     result = train(
-        key, images, beta, model=model, epochs=epochs, batch_size=batch_size,
+        key, images, hparams, model=model, epochs=epochs, batch_size=batch_size,
         hooks=(lambda e: seconds.append(e.seconds),), group_size=group_size,
     )  # fmt: skip
     return float(np.median(seconds)), result.compile_seconds
@@ -184,7 +184,7 @@ def body():
     rules.widths("--hidden_dims", dims)
     if FLAGS.architecture == "conv":
         rules.conv_depth("--hidden_dims", dims)
-    rules.choices("--models", models, rules.MODEL_NAMES)
+    rules.choices("--models", models, registry.names())
     rules.normal_class("--normal_class", FLAGS.normal_class)
     rules.at_least("--epochs", FLAGS.epochs, 1)
     rules.at_least("--batch_size", FLAGS.batch_size, 1)

@@ -8,17 +8,30 @@ pipeline (:mod:`experiments.pipeline`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from jax_vae import rules
+from jax_vae import registry, rules
 
 # An invalid setting: a rule of jax_vae.rules broken, its message naming the flag. The rules
 # raise it themselves (called here with the flag's name), so nothing needs translating.
 ConfigError = rules.InvalidArgument
+
+
+@contextlib.contextmanager
+def as_flags(where: str = "") -> Iterator[None]:
+    """The one place where the commands translate the library's errors: an argument error
+    names the library's parameter, which is the flag of the same name (``batch_size`` ->
+    ``--batch_size``); ``where`` says which part of the grid it concerns."""
+    try:
+        yield
+    except rules.InvalidArgument as e:
+        message = str(e)
+        raise ConfigError(message if message.startswith("--") else f"--{message}{where}") from None
 
 
 def _flag(default: Any, help_text: str) -> Any:
@@ -43,8 +56,9 @@ class ExperimentConfig:
     anomaly_fraction: float | None = _flag(None, "Anomaly share of the test set; unset: all.")
     threshold_percentile: float = _flag(95.0, "Percentile of held-out normal scores: threshold.")
     models: tuple[str, ...] = _flag(
-        rules.MODEL_NAMES,
-        f"Models: {', '.join(rules.MODEL_NAMES)} (or baselines: {', '.join(rules.BASELINES)}).",
+        ("ae", "vae"),
+        "Models: ae, vae, any registered one (jax_vae.registry), or baselines: "
+        f"{', '.join(rules.BASELINES)}.",
     )
     data_source: str = _flag("auto", f"One of {', '.join(rules.SOURCES)} (auto: find it).")
     data_dir: str | None = _flag(None, "tfds data dir (tfds) or folder of IDX files (idx).")
@@ -109,6 +123,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     classes: tuple[int, ...] = tuple(range(10))
     smoothings: tuple[float, ...] = (0.0,)
+    learning_rates: tuple[float, ...] = ()  # Empty: the base's learning rate.
     group_size: int | None = None  # Models vmapped together; None: backend default.
     mesh_layout: str = "models"  # With several devices: spread models, or split batches.
     base: ExperimentConfig = ExperimentConfig()
@@ -120,6 +135,11 @@ class SweepConfig:
             betas=(config.beta,), seeds=(config.seed,), classes=(config.normal_class,),
             smoothings=(config.score_smoothing,), mesh_layout="data", base=config,
         )  # fmt: skip
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """The learning rates of the grid."""
+        return self.learning_rates or (self.base.learning_rate,)
 
 
 def check_output_dir(path: str) -> None:
@@ -165,14 +185,14 @@ def validate(config: ExperimentConfig) -> None:
     rules.widths("--hidden_dims", c.hidden_dims)
     rules.at_least("--epochs", c.epochs, 1)
     rules.at_least("--batch_size", c.batch_size, 1)
-    rules.number("--learning_rate", c.learning_rate, low=0, low_open=True)
+    rules.learning_rate("--learning_rate", c.learning_rate)
     rules.seed("--seed", c.seed)
     rules.seed("--split_seed", c.split_seed)
     rules.fraction("--val_fraction", c.val_fraction)
     if c.anomaly_fraction is not None:
         rules.fraction("--anomaly_fraction", c.anomaly_fraction)
     rules.percentile("--threshold_percentile", c.threshold_percentile)
-    rules.choices("--models", c.models, rules.MODEL_NAMES + rules.BASELINES)
+    rules.choices("--models", c.models, registry.names() + rules.BASELINES)
     rules.choice("--data_source", c.data_source, rules.SOURCES)
     rules.choice("--dataset", c.dataset, rules.DATASETS)
     if c.data_source == "bundled" and c.dataset != "mnist":
@@ -206,6 +226,7 @@ def validate_sweep(config: SweepConfig) -> None:
     """Checks every axis and the base settings at each axis value; ConfigError names the flag."""
     for flag, values, rule in (
         ("--betas", config.betas, rules.beta),
+        ("--learning_rates", config.rates, rules.learning_rate),
         ("--seeds", config.seeds, rules.seed),
         ("--classes", config.classes, rules.normal_class),
         ("--score_smoothing", config.smoothings, rules.smoothing),

@@ -23,17 +23,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
-from experiments.config import ConfigError, SweepConfig, read_record, validate_sweep
+from experiments.config import ConfigError, SweepConfig, as_flags, read_record, validate_sweep
 from experiments.files import claim_output_dir, new_run_dir, prepare_output_dir
 from experiments.tensorboard import Board, run_name
 from experiments.timing import Timings
-from jax_vae import data, keys, rules, scoring, sharding, train
+from jax_vae import data, keys, registry, rules, scoring, sharding, train
 from jax_vae.checkpoints import Checkpointer
-from jax_vae.losses import make_example_loss
 from jax_vae.metrics import evaluate
-from jax_vae.models import make_model
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
 KINDS = ("run", "sweep", "baselines")
@@ -49,7 +48,7 @@ class Group:
 
     normal: int  # The normal class.
     name: str
-    points: list[tuple[float | None, int]]  # (beta, seed); the AE and baselines have no beta.
+    points: list[dict[str, Any]]  # Each model's beta, learning_rate (None where none) and seed.
     scores: scoring.Parts  # [points, images, smoothings] each.
     history: dict[str, np.ndarray] | None  # Per point [points, epochs]; None for baselines.
     params: Any = None  # Per point (an ensemble's first member), kept for single runs' plots.
@@ -71,11 +70,11 @@ class Result:
     timings: Timings  # Seconds per phase; the report adds its own and records them.
 
 
-def config_model(base, name: str):
-    """Model ``name`` with the configured widths, latent size and architecture."""
-    return make_model(
+def config_model(base, name: str) -> registry.Model:
+    """Model ``name`` with the configured widths, latent size, architecture and likelihood."""
+    return registry.build(
         name, hidden_dims=base.hidden_dims, latent_dim=base.latent_dim,
-        architecture=base.architecture,
+        architecture=base.architecture, likelihood=base.likelihood,
     )  # fmt: skip
 
 
@@ -86,11 +85,9 @@ def config_mesh(base, layout: str) -> jax.sharding.Mesh | None:
             f"--num_devices {base.num_devices} exceeds the {jax.device_count()} visible devices"
         )
     width = base.num_devices or jax.device_count()
-    if layout == sharding.DATA and base.batch_size % width:
-        raise ConfigError(
-            f"--batch_size {base.batch_size} must divide by the data-parallel width "
-            f"({width} devices; see --num_devices)"
-        )
+    if layout == sharding.DATA:
+        with as_flags(" (see --num_devices)"):
+            sharding.check_data_parallel(base.batch_size, width)
     return sharding.make_mesh(layout, devices=jax.devices()[:width]) if width > 1 else None
 
 
@@ -109,10 +106,13 @@ def environment_record() -> dict[str, Any]:
     }
 
 
-def points_of(grid: SweepConfig, name: str) -> list[tuple[float | None, int]]:
-    """(beta, seed) of every model of one kind; only beta-VAEs have a beta."""
-    betas = grid.betas if name == "vae" else (None,)
-    return [(beta, seed) for beta in betas for seed in grid.seeds]
+def points_of(grid: SweepConfig, name: str) -> list[dict[str, Any]]:
+    """The beta, learning rate and seed of every model of one kind; a model has a beta
+    when its loss reads one, a learning rate when it is trained (not a baseline)."""
+    betas = grid.betas if name not in rules.BASELINES and registry.reads(name, "beta") else (None,)
+    rates = (None,) if name in rules.BASELINES else grid.rates
+    return [{"beta": b, "learning_rate": r, "seed": s}
+            for b in betas for r in rates for s in grid.seeds]  # fmt: skip
 
 
 def _name(base, index: int) -> str:
@@ -131,13 +131,14 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> dict[str, dict[st
     """Every class's split rules, before any training; its sizes and fingerprint."""
     base, splits = grid.base, {}
     for normal in grid.classes:
-        idx = data.split_indices(
-            dataset, normal_class=normal, val_fraction=base.val_fraction,
-            anomaly_fraction=base.anomaly_fraction, seed=base.split_seed, prefix="--",
-        )  # fmt: skip
-        if set(base.models) & set(rules.MODEL_NAMES):
-            train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs,
-                             prefix="--", what=f" of {_name(base, normal)}")  # fmt: skip
+        with as_flags():
+            idx = data.split_indices(
+                dataset, normal_class=normal, val_fraction=base.val_fraction,
+                anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
+            )  # fmt: skip
+        if set(base.models) - set(rules.BASELINES):
+            with as_flags(f" ({_name(base, normal)})"):
+                train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs)
         splits[str(normal)] = {
             "train": int(idx.train.size), "val": int(idx.val.size), "test": int(idx.test.size),
             "test_anomalies": int((dataset.test_labels[idx.test] != normal).sum()),
@@ -271,10 +272,10 @@ def _rows(group: Group, grid: SweepConfig, labels: np.ndarray, timing: dict) -> 
     smoothings = grid.smoothings if group.history is not None else (None,)
     rows = []
     for s, smoothing in enumerate(smoothings):
-        for p, (beta, seed) in enumerate(group.points):
+        for p, point in enumerate(group.points):
             scores = [part[p, :, s] for part in group.scores]
             rows.append({
-                "model": group.name, "beta": beta, "seed": seed, "normal_class": group.normal,
+                "model": group.name, **point, "normal_class": group.normal,
                 "smoothing": smoothing,
                 **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
                 **timing,
@@ -291,7 +292,7 @@ def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:
     points = points_of(grid, name)
     t = time.perf_counter()
     parts: list[list[np.ndarray]] = [[], [], []]
-    for _, seed in points:
+    for seed in (p["seed"] for p in points):
         logging.info("%s: fitting %s (seed %d) on %d images", _name(grid.base, normal), name,
                      seed, len(split.train_images))  # fmt: skip
         scorer = fit_baseline(name, split.train_images, seed=seed)
@@ -308,18 +309,30 @@ def _train_and_score(
     """Trains (or restores) every point of one model kind together, then scores them."""
     base, points = grid.base, points_of(grid, name)
     members = base.ensemble_size
-    model_keys = [keys.member_keys(seed, name, members) for _, seed in points]
+    model_keys = [keys.member_keys(p["seed"], name, members) for p in points]
     train_keys = jnp.concatenate([k.train for k in model_keys])
     score_keys = jnp.concatenate([k.score for k in model_keys])
-    betas = jnp.repeat(jnp.array([base.beta if b is None else b for b, _ in points]), members)
+    model = config_model(base, name)
+    # Per model, the hyperparameters its loss reads: beta per point, the warm-up.
+    hparams = {h: np.full(len(points), v, np.float32) for h, v in model.hparams.items()}
+    if "beta" in hparams:
+        hparams["beta"] = np.array([p["beta"] for p in points], np.float32)
+    if "kl_warmup_epochs" in hparams:
+        hparams["kl_warmup_epochs"][:] = base.kl_warmup_epochs
+    # One learning rate: Adam with it as a constant, as the seed spec (bit for bit as it
+    # always was). Several: injected, so that each model reads its own (a vmapped axis).
+    tx = optax.adam(grid.rates[0])
+    if len(grid.rates) > 1:
+        tx = optax.inject_hyperparams(optax.adam)(learning_rate=grid.rates[0])
+        hparams["learning_rate"] = np.array([p["learning_rate"] for p in points], np.float32)
+    hparams = {h: np.repeat(v, members) for h, v in hparams.items()}
     k = len(points) * members
     if mesh is not None and grid.mesh_layout == sharding.MODELS:
         pad = -k % mesh.devices.size  # Whole models per device: repeat the last; dropped below.
         train_keys = jnp.concatenate([train_keys, jnp.repeat(train_keys[-1:], pad)])
-        betas = jnp.concatenate([betas, jnp.repeat(betas[-1:], pad)])
+        hparams = {h: np.concatenate([v, np.repeat(v[-1:], pad)]) for h, v in hparams.items()}
     if train_keys.shape[0] == 1:  # One model: trained unbatched, exactly as the library does.
-        train_keys, betas = train_keys[0], betas[0]
-    model = config_model(base, name)
+        train_keys, hparams = train_keys[0], {h: v[0] for h, v in hparams.items()}
     label = f"{name} ({_name(base, normal)})" if len(grid.classes) > 1 else name
     checkpointer = None
     if base.checkpoint_every or eval_only:
@@ -332,8 +345,11 @@ def _train_and_score(
                 f"{checkpointer.latest_epoch()} of {base.epochs}); finish it with --resume first"
             )
         with timings.phase("checkpoints"):
-            template = train.init_state(train_keys, split.train_images[0], model=model,
-                                        learning_rate=base.learning_rate)  # fmt: skip
+            init = train.make_train(model, tx=tx, batch_size=base.batch_size,
+                                    epochs=base.epochs).init
+            if jnp.ndim(train_keys):
+                init = jax.vmap(init, in_axes=(0, None, 0))
+            template = jax.jit(init)(train_keys, jnp.asarray(split.train_images), hparams)
             state, history = checkpointer.restore(template)
         params, history, timing = state.params, train.stack_history(history), {}
     else:
@@ -343,17 +359,16 @@ def _train_and_score(
             len(split.train_images),
         )  # fmt: skip
         last = [0]  # The last finished epoch, for the message on Ctrl-C.
-        runs = [[run_name(base, {"normal_class": normal, "model": name, "beta": b, "seed": s,
-                                 "smoothing": sm}, len(grid.smoothings) > 1)
-                 for sm in grid.smoothings] for b, s in points]  # fmt: skip
+        runs = [[run_name(base, {"normal_class": normal, "model": name, **p, "smoothing": sm},
+                          len(grid.smoothings) > 1, len(grid.rates) > 1)
+                 for sm in grid.smoothings] for p in points]  # fmt: skip
         curves = board.epoch_hook(runs, members=members, images=len(split.train_images),
-                                  betas=[b for b, _ in points], warmup=base.kl_warmup_epochs)
+                                  betas=[p["beta"] for p in points],
+                                  warmup=base.kl_warmup_epochs)  # fmt: skip
         try:
             trained = train.train(
-                train_keys, split.train_images, betas, model=model, epochs=base.epochs,
-                batch_size=base.batch_size, learning_rate=base.learning_rate,
-                loss_fn=make_example_loss(model, likelihood=base.likelihood),
-                kl_warmup_epochs=base.kl_warmup_epochs, name=label,
+                train_keys, split.train_images, hparams, model=model, tx=tx, epochs=base.epochs,
+                batch_size=base.batch_size, name=label,
                 hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch), curves),
                 group_size=grid.group_size, mesh=mesh, checkpointer=checkpointer,
             )  # fmt: skip
@@ -380,10 +395,10 @@ def _train_and_score(
             params, history = jax.tree.map(lambda a: a[None], (params, history))
         params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
         history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
-                   for f, h in history._asdict().items()}  # fmt: skip
+                   for f, h in history.items()}  # fmt: skip
         score_fn = scoring.stack_scores(tuple(
-            scoring.make_score_fn(model, vae_score=base.vae_score, mc_samples=base.mc_samples,
-                                  likelihood=base.likelihood, smoothing=s)
+            model.score(vae_score=base.vae_score, mc_samples=base.mc_samples,
+                        likelihood=base.likelihood, smoothing=s)
             for s in grid.smoothings
         ))  # fmt: skip
         scores = scoring.score_parts(

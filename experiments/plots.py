@@ -99,9 +99,10 @@ def training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
     """Per-epoch reconstruction error (all models) and KL (models that have it)."""
     fig, (ax_rec, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for name, h in histories.items():
-        epochs = np.arange(1, len(h["reconstruction"]) + 1)
-        ax_rec.plot(epochs, h["reconstruction"], label=name.upper())
-        if np.any(np.asarray(h["kl"]) != 0):
+        reconstruction = h.get("reconstruction", h["total"])
+        epochs = np.arange(1, len(reconstruction) + 1)
+        ax_rec.plot(epochs, reconstruction, label=name.upper())
+        if np.any(np.asarray(h.get("kl", 0)) != 0):
             ax_kl.plot(epochs, h["kl"], label=name.upper())
     ax_rec.set(xlabel="epoch", ylabel="squared error per image", title="reconstruction")
     ax_kl.set(xlabel="epoch", ylabel="KL per image (nats)", title="KL(q(z|x) || N(0, I))")
@@ -136,38 +137,48 @@ def latent_scatter(
 
 
 def auroc_vs_beta(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
-    """One panel per class: beta-VAE AUROC (mean +- std over seeds) against beta; AE dashed.
+    """One panel per class: the AUROC (mean +- std over seeds) of each model with a beta
+    against beta; models without one (the AE) as dashed lines.
 
-    With several residual smoothings, one curve (and one AE line) per smoothing.
+    With several residual smoothings or learning rates, one colour per combination.
     """
-    smoothings = sorted({s.get("smoothing") or 0.0 for s in summary.values()})
+    def series_of(s):
+        return s.get("smoothing") or 0.0, s.get("learning_rate") or 0.0
+
+    series = sorted({series_of(s) for s in summary.values()})
+    smoothings = {sm for sm, _ in series}
+    rates = {lr for _, lr in series if lr}
     classes = sorted({d for s in summary.values() for d in s["classes"]})
     cols = min(5, len(classes))
     rows = -(-len(classes) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False, sharex=True,
                              layout="constrained")  # fmt: skip
     for ax, d in zip(axes.flat, classes, strict=False):
-        for i, smoothing in enumerate(smoothings):
-            tag = f" s={smoothing:g}" if len(smoothings) > 1 else ""
+        for i, (smoothing, rate) in enumerate(series):
+            tag = (f" s={smoothing:g}" if len(smoothings) > 1 else "") + \
+                (f" lr={rate:g}" if len(rates) > 1 else "")  # fmt: skip
             color = f"C{i}"
-            group = [s for s in summary.values() if (s.get("smoothing") or 0.0) == smoothing]
-            vae = sorted((s["beta"], s) for s in group if s["model"] == "vae")
-            ae = next((s for s in group if s["model"] == "ae"), None)
-            if vae:
-                betas = [b for b, _ in vae]
-                means = np.array([s["classes"][d][0] for _, s in vae])
-                stds = np.array([s["classes"][d][1] for _, s in vae])
-                ax.errorbar(
-                    betas, means, yerr=stds, marker="o", capsize=3, color=color,
-                    label=f"beta-VAE{tag}",
-                )  # fmt: skip
-                ax.set_xscale("log")
-                ax.set_xticks(betas, [f"{b:g}" for b in betas])
-                ax.minorticks_off()
-            if ae is not None:
-                mean, std = ae["classes"][d]
-                ax.axhline(mean, color=color, linestyle="--", linewidth=1, label=f"AE{tag}")
-                ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
+            group = [s for s in summary.values() if series_of(s) == (smoothing, rate)]
+            for j, model in enumerate(sorted({s["model"] for s in group})):
+                curve = sorted(((s["beta"], s) for s in group
+                                if s["model"] == model and s["beta"] is not None),
+                               key=lambda bs: bs[0])  # fmt: skip
+                line = next((s for s in group if s["model"] == model and s["beta"] is None), None)
+                if curve:
+                    betas = [b for b, _ in curve]
+                    means = np.array([s["classes"][d][0] for _, s in curve])
+                    stds = np.array([s["classes"][d][1] for _, s in curve])
+                    name = "beta-VAE" if model == "vae" else model.upper()
+                    ax.errorbar(betas, means, yerr=stds, marker="os^v"[j % 4], capsize=3,
+                                color=color, label=f"{name}{tag}")  # fmt: skip
+                    ax.set_xscale("log")
+                    ax.set_xticks(betas, [f"{b:g}" for b in betas])
+                    ax.minorticks_off()
+                if line is not None:
+                    mean, std = line["classes"][d]
+                    ax.axhline(mean, color=color, linestyle=("--", ":", "-.")[j % 3],
+                               linewidth=1, label=f"{model.upper()}{tag}")  # fmt: skip
+                    ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
         ax.set_title(names[d], fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(classes) :]:
@@ -179,9 +190,9 @@ def auroc_vs_beta(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
 
 
 def best_per_class(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
-    """Per-class AUROC bars of the best AE and the best beta-VAE (by mean over classes)."""
+    """Per-class AUROC bars of each model's best configuration (by mean over classes)."""
     best = {}
-    for model in ("ae", "vae"):
+    for model in sorted({s["model"] for s in summary.values()}):
         candidates = [(s["mean"][0], label) for label, s in summary.items() if s["model"] == model]
         if candidates:
             best[max(candidates)[1]] = summary[max(candidates)[1]]
@@ -197,6 +208,6 @@ def best_per_class(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
     ax.set_xticks(x + width * (len(best) - 1) / 2, [names[d] for d in classes], fontsize=7)
     lows = [s["classes"][d][0] for s in best.values() for d in classes]
     ax.set(xlabel="normal class", ylabel="test AUROC", ylim=(max(0.0, min(lows) - 0.05), 1.0),
-           title="best AE and best beta-VAE (chosen by mean test AUROC over classes)")  # fmt: skip
+           title="best of each model (chosen by mean test AUROC over classes)")  # fmt: skip
     ax.legend(fontsize=8, loc="lower left")
     return fig

@@ -21,12 +21,12 @@ from absl import logging
 from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
 from jax_vae import rules, sharding
-from jax_vae.scoring import make_reconstruct_fn, map_chunked
+from jax_vae.scoring import map_chunked
 
 GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
 LATENT_POINTS = 5000  # Test images in the latent scatter plot.
 CSV_FIELDS = (
-    "model", "beta", "seed", "normal_class", "smoothing", "auroc", "auprc", "f1",
+    "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "auroc", "auprc", "f1",
     "precision", "recall", "fpr", "threshold", "synthetic_auroc",
 )  # fmt: skip
 TABLE_COLUMNS = (
@@ -40,7 +40,7 @@ TABLE_COLUMNS = (
     ("synth AUROC", "synthetic_auroc", ".4f"),
     ("train s", "train_seconds", ".2f"),
 )
-IDENTITY = ("model", "beta", "seed", "normal_class", "smoothing")
+IDENTITY = ("model", "beta", "learning_rate", "seed", "normal_class", "smoothing")
 
 
 def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
     inputs = split.test_images[picks]
     first = {g.name: jax.tree.map(lambda a: a[0], g.params) for g in models}
     reconstructions = {
-        g.name: np.asarray(jax.jit(jax.vmap(make_reconstruct_fn(g.model), in_axes=(None, 0)))(
+        g.name: np.asarray(jax.jit(jax.vmap(g.model.reconstruct(), in_axes=(None, 0)))(
             first[g.name], inputs))
         for g in models
     }  # fmt: skip
@@ -156,11 +156,13 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
     figures["reconstructions"] = plots.reconstruction_grid(inputs, reconstructions, titles)
     figures["training_curves"] = plots.training_curves(
         {n: r["history"] for n, r in rows.items() if "history" in r})
-    vae = next((g for g in models if g.name == "vae"), None)
-    if vae is not None:
+    # The latent plot: the VAE's posterior means, or else the first model with a code.
+    coded = sorted((g for g in models if g.model.spec.encode), key=lambda g: g.name != "vae")
+    if coded:
+        encode = coded[0].model.spec.encode(coded[0].model.module)
         subset = rng.permutation(labels.size)[:LATENT_POINTS]
         means = map_chunked(
-            lambda p, x, k: vae.model.apply(p, x, method="encode")[0], first["vae"],
+            lambda p, x, k: encode(p, x), first[coded[0].name],
             split.test_images[subset], chunk_size=result.grid.base.chunk_size,
         )  # fmt: skip
         figures["latent"] = plots.latent_scatter(
@@ -189,8 +191,12 @@ def format_table(model_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(row: dict[str, Any], smoothed: bool) -> str:
-    label = f"VAE b={row['beta']:g}" if row["model"] == "vae" else row["model"].upper()
+def _label(row: dict[str, Any], smoothed: bool, rated: bool = False) -> str:
+    label = row["model"].upper()
+    if row.get("beta") is not None:
+        label += f" b={row['beta']:g}"
+    if rated and row.get("learning_rate") is not None:
+        label += f" lr={row['learning_rate']:g}"
     if smoothed and row.get("smoothing") is not None:
         label += f" s={row['smoothing']:g}"
     return label
@@ -203,15 +209,18 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
 
     Returns:
       ``{label: {"classes": {d: (mean, std)}, "mean": (mean, std), "model", "beta",
-      "smoothing"}}`` with labels ``VAE b=<beta>`` for beta-VAEs and the
-      upper-case model name otherwise (``AE``, ``PCA``, ...), followed by
-      `` s=<smoothing>`` when any row is scored with a smoothed residual.
+      "learning_rate", "smoothing"}}`` with labels: the upper-case model name
+      (``AE``, ``PCA``, ...), `` b=<beta>`` for models with a beta, ``
+      lr=<learning rate>`` when the rows have several, `` s=<smoothing>`` when
+      any row is scored with a smoothed residual.
     """
     smoothed = any(r.get("smoothing") for r in rows)
+    rated = len({r.get("learning_rate") for r in rows} - {None}) > 1
     configs: dict[str, dict[str, Any]] = {}
     for r in rows:
-        entry = configs.setdefault(_label(r, smoothed), {
-            "model": r["model"], "beta": r["beta"], "smoothing": r.get("smoothing"), "values": {}})
+        entry = configs.setdefault(_label(r, smoothed, rated), {
+            "model": r["model"], "beta": r["beta"], "learning_rate": r.get("learning_rate"),
+            "smoothing": r.get("smoothing"), "values": {}})  # fmt: skip
         entry["values"].setdefault(r["normal_class"], {})[r["seed"]] = r[metric]
     summary = {}
     for label, entry in configs.items():
@@ -284,5 +293,5 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
     return buffer.getvalue()

@@ -1,6 +1,7 @@
 """Train every (beta, seed) beta-VAE and every seed's AE per class as one vmapped program.
 
   python -m experiments.sweep --betas=0.5,1,2,4,8 --seeds=0,1,2 --classes=0-9
+  python -m experiments.sweep --betas=1,4 --learning_rates=1e-3,3e-4 --classes=0
   python -m experiments.sweep --dataset=fashion_mnist --classes=Sandal,Bag
   python -m experiments.sweep --dataset=fashion_mnist --preset=best   # the headline row
 
@@ -33,6 +34,10 @@ flags.DEFINE_string("betas", ",".join(f"{b:g}" for b in _S.betas), "KL weights o
 flags.DEFINE_string(
     "seeds", ",".join(map(str, _S.seeds)), "Training seeds (init, shuffling, sampling)."
 )
+flags.DEFINE_string(
+    "learning_rates", None,
+    "Adam learning rates, a grid axis (e.g. 1e-3,3e-4); default: --learning_rate.",
+)
 cli.define_class_list_flags()
 flags.DEFINE_string(
     "score_smoothing",
@@ -51,7 +56,7 @@ flags.DEFINE_string("resume", None, "Continue the interrupted sweep in this fold
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 GRID_FLAGS = ("betas", "seeds", "classes", "digits", "score_smoothing", "group_size",
-              "mesh_layout")  # fmt: skip
+              "mesh_layout", "learning_rates")  # fmt: skip
 
 
 def body():
@@ -70,8 +75,12 @@ def body():
             f"{preset['beta']}"  # fmt: skip
         smoothings = FLAGS.score_smoothing if FLAGS["score_smoothing"].present else \
             f"{preset.get('score_smoothing', FLAGS.score_smoothing)}"  # fmt: skip
+        if FLAGS.learning_rates is not None and FLAGS["learning_rate"].present:
+            raise ConfigError("--learning_rates and --learning_rate: give one")
         config = SweepConfig(
             betas=parse_list(betas, name="betas", item=float),
+            learning_rates=() if FLAGS.learning_rates is None else
+            parse_list(FLAGS.learning_rates, name="learning_rates", item=float),
             seeds=parse_list(FLAGS.seeds, name="seeds"),
             classes=cli.classes_from_flags(base.dataset),
             smoothings=parse_list(smoothings, name="score_smoothing", item=float),

@@ -20,24 +20,25 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-TRAIN_TAGS = ("total", "reconstruction", "kl")
 FINAL_TAGS = (
     "auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold", "synthetic_auroc",
 )  # fmt: skip
 HPARAMS = (
-    "dataset", "latent_dim", "hidden_dims", "epochs", "batch_size", "learning_rate",
+    "dataset", "latent_dim", "hidden_dims", "epochs", "batch_size",
     "split_seed", "vae_score", "likelihood", "kl_warmup_epochs", "ensemble_size",
     "architecture",
 )  # fmt: skip
 
 
-def run_name(base, row: dict[str, Any], smoothed: bool) -> str:
-    """The TensorBoard run of one grid row."""
+def run_name(base, row: dict[str, Any], smoothed: bool, rated: bool = False) -> str:
+    """The TensorBoard run of one grid row (its learning rate too when the grid has several)."""
     from jax_vae.rules import class_slug  # noqa: PLC0415
 
     name = f"{class_slug(base.dataset, row['normal_class'])}/{row['model']}"
     if row["beta"] is not None:
         name += f"_b{row['beta']:g}"
+    if rated and row.get("learning_rate") is not None:
+        name += f"_lr{row['learning_rate']:g}"
     name += f"_seed{row['seed']}"
     if smoothed and row.get("smoothing") is not None:
         name += f"_smooth{row['smoothing']:g}"
@@ -96,19 +97,20 @@ class Board:
         """
         if self.root is None:
             return lambda e: None
-        from jax_vae.train import warmed_beta  # noqa: PLC0415
+        from jax_vae.losses import warmed_beta  # noqa: PLC0415
 
         def hook(e) -> None:
             points = len(runs)
-            means = {t: np.reshape(np.asarray(getattr(e.means, t), np.float64).ravel()
-                                   [: points * members], (points, members)).mean(axis=1)
-                     for t in TRAIN_TAGS}  # fmt: skip
+            means = {t: np.reshape(np.asarray(v, np.float64).ravel()[: points * members],
+                                   (points, members)).mean(axis=1)
+                     for t, v in e.means.items()}  # fmt: skip  (the loss terms as they come)
             for p, point_runs in enumerate(runs):
-                scalars = {f"train/{t}": means[t][p] for t in TRAIN_TAGS}
+                scalars = {f"train/{t}": m[p] for t, m in means.items()}
                 scalars["train/epoch_seconds"] = e.seconds
                 scalars["train/images_per_second"] = images * points * members / e.seconds
                 if betas[p] is not None:  # The KL weight training used this epoch.
-                    scalars["train/beta"] = warmed_beta(np.float32(betas[p]), e.epoch, warmup)
+                    scalars["train/beta"] = warmed_beta(np.float32(betas[p]), e.epoch,
+                                                        np.float32(warmup))
                 for run in point_runs:
                     w = self.writer(run, e.epoch)
                     for tag, value in scalars.items():
@@ -125,8 +127,9 @@ class Board:
         from jax_vae.rules import class_label  # noqa: PLC0415
 
         smoothed = len({r.get("smoothing") for r in rows}) > 1
+        rated = len({r.get("learning_rate") for r in rows} - {None}) > 1
         for row in rows:
-            w = self.writer(run_name(base, row, smoothed), base.epochs)
+            w = self.writer(run_name(base, row, smoothed, rated), base.epochs)
             metrics = {f"final/{t}": float(row[t]) for t in FINAL_TAGS}
             for tag, value in metrics.items():
                 w.add_scalar(tag, value, base.epochs)
@@ -134,6 +137,7 @@ class Board:
                 "model": row["model"], "class": class_label(base.dataset, row["normal_class"]),
                 # The AE has no KL term: beta 0 in the HParams table.
                 "beta": float(row["beta"] or 0.0), "seed": int(row["seed"]),
+                "learning_rate": float(row.get("learning_rate") or base.learning_rate),
                 "smoothing": float(row.get("smoothing") or 0.0),
                 **{k: _hparam(getattr(base, k)) for k in HPARAMS},
             }  # fmt: skip

@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "baselines", "checkpoints", "data", "keys", "losses", "metrics", "models", "rules",
+    "baselines", "checkpoints", "data", "keys", "losses", "metrics", "models", "registry", "rules",
     "scoring", "sharding", "train",
 ]  # fmt: skip
 

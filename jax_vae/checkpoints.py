@@ -6,16 +6,15 @@ checkpoint when there is one. Orbax writes each checkpoint to a temporary
 folder and renames it when complete, so a process killed mid-save leaves the
 previous checkpoint readable.
 
-Saves are asynchronous by default: :meth:`Checkpointer.save` copies the state
-to host memory (the next epoch may reuse the device buffers) and a background
-thread writes it while training goes on. Everything that reads the folder
-waits for pending writes first; call :meth:`Checkpointer.wait` (or
-:meth:`Checkpointer.close`) before relying on the files.
+Saves are asynchronous by default, by Orbax itself: :meth:`Checkpointer.save`
+copies the state to host memory (the next epoch may reuse the device buffers)
+and Orbax writes it in the background while training goes on. Everything that
+reads the folder waits for pending writes first; call :meth:`Checkpointer.wait`
+(or :meth:`Checkpointer.close`) before relying on the files.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import time
 from typing import Any
@@ -25,7 +24,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jax_vae import errors
-from jax_vae.losses import LossTerms
 
 CheckpointError = errors.CheckpointError
 
@@ -66,7 +64,7 @@ class Checkpointer:
       directory: The checkpoint folder (created when missing).
       every: Save every this many epochs (the last epoch is always saved).
       keep: How many checkpoints to keep; older ones are deleted.
-      asynchronous: Write in a background thread (one save at a time, in
+      asynchronous: Orbax writes in the background (one save at a time, in
         order); False writes before :meth:`save` returns.
 
     Attributes:
@@ -80,9 +78,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.every = every
         self.save_seconds = 0.0
-        self._writer = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-                        if asynchronous else None)  # fmt: skip
-        self._pending: list[concurrent.futures.Future] = []
+        self._asynchronous = asynchronous
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory,
@@ -93,8 +89,10 @@ class Checkpointer:
                 },
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=keep,
+                    # Every `every` epochs (Orbax's default also saves the first one).
+                    save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
                     create=True,
-                    enable_async_checkpointing=False,  # Our own thread writes host copies.
+                    enable_async_checkpointing=asynchronous,
                     cleanup_tmp_directories=True,  # Leftovers of a save killed midway.
                 ),
             )
@@ -114,55 +112,44 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def should_save(self, epoch: int, last_epoch: int) -> bool:
-        return epoch % self.every == 0 or epoch == last_epoch
+        """Orbax's interval (every ``every`` epochs), and always the last epoch."""
+        return epoch == last_epoch or self._manager.should_save(epoch)
 
-    def save(self, epoch: int, state, history: list[LossTerms]) -> None:
-        """Saves the state after ``epoch`` and the per-epoch history so far."""
+    def save(self, epoch: int, state, history: list[dict[str, Any]]) -> None:
+        """Saves the state after ``epoch`` and the per-epoch loss terms so far."""
         t = time.perf_counter()
-        self._check_pending()
-        history_json = {
-            name: [np.asarray(getattr(h, name)).tolist() for h in history]
-            for name in LossTerms._fields
-        }
+        history_json = {name: [np.asarray(h[name]).tolist() for h in history]
+                        for name in history[0]}  # fmt: skip
         # A copy, not a view: on the CPU a device buffer can share memory with the
         # host array, and the next epoch overwrites the buffers it was donated.
         tree = jax.tree.map(np.array, jax.device_get(_state_tree(state)))
-        if self._writer is None:
-            self._write(epoch, tree, history_json)
-        else:
-            self._pending.append(self._writer.submit(self._write, epoch, tree, history_json))
-        self.save_seconds += time.perf_counter() - t
-
-    def _write(self, epoch: int, tree: Any, history_json: dict[str, Any]) -> None:
         try:
             self._manager.save(
                 epoch,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(tree), history=ocp.args.JsonSave(history_json)
                 ),
-                force=True,
+                force=True,  # should_save decided; the last epoch is saved off the interval.
             )
-            self._manager.wait_until_finished()
+            if not self._asynchronous:
+                self._manager.wait_until_finished()
         except Exception as e:  # A full disk, a folder removed under us ...
-            raise CheckpointError(
-                f"cannot write checkpoint {epoch} in {self.directory}: {e}"
-            ) from None
-
-    def _check_pending(self) -> None:
-        """Raises the error of a finished background write, if any."""
-        while self._pending and self._pending[0].done():
-            self._pending.pop(0).result()
+            raise CheckpointError(f"cannot write checkpoint {epoch} in {self.directory}: "
+                                  f"{e}") from None  # fmt: skip
+        finally:
+            self.save_seconds += time.perf_counter() - t
 
     def wait(self) -> None:
         """Blocks until every save so far is on disk; raises a failed write's error."""
         t = time.perf_counter()
         try:
-            while self._pending:
-                self._pending.pop(0).result()
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"cannot write a checkpoint in {self.directory}: {e}") from None
         finally:
             self.save_seconds += time.perf_counter() - t
 
-    def restore(self, template, epoch: int | None = None) -> tuple[Any, list[LossTerms]]:
+    def restore(self, template, epoch: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
         """Restores a checkpoint into the structure (and shardings) of ``template``.
 
         Args:
@@ -170,7 +157,7 @@ class Checkpointer:
           epoch: Which checkpoint; the latest when None.
 
         Returns:
-          The restored state and its history, one LossTerms per epoch.
+          The restored state and its history, one dict of loss terms per epoch.
 
         Raises:
           CheckpointError: No checkpoint, a foreign or corrupt one, or one
@@ -218,9 +205,7 @@ class Checkpointer:
             epoch=tree["epoch"],
         )
         history = [
-            LossTerms(
-                *(np.asarray(history_json[name][i], np.float32) for name in LossTerms._fields)
-            )
+            {name: np.asarray(values[i], np.float32) for name, values in history_json.items()}
             for i in range(len(history_json["total"]))
         ]
         return state, history
@@ -230,6 +215,4 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            if self._writer is not None:
-                self._writer.shutdown()
             self._manager.close()

@@ -426,7 +426,6 @@ def split_indices(
     val_fraction: float = 0.1,
     anomaly_fraction: float | None = None,
     seed: int = 0,
-    prefix: str = "",
 ) -> SplitIndices:
     """The one-class split as indices (cheap: no float images); see :func:`one_class_split`.
 
@@ -440,18 +439,17 @@ def split_indices(
       val_fraction: Share of the normal training images held out.
       anomaly_fraction: None, or the anomalies' share of the test set.
       seed: Seed of the hold-out and anomaly sampling.
-      prefix: Put before argument names in errors (``--`` for flags).
     """
-    rules.normal_class(f"{prefix}normal_class", normal_class)
-    rules.number(f"{prefix}val_fraction", val_fraction, low=0, high=1, high_open=True)
+    rules.normal_class("normal_class", normal_class)
+    rules.number("val_fraction", val_fraction, low=0, high=1, high_open=True)
     if anomaly_fraction is not None:
-        rules.fraction(f"{prefix}anomaly_fraction", anomaly_fraction)
+        rules.fraction("anomaly_fraction", anomaly_fraction)
     rules.seed("seed", seed)
     rng = np.random.default_rng(seed)
 
     normal_idx = rng.permutation(np.flatnonzero(dataset.train_labels == normal_class))
     n_val = rules.held_out(
-        f"{prefix}val_fraction", val_fraction, normal_idx.size, f"class {normal_class}"
+        "val_fraction", val_fraction, normal_idx.size, f"class {normal_class}"
     )
     val_idx, train_idx = np.sort(normal_idx[:n_val]), np.sort(normal_idx[n_val:])
 
@@ -461,7 +459,7 @@ def split_indices(
         n_anomalies = int(round(test_normal.size * anomaly_fraction / (1 - anomaly_fraction)))
         if n_anomalies > test_anomaly.size:
             raise rules.InvalidArgument(
-                f"{prefix}anomaly_fraction {anomaly_fraction} needs {n_anomalies} anomalies, "
+                f"anomaly_fraction {anomaly_fraction} needs {n_anomalies} anomalies, "
                 f"the test set has {test_anomaly.size}"
             )
         test_anomaly = rng.choice(test_anomaly, size=n_anomalies, replace=False)

@@ -7,7 +7,7 @@ training seed. A node's children are ``fold_in(node, i)`` for distinct ``i``
 names children the same way), so two paths never meet and no key is used twice::
 
     key(seed)
-    └─ model m = fold_in(key(seed), MODEL_NAMES.index(name))       # ae 0, vae 1
+    └─ model m = fold_in(key(seed), registry.key_id(name))  # ae 0, vae 1, others by name
        ├─ 0 TRAIN: ensemble member 0 (the single model)
        │  ├─ 0: init (params: 0, the VAE's init sample: 1)
        │  └─ 1: epoch 1 -> (0: epoch 2 ..., 1: shuffle, 2: steps -> step s -> example i)
@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_vae import rules
+from jax_vae import registry, rules
 
 TRAIN, SCORE, MEMBERS = 0, 1, 2
 VAL, TEST, SYNTHETIC = 0, 1, 2
@@ -68,8 +68,7 @@ def as_typed(key: jax.Array) -> jax.Array:
 def model_node(seed: int, name: str) -> jax.Array:
     """The node of model ``name`` under ``key(seed)``."""
     rules.seed("seed", seed)
-    rules.choice("name", name, rules.MODEL_NAMES)
-    return jax.random.fold_in(jax.random.key(seed), rules.MODEL_NAMES.index(name))
+    return jax.random.fold_in(jax.random.key(seed), registry.key_id(name))
 
 
 def model_keys(seed: int, name: str) -> ModelKeys:

@@ -2,6 +2,7 @@
 
 Both models take flattened images ``[..., 784]`` in [0, 1] and decode through a
 sigmoid. Use the methods with ``model.apply(params, x, method=Model.encode)``.
+:mod:`jax_vae.registry` builds them by name, with their losses and scores.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_vae import rules
 from jax_vae.data import NUM_PIXELS
-from jax_vae.rules import ARCHITECTURES, MODEL_NAMES
 
 
 class MLP(nn.Module):
@@ -302,48 +301,3 @@ class ConvVAE(VAE):
     def decode_logits(self, z: jax.Array) -> jax.Array:
         return self.decoder(z)
 
-
-
-
-def make_model(
-    name: str,
-    *,
-    hidden_dims: Sequence[int] = (400,),
-    latent_dim: int = 20,
-    architecture: str = "mlp",
-) -> nn.Module:
-    """Builds a model by name (``ae`` or ``vae``) and architecture (``mlp`` or ``conv``).
-
-    For ``conv``, ``hidden_dims`` are the channels of the strided convolutions.
-    """
-    rules.choice("architecture", architecture, ARCHITECTURES)
-    rules.choice("name", name, MODEL_NAMES)
-    rules.widths("hidden_dims", tuple(hidden_dims))
-    rules.at_least("latent_dim", latent_dim, 1)
-    if architecture == "conv":
-        rules.conv_depth("hidden_dims", tuple(hidden_dims))
-    classes = {
-        ("ae", "mlp"): AutoEncoder, ("vae", "mlp"): VAE,
-        ("ae", "conv"): ConvAutoEncoder, ("vae", "conv"): ConvVAE,
-    }  # fmt: skip
-    return classes[name, architecture](hidden_dims=tuple(hidden_dims), latent_dim=latent_dim)
-
-
-def init_params(model: nn.Module, key: jax.Array, x: jax.Array) -> dict:
-    """Initializes a model's parameters from one key and an example input.
-
-    Args:
-      model: An ``AutoEncoder`` or ``VAE`` (or any module called as
-        ``model(x)`` or, for a ``VAE``, ``model(x, key)``).
-      key: A PRNG key, consumed here.
-      x: An example input, e.g. ``[784]`` or ``[batch, 784]``.
-
-    Returns:
-      The parameter tree.
-    """
-    # Compiled, not run operation by operation: the convolutional models' forward pass is
-    # hundreds of small operations (inside a traced function this is inlined as usual).
-    if isinstance(model, VAE):
-        param_key, sample_key = jax.random.split(key)
-        return jax.jit(model.init)(param_key, x, sample_key)
-    return jax.jit(model.init)(key, x)

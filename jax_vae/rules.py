@@ -14,7 +14,6 @@ from typing import Any
 
 from jax_vae.errors import InvalidArgument  # noqa: F401  (re-exported: rules raise it)
 
-MODEL_NAMES = ("ae", "vae")
 ARCHITECTURES = ("mlp", "conv")
 VAE_SCORES = ("mean", "mc", "elbo", "iwae")
 LIKELIHOODS = ("gaussian", "bernoulli")
@@ -163,6 +162,11 @@ def class_slug(dataset: str, index: int) -> str:
 def beta(name: str, value: Any) -> None:
     """A KL weight."""
     number(name, value, low=0)
+
+
+def learning_rate(name: str, value: Any) -> None:
+    """An optimizer step size."""
+    number(name, value, low=0, low_open=True)
 
 
 def fraction(name: str, value: Any) -> None:

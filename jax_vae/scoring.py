@@ -1,9 +1,9 @@
 """Anomaly scores: per-example functions, vmapped, jitted and run in fixed-size chunks.
 
 A score function has the signature ``score(params, x, key) -> scalar`` for one
-image ``x`` [784]; higher means more anomalous. :func:`map_chunked` lifts any
-such per-example function over a dataset of any size with bounded memory: it
-compiles one program for one chunk shape and pads the last chunk.
+image ``x``; higher means more anomalous. The registry (:mod:`jax_vae.registry`)
+gives each model its scores. :func:`map_chunked` lifts any per-example function
+over a dataset of any size with bounded memory (``jax.lax.map`` over chunks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from flax.errors import ScopeParamShapeError
 from jax_vae import keys as keys_lib
 from jax_vae import rules
 from jax_vae.losses import kl_divergence, reconstruction_nll, squared_error
-from jax_vae.models import VAE, reparameterize
+from jax_vae.models import reparameterize
 from jax_vae.rules import VAE_SCORES
 from jax_vae.sharding import local_copy
 
@@ -90,44 +90,68 @@ def make_residual_error(smoothing: float = 0.0) -> Callable[[jax.Array, jax.Arra
     return blurred_error
 
 
-def make_reconstruct_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-    """Deterministic reconstruction of one image: the AE's output, or a VAE's at z = mean."""
-    if not isinstance(model, VAE):
-        return model.apply
-
-    def vae_reconstruct(params, x):
-        mean, _ = model.apply(params, x, method="encode")
-        return model.apply(params, mean, method="decode")
-
-    return vae_reconstruct
+def autoencoder_reconstruct(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """The autoencoder's reconstruction of one image."""
+    return module.apply
 
 
-def make_score_fn(
-    model: nn.Module,
+def vae_reconstruct(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """A VAE's deterministic reconstruction of one image: decoded at z = posterior mean."""
+
+    def reconstruct(params, x):
+        mean, _ = module.apply(params, x, method="encode")
+        return module.apply(params, mean, method="decode")
+
+    return reconstruct
+
+
+def reconstruction_score(
+    reconstruct: Callable[[Any, jax.Array], jax.Array], *, smoothing: float = 0.0
+) -> ScoreFn:
+    """The per-example reconstruction error (MSE, or of the blurred residual) as a score.
+
+    Args:
+      reconstruct: ``reconstruct(params, x) -> x_hat`` for one image.
+      smoothing: Gaussian sigma in pixels of :func:`make_residual_error`; 0: MSE.
+
+    Returns:
+      ``score(params, x, key) -> scalar``; the key is unused (deterministic).
+    """
+    error = make_residual_error(smoothing)
+
+    def score(params, x, key):
+        del key  # Deterministic.
+        return error(x, reconstruct(params, x))
+
+    return score
+
+
+def vae_score_fn(
+    module: nn.Module,
     *,
     vae_score: str = "mean",
     mc_samples: int = 10,
     likelihood: str = "gaussian",
     smoothing: float = 0.0,
 ) -> ScoreFn:
-    """The per-example anomaly score of a model.
+    """The per-example anomaly score of a VAE.
 
     Args:
-      model: An ``AutoEncoder`` (score: reconstruction MSE) or a ``VAE``.
-      vae_score: For a VAE: ``mean`` -- MSE of the reconstruction at
-        z = posterior mean (deterministic); ``mc`` -- mean MSE over
-        ``mc_samples`` reparameterized draws; ``elbo`` -- negative ELBO
-        (reconstruction term + KL, beta = 1) averaged over ``mc_samples``
-        draws; ``iwae`` -- the negative importance-weighted bound
-        ``-log mean_k p(x|z_k) p(z_k) / q(z_k|x)`` over ``mc_samples`` draws
-        (tighter than the ELBO; equal to it in expectation for one draw).
+      module: A VAE (``encode`` -> mean, logvar; ``decode_logits``).
+      vae_score: ``mean`` -- MSE of the reconstruction at z = posterior mean
+        (deterministic); ``mc`` -- mean MSE over ``mc_samples``
+        reparameterized draws; ``elbo`` -- negative ELBO (reconstruction term
+        + KL, beta = 1) averaged over ``mc_samples`` draws; ``iwae`` -- the
+        negative importance-weighted bound ``-log mean_k p(x|z_k) p(z_k) /
+        q(z_k|x)`` over ``mc_samples`` draws (tighter than the ELBO; equal to
+        it in expectation for one draw).
       mc_samples: Draws for ``mc``, ``elbo`` and ``iwae``.
       likelihood: The decoder's likelihood for ``elbo`` and ``iwae``:
         ``gaussian`` (-log p(x|z) = summed squared error, as in training) or
         ``bernoulli`` (binary cross-entropy).
-      smoothing: For the reconstruction scores (the AE's, ``mean`` and
-        ``mc``): the Gaussian sigma in pixels of :func:`make_residual_error`;
-        0 is the plain MSE. Likelihood scores (``elbo``, ``iwae``) reject it.
+      smoothing: For the reconstruction scores (``mean``, ``mc``): the
+        Gaussian sigma in pixels of :func:`make_residual_error`; 0 is the
+        plain MSE. Likelihood scores (``elbo``, ``iwae``) reject it.
 
     Returns:
       ``score(params, x, key) -> scalar`` for one image; ``key`` is unused by
@@ -136,27 +160,14 @@ def make_score_fn(
     rules.choice("vae_score", vae_score, VAE_SCORES)
     rules.at_least("mc_samples", mc_samples, 1)
     rules.choice("likelihood", likelihood, rules.LIKELIHOODS)
+    rules.smoothing_needs_reconstruction("smoothing", smoothing, vae_score)
+    if vae_score == "mean":
+        return reconstruction_score(vae_reconstruct(module), smoothing=smoothing)
     error = make_residual_error(smoothing)
-    if isinstance(model, VAE):
-        rules.smoothing_needs_reconstruction("smoothing", smoothing, vae_score)
-    reconstruct = make_reconstruct_fn(model)
-    if not isinstance(model, VAE) or vae_score == "mean":
-
-        def reconstruction_score(params, x, key):
-            del key  # Deterministic.
-            return error(x, reconstruct(params, x))
-
-        return reconstruction_score
-
-    def encode(params, x):
-        return model.apply(params, x, method="encode")
-
-    def decode_logits(params, z):
-        return model.apply(params, z, method="decode_logits")
 
     def per_draw(params, x, mean, logvar, key):
         z = reparameterize(key, mean, logvar)
-        logits = decode_logits(params, z)
+        logits = module.apply(params, z, method="decode_logits")
         if vae_score == "mc":
             return error(x, jax.nn.sigmoid(logits))
         nll = reconstruction_nll(x, logits, likelihood)
@@ -168,7 +179,7 @@ def make_score_fn(
         return -nll + log_prior - log_posterior
 
     def sampled_score(params, x, key):
-        mean, logvar = encode(params, x)
+        mean, logvar = module.apply(params, x, method="encode")
         draws = jax.vmap(per_draw, in_axes=(None, None, None, None, 0))(
             params, x, mean, logvar, jax.random.split(key, mc_samples)
         )
@@ -179,19 +190,18 @@ def make_score_fn(
     return sampled_score
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_runner(fn: Callable, stacked: bool) -> Callable:
-    # One jitted program per per-example function, reused across calls (e.g.
-    # the validation and the test set), so each chunk shape compiles once.
-    def run_chunk(params, chunk, part_key, start):
-        # Image i's key depends on its index alone, so scores do not change with
-        # the chunk size (jax_vae.keys).
-        image_keys = keys_lib.image_keys(part_key, start + jnp.arange(chunk.shape[0]))
-        return jax.vmap(fn, in_axes=(None, 0, 0))(params, chunk, image_keys)
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("batch_size", "stacked"))
+def _map(fn: Callable, params: Any, images: jax.Array, part_key: jax.Array, *,
+         batch_size: int, stacked: bool) -> Any:  # fmt: skip
+    # jit's cache is keyed on the function, so the validation, test and synthetic parts of
+    # every model reuse one program per size.
+    def one_model(params, part_key):
+        # Image i's key depends on its index alone, so scores do not change with the
+        # batch size (jax_vae.keys).
+        image_keys = keys_lib.image_keys(part_key, jnp.arange(images.shape[0]))
+        return jax.lax.map(lambda xk: fn(params, *xk), (images, image_keys), batch_size=batch_size)
 
-    if stacked:  # K models: stacked params and one key per model.
-        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, 0, None))
-    return jax.jit(run_chunk)
+    return jax.vmap(one_model)(params, part_key) if stacked else one_model(params, part_key)
 
 
 def map_chunked(
@@ -203,18 +213,20 @@ def map_chunked(
     chunk_size: int = 2048,
     stacked: bool = False,
 ) -> Any:
-    """Applies a per-example function to every image, in fixed-size chunks.
+    """Applies a per-example function to every image, ``jax.lax.map`` over chunks.
 
     Args:
       fn: ``fn(params, x, key) -> pytree`` for one image.
       params: Model parameters; with ``stacked``, K models' parameters stacked
         on a leading axis.
-      images: [N, 784] images (host or device).
+      images: [N, ...] images (host or device).
       key: PRNG key of the scored part; image i gets ``fold_in(key, i)``
         (:func:`jax_vae.keys.image_keys`), whatever the chunk size. A fixed key
         is used when None (deterministic functions ignore it). With
         ``stacked``, [K] keys: model k sees exactly the keys it would alone.
-      chunk_size: Images per compiled call; bounds the memory of one call.
+      chunk_size: (model, image) pairs evaluated at once: with K stacked
+        models, ``chunk_size // K`` images a step, so device memory stays
+        bounded however many models are scored together.
       stacked: Evaluate K models at once (vmapped over the model axis).
 
     Returns:
@@ -229,34 +241,23 @@ def map_chunked(
     if n == 0:
         raise rules.InvalidArgument("map_chunked needs at least one image")
     rules.at_least("chunk_size", chunk_size, 1)
+    models = jax.tree.leaves(params)[0].shape[0] if stacked else 1
     if key is None:
         key = jax.random.key(0)
         if stacked:
-            key = jnp.stack([key] * jax.tree.leaves(params)[0].shape[0])
+            key = jnp.stack([key] * models)
     key = keys_lib.as_typed(jnp.asarray(key))
-    chunk_size = min(chunk_size, n)
-    run_chunk = _chunk_runner(fn, stacked)
-    axis = 1 if stacked else 0
-
-    outputs = []
-    for start in range(0, n, chunk_size):
-        chunk = images[start : start + chunk_size]
-        real = chunk.shape[0]
-        if real < chunk_size:  # Pad so every call has the one compiled shape.
-            chunk = np.pad(np.asarray(chunk), ((0, chunk_size - real), (0, 0)))
-        try:
-            out = run_chunk(params, chunk, key, start)
-        except ScopeParamShapeError:
-            if stacked:
-                raise
-            raise rules.InvalidArgument(
-                "the parameters do not fit the model: parameters of K models stacked on a "
-                "leading axis need stacked=True (and [K] keys)"
-            ) from None
-        outputs.append(
-            jax.tree.map(lambda a, r=real: jax.lax.slice_in_dim(a, 0, r, axis=axis), out)
-        )
-    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=axis), *local_copy(outputs))
+    batch_size = min(n, max(1, chunk_size // models))
+    try:
+        out = _map(fn, params, jnp.asarray(images), key, batch_size=batch_size, stacked=stacked)
+    except ScopeParamShapeError:
+        if stacked:
+            raise
+        raise rules.InvalidArgument(
+            "the parameters do not fit the model: parameters of K models stacked on a "
+            "leading axis need stacked=True (and [K] keys)"
+        ) from None
+    return jax.tree.map(np.asarray, local_copy(out))
 
 
 def score(

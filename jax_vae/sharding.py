@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_vae import rules
+from jax_vae.errors import InvalidArgument
 from jax_vae.rules import LAYOUTS
 
 DATA, MODELS = LAYOUTS
@@ -62,9 +63,16 @@ def leading_axis(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(mesh.axis_names[0]))
 
 
-def batch_axis(mesh: Mesh) -> NamedSharding:
-    """Split axis 1 of ``[steps, batch, ...]`` (the examples of each batch) over the mesh."""
-    return NamedSharding(mesh, P(None, mesh.axis_names[0]))
+def check_data_parallel(batch_size: int, width: int) -> None:
+    """Data parallel: each batch splits evenly over ``width`` devices.
+
+    Raises:
+      InvalidArgument: Naming ``batch_size``.
+    """
+    if batch_size % width:
+        raise InvalidArgument(
+            f"batch_size {batch_size} must divide by the data-parallel width ({width} devices)"
+        )
 
 
 def initialize_distributed(

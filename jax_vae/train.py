@@ -1,14 +1,21 @@
-"""On-device training: one epoch is a permutation and one ``jax.lax.scan``.
+"""On-device training: one pure function of (key, images, hparams), in the style of optax.
 
-Two entry points share :func:`train_epoch`, both called as ``(key, images, beta)``:
+:func:`make_train` builds ``train(key, images, hparams) -> (state, history)``
+for a model of :mod:`jax_vae.registry` and any optax optimizer. ``hparams`` is
+a pytree of scalars (``beta``, the ``learning_rate`` of an optimizer built with
+``optax.inject_hyperparams``, ``kl_warmup_epochs``, any field your loss reads),
+so every leaf can be a vmapped axis::
 
-* :func:`train_scan` -- the whole run as a pure, traceable function; wrapped in
-  ``jax.jit(jax.vmap(...))`` over keys and betas it trains many models in one
-  program.
-* :func:`train` -- the driver: a short host loop that runs one compiled epoch
-  per step and hands each finished epoch to hooks (progress log, finiteness
-  check, checkpoints, your own), in the spirit of CLU's periodic actions. It
-  takes a batch of keys and betas too (leading axis), vmapping the same epoch.
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    trainer = train.make_train(registry.build("vae"), tx=adam, epochs=30)
+    state, history = jax.jit(jax.vmap(trainer, in_axes=(0, None, 0)))(
+        keys, images, {"beta": jnp.array([1.0, 4.0]), "learning_rate": jnp.array([1e-3, 3e-4])})
+
+An epoch is one ``jax.lax.scan`` over batches gathered inside the step (no
+permuted copy of the training set). :func:`train` is the host driver: it runs
+the same ``trainer.init`` and ``trainer.epoch``, one compiled epoch per loop
+step, and hands each finished epoch to hooks (progress log, finiteness check,
+checkpoints, TensorBoard, your own). There is no other training path.
 
 Keys follow :mod:`jax_vae.keys`. Progress is logged through ``absl.logging`` at
 INFO; in a plain script call ``absl.logging.set_verbosity("info")`` to see it.
@@ -16,13 +23,12 @@ INFO; in a plain script call ``absl.logging.set_verbosity("info")`` to see it.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +39,8 @@ from flax import struct
 from jax_vae import errors, rules, sharding
 from jax_vae import keys as keys_lib
 from jax_vae.checkpoints import Checkpointer, CheckpointError
-from jax_vae.losses import ExampleLoss, LossTerms, make_example_loss
-from jax_vae.models import init_params
+
+Terms = dict[str, Any]
 
 
 class TrainState(struct.PyTreeNode):
@@ -47,10 +53,10 @@ class TrainState(struct.PyTreeNode):
 
 
 class TrainResult(NamedTuple):
-    """Trained parameters and per-epoch means (leading axes: [models,] epochs)."""
+    """What :func:`train` returns (leading axes: [models,] epochs)."""
 
     params: Any
-    history: LossTerms
+    history: Terms  # Per-epoch means of each loss term.
     state: TrainState
     train_seconds: float = float("nan")
     compile_seconds: float = float("nan")
@@ -63,10 +69,10 @@ class Epoch(NamedTuple):
     name: str
     epoch: int  # 1-based.
     epochs: int
-    means: LossTerms  # Host arrays: scalars, or [K] for K models.
+    means: Terms  # Host arrays: scalars, or [K] for K models.
     seconds: float
     state: TrainState  # On the device; do not keep it past the hook (it is donated).
-    history: list[LossTerms]  # Every epoch so far, this one included.
+    history: list[Terms]  # Every epoch so far, this one included.
 
 
 Hook = Callable[[Epoch], None]
@@ -75,39 +81,25 @@ Hook = Callable[[Epoch], None]
 NonFiniteLossError = errors.NonFiniteLossError
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """The optimizer of every run (Adam); its state is part of :class:`TrainState`."""
-    return optax.adam(learning_rate)
+def inject(opt_state: optax.OptState, hparams: Mapping[str, Any]) -> optax.OptState:
+    """Writes the hyperparameters the optimizer injects (e.g. ``learning_rate``) into its state.
 
-
-def init_state(
-    key: jax.Array, example: jax.Array, *, model: nn.Module, learning_rate: float
-) -> TrainState:
-    """The epoch-0 state of one model (a key) or of K models ([K] keys, stacked).
-
-    Args:
-      key: A typed PRNG key or [K] of them (see :func:`jax_vae.keys.init_keys`).
-      example: One input image [784], for shapes.
-      model: The model.
-      learning_rate: Adam step size (the optimizer state's structure).
-
-    Returns:
-      The state that :func:`train` trains and checkpoints, e.g. the template
-      to restore a checkpoint into.
+    Raises:
+      ValueError: ``hparams`` has ``learning_rate`` but the optimizer does not
+        inject it (build it with ``optax.inject_hyperparams``).
     """
-    optimizer = make_optimizer(learning_rate)
-
-    def one(key):
-        init_key, epoch_key = keys_lib.init_keys(key)
-        params = init_params(model, init_key, example)
-        return TrainState(params, optimizer.init(params), epoch_key, jnp.zeros((), jnp.int32))
-
-    return jax.vmap(one)(key) if jnp.ndim(key) == 1 else one(key)
-
-
-def stack_history(history: list[LossTerms]) -> LossTerms:
-    """Per-epoch means, one LossTerms per epoch, as arrays [..., epochs]."""
-    return LossTerms(*(np.stack(h, axis=-1) for h in zip(*history, strict=True)))
+    injected = getattr(opt_state, "hyperparams", None)
+    if injected is None:
+        if "learning_rate" in hparams:
+            raise ValueError(
+                "hparams['learning_rate'] needs an optimizer built with "
+                "optax.inject_hyperparams, e.g. optax.inject_hyperparams(optax.adam)"
+                "(learning_rate=1e-3)"
+            )
+        return opt_state
+    values = {k: jnp.asarray(hparams[k], jnp.result_type(v)) for k, v in injected.items()
+              if k in hparams}  # fmt: skip
+    return opt_state._replace(hyperparams={**injected, **values})
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:
@@ -115,174 +107,141 @@ def num_batches(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
-def warmed_beta(beta: jax.Array, epoch: jax.Array, kl_warmup_epochs: int) -> jax.Array:
-    """The KL weight of (1-based) ``epoch``: ramped linearly to beta over the warm-up."""
-    if not kl_warmup_epochs:
-        return beta
-    return beta * jnp.minimum(1.0, epoch / kl_warmup_epochs).astype(jnp.result_type(beta))
+def check_args(n: int, *, batch_size: int, epochs: int) -> None:
+    """The batch size and epoch rules of a run on ``n`` training images.
+
+    Raises:
+      InvalidArgument: Naming ``epochs`` or ``batch_size``.
+    """
+    rules.at_least("epochs", epochs, 1)
+    rules.number("batch_size", batch_size, low=1, high=n, integer=True,
+                 note=f" (the training set has {n} images)")  # fmt: skip
 
 
-def train_epoch(
-    state: TrainState,
-    images: jax.Array,
-    beta: jax.Array,
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trainer:
+    """A training run as pure functions; calling it trains all epochs in one ``scan``.
+
+    Build it with :func:`make_train`. ``trainer(key, images, hparams)`` traces,
+    jits and vmaps; :func:`train` drives ``init`` and ``epoch`` from the host.
+
+    Attributes:
+      model: A :class:`jax_vae.registry.Model` (anything with ``init(key, x)``
+        and a per-example ``loss(params, x, key, hparams) -> terms``).
+      tx: The optax optimizer.
+      epochs: Passes over the data.
+      batch_size: Examples per step.
+      batch_sharding: Optional sharding of each ``[batch, ...]`` batch, e.g.
+        the batch axis split over devices (data parallel).
+    """
+
+    model: Any
+    tx: optax.GradientTransformation
+    epochs: int
+    batch_size: int
+    batch_sharding: jax.sharding.Sharding | None = None
+
+    def init(self, key: jax.Array, images: jax.Array, hparams: Mapping[str, Any]) -> TrainState:
+        """The epoch-0 state of one model from its training key (:mod:`jax_vae.keys`)."""
+        check_args(images.shape[0], batch_size=self.batch_size, epochs=self.epochs)
+        init_key, epoch_key = keys_lib.init_keys(keys_lib.as_typed(key))
+        params = self.model.init(init_key, images[0])
+        opt_state = inject(self.tx.init(params), hparams)
+        return TrainState(params, opt_state, epoch_key, jnp.zeros((), jnp.int32))
+
+    def epoch(
+        self, state: TrainState, images: jax.Array, hparams: Mapping[str, Any]
+    ) -> tuple[TrainState, Terms]:
+        """One pass over every training image, in a fresh random order.
+
+        The permutation is padded to whole batches; padded rows carry weight 0,
+        so each real image counts once and the partial last batch averages only
+        over its real images. Each step gathers its batch from ``images``.
+
+        Returns:
+          The new state and the epoch's mean loss terms over the N images.
+        """
+        n, batch_size = images.shape[0], self.batch_size
+        steps = num_batches(n, batch_size)
+        key, perm_key, step_key = keys_lib.epoch_keys(state.key)
+        order = jnp.pad(jax.random.permutation(perm_key, n), (0, steps * batch_size - n))
+        weights = (jnp.arange(steps * batch_size) < n).astype(images.dtype)
+        # The loss sees the 1-based epoch, for schedules such as the KL warm-up.
+        hparams = {**hparams, "epoch": state.epoch + 1}
+        batched_loss = jax.vmap(self.model.loss, in_axes=(None, 0, 0, None))
+
+        def batch_objective(params, x, w, k):
+            terms = batched_loss(params, x, jax.random.split(k, batch_size), hparams)
+            sums = {name: jnp.sum(w * t) for name, t in terms.items()}
+            return sums["total"] / jnp.sum(w), sums
+
+        def step(carry, batch):
+            params, opt_state = carry
+            index, w, k = batch
+            x = images[index]
+            if self.batch_sharding is not None:
+                x = jax.lax.with_sharding_constraint(x, self.batch_sharding)
+            grads, sums = jax.grad(batch_objective, has_aux=True)(params, x, w, k)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), sums
+
+        (params, opt_state), sums = jax.lax.scan(
+            step,
+            (state.params, state.opt_state),
+            (order.reshape(steps, batch_size), weights.reshape(steps, batch_size),
+             jax.random.split(step_key, steps)),
+        )  # fmt: skip
+        means = {name: jnp.sum(s) / n for name, s in sums.items()}
+        return state.replace(params=params, opt_state=opt_state, key=key,
+                             epoch=state.epoch + 1), means  # fmt: skip
+
+    def __call__(
+        self, key: jax.Array, images: jax.Array, hparams: Mapping[str, Any] | None = None
+    ) -> tuple[TrainState, Terms]:
+        """All epochs as one pure function: the final state and the history [epochs]."""
+        hparams = {**self.model.hparams, **(hparams or {})}
+        images = _as_images(images)
+        state = self.init(key, images, hparams)
+        return jax.lax.scan(lambda s, _: self.epoch(s, images, hparams), state,
+                            length=self.epochs)  # fmt: skip
+
+
+def make_train(
+    model: Any,
     *,
-    loss_fn: ExampleLoss,
-    optimizer: optax.GradientTransformation,
-    batch_size: int,
+    tx: optax.GradientTransformation | None = None,
+    epochs: int = 30,
+    batch_size: int = 128,
     batch_sharding: jax.sharding.Sharding | None = None,
-    kl_warmup_epochs: int = 0,
-) -> tuple[TrainState, LossTerms]:
-    """One pass over every training image, in a fresh random order.
-
-    The permutation is padded to whole batches; padded rows carry weight 0, so
-    each real image counts once and the partial last batch averages only over
-    its real images.
+) -> Trainer:
+    """The training run of ``model`` as a pure function ``train(key, images, hparams)``.
 
     Args:
-      state: The carried training state.
-      images: All training images [N, 784], on the device.
-      beta: KL weight (a traced scalar).
-      loss_fn: Per-example loss ``(params, x, key, beta) -> LossTerms``.
-      optimizer: The optax optimizer.
+      model: A :class:`jax_vae.registry.Model` (``registry.build("vae")``).
+      tx: Any optax optimizer; default Adam with learning rate 1e-3 (the seed
+        spec). Built with ``optax.inject_hyperparams``, its hyperparameters
+        (e.g. ``learning_rate``) are read from ``hparams`` and can be swept.
+      epochs: Passes over the data.
       batch_size: Examples per step.
-      batch_sharding: Optional sharding of the ``[steps, batch, 784]``
-        batches, e.g. the batch axis split over devices (data parallel).
-      kl_warmup_epochs: Ramp the KL weight linearly from beta / W in the
-        first epoch to beta at epoch W (KL warm-up); 0 = constant beta.
+      batch_sharding: Sharding of each batch (data parallel); None: none.
 
     Returns:
-      The new state and the epoch's mean loss terms over the N images.
+      A :class:`Trainer`: ``trainer(key, images [N, ...], hparams)`` ->
+      ``(state, history)``, with ``history`` the per-epoch mean of each loss
+      term; ``hparams`` missing a model hyperparameter take its default.
     """
-    n = images.shape[0]
-    steps = num_batches(n, batch_size)
-    key, perm_key, step_key = keys_lib.epoch_keys(state.key)
-    order = jnp.pad(jax.random.permutation(perm_key, n), (0, steps * batch_size - n))
-    weights = (jnp.arange(steps * batch_size) < n).astype(images.dtype)
-    batches = images[order].reshape(steps, batch_size, -1)
-    weights = weights.reshape(steps, batch_size)
-    if batch_sharding is not None:
-        batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
-        weights = jax.lax.with_sharding_constraint(weights, batch_sharding)
-    batched_loss = jax.vmap(loss_fn, in_axes=(None, 0, 0, None))
-    beta = warmed_beta(beta, state.epoch + 1, kl_warmup_epochs)
-
-    def batch_objective(params, x, w, k):
-        terms = batched_loss(params, x, jax.random.split(k, batch_size), beta)
-        sums = LossTerms(*(jnp.sum(w * t) for t in terms))
-        return sums.total / jnp.sum(w), sums
-
-    def step(carry, batch):
-        params, opt_state = carry
-        x, w, k = batch
-        grads, sums = jax.grad(batch_objective, has_aux=True)(params, x, w, k)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), sums
-
-    (params, opt_state), sums = jax.lax.scan(
-        step, (state.params, state.opt_state), (batches, weights, jax.random.split(step_key, steps))
-    )
-    means = LossTerms(*(jnp.sum(s) / n for s in sums))
-    new_state = state.replace(params=params, opt_state=opt_state, key=key, epoch=state.epoch + 1)
-    return new_state, means
+    return Trainer(model, tx or optax.adam(1e-3), epochs, batch_size, batch_sharding)
 
 
-def make_epoch_fn(
-    *,
-    model: nn.Module,
-    batch_size: int,
-    learning_rate: float,
-    loss_fn: ExampleLoss | None = None,
-    batch_sharding: jax.sharding.Sharding | None = None,
-    kl_warmup_epochs: int = 0,
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, LossTerms]]:
-    """The pure ``epoch(state, images, beta)`` of a run, ready for jit and vmap.
-
-    Args:
-      model: The model.
-      batch_size: Examples per step.
-      learning_rate: Adam step size.
-      loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
-      batch_sharding: Passed to :func:`train_epoch`.
-      kl_warmup_epochs: Passed to :func:`train_epoch`.
-    """
-    return functools.partial(
-        train_epoch,
-        loss_fn=loss_fn or make_example_loss(model),
-        optimizer=make_optimizer(learning_rate),
-        batch_size=batch_size,
-        batch_sharding=batch_sharding,
-        kl_warmup_epochs=kl_warmup_epochs,
-    )
-
-
-def check_args(
-    n: int, *, batch_size: int, epochs: int, prefix: str = "", what: str = ""
-) -> None:
-    """The batch size and epoch rules of every run on ``n`` training images.
-
-    ``prefix`` goes before the names in messages (``--`` for flags), ``what``
-    after "the training set" (`` of class 3``).
-    """
-    rules.at_least(f"{prefix}epochs", epochs, 1)
-    rules.number(
-        f"{prefix}batch_size", batch_size, low=1, high=n, integer=True,
-        note=f" (the training set{what} has {n} images)",
-    )  # fmt: skip
+def stack_history(history: list[Terms]) -> Terms:
+    """Per-epoch means, one dict per epoch, as arrays [..., epochs]."""
+    return {name: np.stack([h[name] for h in history], axis=-1) for name in history[0]}
 
 
 def _as_images(images: Any) -> jax.Array:
     if np.ndim(images) != 2:
         raise rules.InvalidArgument(f"images must be [N, features], got shape {np.shape(images)}")
     return jnp.asarray(images)
-
-
-def train_scan(
-    key: jax.Array,
-    images: jax.Array | np.ndarray,
-    beta: float | jax.Array = 1.0,
-    *,
-    model: nn.Module,
-    epochs: int = 30,
-    batch_size: int = 128,
-    learning_rate: float = 1e-3,
-    loss_fn: ExampleLoss | None = None,
-    kl_warmup_epochs: int = 0,
-) -> TrainResult:
-    """A whole training run as one pure function of (key, images, beta).
-
-    All epochs run inside ``jax.lax.scan``, so this traces, jits and vmaps:
-    ``jax.jit(jax.vmap(functools.partial(train_scan, model=m), in_axes=(0, None, 0)))``
-    trains one model per (key, beta) pair in a single program. It neither logs
-    nor stops on a non-finite loss: inspect ``history``.
-
-    Args:
-      key: PRNG key of the run (init, shuffling and sampling; :mod:`jax_vae.keys`).
-      images: Training images [N, 784] (NumPy or JAX).
-      beta: KL weight (ignored by the autoencoder).
-      model: The model.
-      epochs: Passes over the data.
-      batch_size: Examples per step.
-      learning_rate: Adam step size.
-      loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
-      kl_warmup_epochs: KL warm-up length (see :func:`train_epoch`).
-
-    Returns:
-      The trained parameters, per-epoch history [epochs] and final state.
-    """
-    images = _as_images(images)
-    check_args(images.shape[0], batch_size=batch_size, epochs=epochs)
-    epoch_fn = make_epoch_fn(
-        model=model,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        loss_fn=loss_fn,
-        kl_warmup_epochs=kl_warmup_epochs,
-    )
-    state = init_state(keys_lib.as_typed(key), images[0], model=model, learning_rate=learning_rate)
-    beta = jnp.asarray(beta, images.dtype)
-    state, history = jax.lax.scan(lambda s, _: epoch_fn(s, images, beta), state, length=epochs)
-    return TrainResult(state.params, history, state)
 
 
 def default_group_size(backend: str | None = None) -> int | None:
@@ -297,26 +256,26 @@ def default_group_size(backend: str | None = None) -> int | None:
 
 
 def vmap_models(epoch_fn: Callable, *, group_size: int | None = None) -> Callable:
-    """Lifts ``epoch(state, images, beta)`` to K stacked states and betas.
+    """Lifts ``epoch(state, images, hparams)`` to K stacked states and hparams.
 
     Args:
-      epoch_fn: The single-model epoch function.
+      epoch_fn: The single-model epoch function (:meth:`Trainer.epoch`).
       group_size: Models vmapped together (``jax.lax.map`` runs the groups in
         sequence); None picks :func:`default_group_size`, 0 vmaps all.
 
     Returns:
-      ``epoch(states[K], images, betas[K]) -> (states[K], LossTerms[K])``.
+      ``epoch(states[K], images, hparams[K]) -> (states[K], terms[K])``.
     """
     vmapped = jax.vmap(epoch_fn, in_axes=(0, None, 0))
     group_size = default_group_size() if group_size is None else group_size
     if not group_size:
         return vmapped
 
-    def grouped(states, images, betas):
-        if group_size >= betas.shape[0]:
-            return vmapped(states, images, betas)
+    def grouped(states, images, hparams):
+        if group_size >= states.epoch.shape[0]:
+            return vmapped(states, images, hparams)
         return jax.lax.map(
-            lambda sb: epoch_fn(sb[0], images, sb[1]), (states, betas), batch_size=group_size
+            lambda sh: epoch_fn(sh[0], images, sh[1]), (states, hparams), batch_size=group_size
         )
 
     return grouped
@@ -333,20 +292,17 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def log_progress(e: Epoch) -> None:
-    """Logs one line per epoch (absl INFO)."""
-    m = e.means
-    logging.info(
-        "%s epoch %d/%d  loss %s  recon %s  kl %s  (%.2fs)",
-        e.name, e.epoch, e.epochs, _fmt(m.total), _fmt(m.reconstruction), _fmt(m.kl), e.seconds,
-    )  # fmt: skip
+    """Logs one line per epoch (absl INFO): every loss term."""
+    terms = "  ".join(f"{name} {_fmt(v)}" for name, v in e.means.items())
+    logging.info("%s epoch %d/%d  %s  (%.2fs)", e.name, e.epoch, e.epochs, terms, e.seconds)
 
 
 def check_finite(e: Epoch) -> None:
     """Stops training at the first NaN or infinite loss, naming the epoch."""
-    if not np.all(np.isfinite(e.means.total)):
+    if not np.all(np.isfinite(e.means["total"])):
         raise NonFiniteLossError(
             f"{e.name}: non-finite loss at epoch {e.epoch}/{e.epochs} "
-            f"(loss {e.means.total}); try a lower learning rate or beta"
+            f"(loss {e.means['total']}); try a lower learning rate or beta"
         )
 
 
@@ -360,16 +316,14 @@ def save_checkpoints(checkpointer: Checkpointer) -> Hook:
     return hook
 
 
-def _place(mesh, key, beta, images, batch_size, group_size):
-    """Checks the layout; puts data, keys and betas on the mesh. Returns what the
-    epoch needs: (key, beta, images, state sharding, batch sharding, group size)."""
+def _place(mesh, key, hparams, images, batch_size, group_size):
+    """Checks the layout; puts data, keys and hparams on the mesh. Returns what the
+    epoch needs: (key, hparams, images, state sharding, batch sharding, group size)."""
     if mesh is None:
-        return key, beta, images, None, None, group_size
+        return key, hparams, images, None, None, group_size
     layout, width = mesh.axis_names[0], mesh.devices.size
-    if layout == sharding.DATA and batch_size % width:
-        raise rules.InvalidArgument(
-            f"batch_size {batch_size} must divide by the data-parallel width ({width} devices)"
-        )
+    if layout == sharding.DATA:
+        sharding.check_data_parallel(batch_size, width)
     per_model = None
     if layout == sharding.MODELS:
         if key.ndim != 1 or key.shape[0] % width:
@@ -381,51 +335,47 @@ def _place(mesh, key, beta, images, batch_size, group_size):
     # Data lives on every device once; the state is replicated (data) or split by model.
     state_sharding = per_model or sharding.replicated(mesh)
     images = sharding.put(images, sharding.replicated(mesh))
-    batches = sharding.batch_axis(mesh) if layout == sharding.DATA else None
-    key, beta = sharding.put(key, state_sharding), sharding.put(beta, state_sharding)
-    return key, beta, images, state_sharding, batches, group_size
+    batches = sharding.leading_axis(mesh) if layout == sharding.DATA else None  # Examples.
+    key = sharding.put(key, state_sharding)
+    hparams = jax.tree.map(lambda v: sharding.put(v, state_sharding), hparams)
+    return key, hparams, images, state_sharding, batches, group_size
 
 
 def train(
     key: jax.Array,
     images: jax.Array | np.ndarray,
-    beta: float | jax.Array = 1.0,
+    hparams: Mapping[str, Any] | None = None,
     *,
-    model: nn.Module,
+    model: Any,
+    tx: optax.GradientTransformation | None = None,
     epochs: int = 30,
     batch_size: int = 128,
-    learning_rate: float = 1e-3,
-    loss_fn: ExampleLoss | None = None,
-    kl_warmup_epochs: int = 0,
     name: str = "model",
     hooks: Sequence[Hook] = (log_progress,),
-    callback: Callable[[int, LossTerms, float], None] | None = None,
     group_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
-    """Trains a model (or a batch of models), one compiled epoch per loop step.
+    """Trains a model (or K models), one compiled epoch of :func:`make_train` per loop step.
 
-    Pass one key and a scalar beta for one model, or keys [K] and betas [K]
-    for K models trained together by one vmapped program. The epoch is
-    compiled once, ahead of time; the only host transfer per epoch is the
-    epoch's mean losses, for the hooks.
+    Pass one key for one model, or keys [K] for K models trained together by
+    one vmapped program; each hyperparameter is then a scalar (shared) or [K]
+    (one per model). The epoch is compiled once, ahead of time; the only host
+    transfer per epoch is the epoch's mean loss terms, for the hooks.
 
     Args:
       key: A PRNG key or [K] of them (typed, or legacy ``PRNGKey`` data).
-      images: Training images [N, 784] (NumPy or JAX); moved to the device once.
-      beta: KL weight, scalar or [K].
-      model: The model.
+      images: Training images [N, features] (NumPy or JAX); moved to the device once.
+      hparams: Hyperparameters (see :func:`make_train`); the model's defaults
+        fill in what is missing.
+      model: A :class:`jax_vae.registry.Model`.
+      tx: Any optax optimizer (see :func:`make_train`); default Adam 1e-3.
       epochs: Passes over the data.
       batch_size: Examples per step.
-      learning_rate: Adam step size.
-      loss_fn: Per-example loss; defaults to :func:`make_example_loss`.
-      kl_warmup_epochs: KL warm-up length (see :func:`train_epoch`).
       name: Name used in log lines and errors.
       hooks: Called in order after each epoch with an :class:`Epoch`; the
         finiteness check always runs first, checkpoint saving last. The
         default logs progress; ``()`` trains silently.
-      callback: Shorthand hook ``callback(epoch, means, seconds)``.
       group_size: With K models, how many are vmapped together; groups run one
         after another in the same program. None: :func:`default_group_size`.
       mesh: A 1-D device mesh (:func:`jax_vae.sharding.make_mesh`). Axis
@@ -438,55 +388,58 @@ def train(
         latest one and ends exactly where an uninterrupted run would.
 
     Returns:
-      Parameters, history [([K,] epochs)], final state, training seconds
-      (excluding compilation) and compilation seconds.
+      Parameters, history [([K,] epochs)] per loss term, final state, training
+      seconds (excluding compilation) and compilation seconds.
 
     Raises:
-      InvalidArgument: Bad batch size, epochs, key, or key/beta batch.
+      InvalidArgument: Bad batch size, epochs, key, or hyperparameter shapes.
       NonFiniteLossError: A loss became NaN or infinite; names the epoch.
     """
     images = _as_images(images)
     check_args(images.shape[0], batch_size=batch_size, epochs=epochs)
     key = keys_lib.as_typed(jnp.asarray(key))
-    beta = jnp.asarray(beta, images.dtype)
-    if key.ndim > 1 or key.ndim != beta.ndim or (key.ndim and key.shape != beta.shape):
-        raise rules.InvalidArgument(
-            f"key {list(key.shape)} and beta {list(beta.shape)} must both be scalars or both "
-            "[K] (one key and one beta per model)"
-        )
+    if key.ndim > 1:
+        raise rules.InvalidArgument(f"key must be one key or [K] keys, got {list(key.shape)}")
+    hparams = {**model.hparams, **(hparams or {})}
+    hparams = {k: jnp.asarray(v, images.dtype) for k, v in hparams.items()}
+    for k, v in hparams.items():
+        if v.ndim > key.ndim or (v.ndim and v.shape != key.shape):
+            raise rules.InvalidArgument(
+                f"hparams[{k!r}] {list(v.shape)} must be a scalar or one value per key "
+                f"{list(key.shape)}"
+            )
+    if key.ndim:  # One value per model.
+        hparams = {k: jnp.broadcast_to(v, key.shape) for k, v in hparams.items()}
     t0 = time.perf_counter()
-    key, beta, images, state_sharding, batches, group_size = _place(
-        mesh, key, beta, images, batch_size, group_size
+    key, hparams, images, state_sharding, batches, group_size = _place(
+        mesh, key, hparams, images, batch_size, group_size
     )
-    epoch_fn = make_epoch_fn(
-        model=model, batch_size=batch_size, learning_rate=learning_rate, loss_fn=loss_fn,
-        batch_sharding=batches, kl_warmup_epochs=kl_warmup_epochs,
-    )  # fmt: skip
+    trainer = make_train(model, tx=tx, epochs=epochs, batch_size=batch_size,
+                         batch_sharding=batches)  # fmt: skip
+    init, epoch_fn = trainer.init, trainer.epoch
     if key.ndim:
+        init = jax.vmap(init, in_axes=(0, None, 0))
         epoch_fn = vmap_models(epoch_fn, group_size=group_size)
-    init = functools.partial(init_state, model=model, learning_rate=learning_rate)
-    state = jax.jit(init, out_shardings=state_sharding)(key, images[0])
-    compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, beta).compile()
+    state = jax.jit(init, out_shardings=state_sharding)(key, images, hparams)
+    compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, hparams).compile()
     compile_seconds = time.perf_counter() - t0
 
-    history: list[LossTerms] = []
+    history: list[Terms] = []
     if checkpointer is not None and checkpointer.latest_epoch() is not None:
         state, history = checkpointer.restore(state)
         if len(history) > epochs:
             raise CheckpointError(
-                f"{name}: the checkpoint is at epoch {len(history)}, past --epochs={epochs}"
+                f"{name}: the checkpoint is at epoch {len(history)}, past epochs={epochs}"
             )
         logging.info("%s: resumed from the checkpoint of epoch %d", name, len(history))
     all_hooks = [check_finite, *hooks]
-    if callback is not None:
-        all_hooks.append(lambda e: callback(e.epoch, e.means, e.seconds))
     if checkpointer is not None:
         all_hooks.append(save_checkpoints(checkpointer))
     first_epoch, train_seconds = len(history) + 1, 0.0
     for epoch in range(first_epoch, epochs + 1):
         t = time.perf_counter()
-        state, means = compiled(state, images, beta)
-        means = LossTerms(*sharding.local_copy(means))  # Waits for the epoch to finish.
+        state, means = compiled(state, images, hparams)
+        means = sharding.local_copy(means)  # Waits for the epoch to finish.
         seconds = time.perf_counter() - t
         train_seconds += seconds
         history.append(means)

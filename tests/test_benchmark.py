@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import accelerator, throughput, time_to_result
-from jax_vae.models import make_model
+from jax_vae.registry import build as make_model
 
 HLO = """\
 HloModule jit_f, entry_computation_layout={(f32[8,4]{1,0}, f32[4,2]{1,0})->f32[8,2]{1,0}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import pytest
 from helpers import run_single
 
 from experiments.config import ExperimentConfig
-from jax_vae import keys, losses, models, scoring, train
+from jax_vae import keys, models, registry, scoring, train
 
 SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
@@ -22,50 +24,62 @@ def _np_bce(x, logits):
 
 @pytest.mark.parametrize("name", ["ae", "vae"])
 def test_bernoulli_loss_matches_numpy(name):
-    model = models.make_model(name, **SMALL)
+    model = registry.build(name, **SMALL)
     x = np.asarray(jax.random.uniform(jax.random.key(0), (784,)))
-    params = models.init_params(model, jax.random.key(1), jnp.asarray(x))
+    params = model.init(jax.random.key(1), jnp.asarray(x))
     key = jax.random.key(2)
-    terms = losses.make_example_loss(model, likelihood="bernoulli")(params, x, key, 2.0)
+    terms = registry.build(name, likelihood="bernoulli", **SMALL).loss(params, x, key,
+                                                                      {"beta": 2.0})
     if name == "ae":
-        logits = model.apply(params, x, method=lambda m, x: m.decode_logits(m.encode(x)))
+        logits = model.module.apply(params, x, method=lambda m, x: m.decode_logits(m.encode(x)))
         kl = 0.0
     else:
-        mean, logvar = model.apply(params, x, method="encode")
+        mean, logvar = model.module.apply(params, x, method="encode")
         z = models.reparameterize(key, mean, logvar)
-        logits = model.apply(params, z, method="decode_logits")
+        logits = model.module.apply(params, z, method="decode_logits")
         kl = 0.5 * np.sum(np.exp(logvar) + np.asarray(mean) ** 2 - 1 - np.asarray(logvar))
     expected = _np_bce(x, np.asarray(logits, np.float64))
-    np.testing.assert_allclose(terms.reconstruction, expected, rtol=1e-4)
-    np.testing.assert_allclose(terms.total, expected + 2.0 * kl, rtol=1e-4)
+    np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-4)
+    np.testing.assert_allclose(terms["total"], expected + 2.0 * kl, rtol=1e-4)
     with pytest.raises(ValueError, match="likelihood"):
-        losses.make_example_loss(model, likelihood="poisson")
+        registry.build(name, likelihood="poisson")
 
 
 def test_kl_warmup_ramps_beta():
-    # total = beta_eff * 1 for every image, so the history shows the schedule.
-    def unit_kl(params, x, key, beta):
-        one = 1.0 + 0.0 * jnp.sum(params["params"]["encoder"]["dense_0"]["bias"]) + 0.0 * x[0]
-        return losses.LossTerms(beta * one, 0.0 * one, one)
+    vae = registry.build("vae", **SMALL)
+    x = jax.random.uniform(jax.random.key(1), (784,))
+    params, key = vae.init(jax.random.key(0), x), jax.random.key(2)
+    out = vae.module.apply(params, x, key)
+    kl = 0.5 * np.sum(np.exp(out.logvar) + np.asarray(out.mean) ** 2 - 1 - np.asarray(out.logvar))
+    recon = np.sum((np.asarray(x) - np.asarray(out.reconstruction)) ** 2)
+    # beta 6 warmed up over 3 epochs: 2, 4, 6, 6; no warm-up: 6 from the start.
+    for epoch, beta in zip(range(1, 5), (2.0, 4.0, 6.0, 6.0), strict=True):
+        for warmup, expected in ((3, beta), (0, 6.0)):
+            hparams = {"beta": 6.0, "kl_warmup_epochs": warmup, "epoch": epoch}
+            np.testing.assert_allclose(vae.loss(params, x, key, hparams)["total"],
+                                       recon + expected * kl, rtol=1e-5)  # fmt: skip
 
-    result = train.train(
-        jax.random.key(0), jax.random.uniform(jax.random.key(1), (64, 784)),
-        model=models.make_model("ae", **SMALL), beta=6.0, epochs=4, batch_size=32,
-        loss_fn=unit_kl, kl_warmup_epochs=3,
-    )  # fmt: skip
-    np.testing.assert_allclose(result.history.total, [2.0, 4.0, 6.0, 6.0], rtol=1e-6)
+    # Training hands the loss the 1-based epoch.
+    def epoch_loss(params, x, key, hparams):
+        return {"total": hparams["epoch"] + 0.0 * jnp.sum(params["params"]["mean_head"]["bias"])}
+
+    result = train.train(jax.random.key(0), jnp.stack([x] * 64),
+                         model=dataclasses.replace(vae, loss=epoch_loss), epochs=4,
+                         batch_size=32)  # fmt: skip
+    np.testing.assert_allclose(result.history["total"], [1.0, 2.0, 3.0, 4.0])
 
 
 def test_iwae_score_matches_reference():
-    model = models.make_model("vae", **SMALL)
+    model = registry.build("vae", **SMALL)
     x = jax.random.uniform(jax.random.key(1), (784,))
-    params = models.init_params(model, jax.random.key(0), x)
+    params = model.init(jax.random.key(0), x)
     key = jax.random.key(3)
     for likelihood in ("gaussian", "bernoulli"):
-        got = scoring.make_score_fn(model, vae_score="iwae", mc_samples=5, likelihood=likelihood)(
+        got = model.score(vae_score="iwae", mc_samples=5, likelihood=likelihood)(
             params, x, key
         )
-        mean, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
+        encoded = model.module.apply(params, x, method="encode")
+        mean, logvar = (np.asarray(a, np.float64) for a in encoded)
         log_w = []
         for k in jax.random.split(key, 5):
             z = np.asarray(
@@ -75,7 +89,7 @@ def test_iwae_score_matches_reference():
                 np.float64,
             )
             logits = np.asarray(
-                model.apply(params, jnp.asarray(z, jnp.float32), method="decode_logits"),
+                model.module.apply(params, jnp.asarray(z, jnp.float32), method="decode_logits"),
                 np.float64,
             )
             xn = np.asarray(x, np.float64)
@@ -93,11 +107,11 @@ def test_iwae_score_matches_reference():
 
 def test_ensemble_members_and_averaged_scores():
     images = jax.random.uniform(jax.random.key(1), (200, 784))
-    model = models.make_model("ae", **SMALL)
+    model = registry.build("ae", **SMALL)
     members = keys.member_keys(5, "ae", 3).train
     single = keys.model_keys(5, "ae").train
     assert jnp.array_equal(jax.random.key_data(members[0]), jax.random.key_data(single))
-    together = train.train(members, images, jnp.ones(3), model=model, epochs=2, batch_size=50)
+    together = train.train(members, images, model=model, epochs=2, batch_size=50)
     alone = [train.train(members[i], images, model=model, epochs=2, batch_size=50)
              for i in range(3)]  # fmt: skip
     # A one-member ensemble is the single model; member i is model i trained alone.
@@ -108,7 +122,7 @@ def test_ensemble_members_and_averaged_scores():
             rtol=1e-4,
             atol=1e-5,
         )
-    score_fn = scoring.make_score_fn(model)
+    score_fn = model.score()
     stacked = scoring.score(together.params, images, score_fn=score_fn,
                             key=jnp.stack([jax.random.key(0)] * 3), stacked=True)  # fmt: skip
     singles = [scoring.score(a.params, images, score_fn=score_fn) for a in alone]

@@ -12,7 +12,7 @@ import pytest
 from helpers import ROOT, run_single
 
 from experiments.config import ExperimentConfig
-from jax_vae import keys, models, rules, train
+from jax_vae import keys, registry, train
 
 
 def _data(key: jax.Array) -> tuple[int, ...]:
@@ -37,7 +37,7 @@ def test_every_key_of_an_ensemble_is_used_once():
     assert len(set(data)) == len(data), "a key is used twice"
     # The driver follows exactly this schedule: its last epoch key is the one chained above.
     x = jax.random.uniform(jax.random.key(0), (10, 784))
-    m = models.make_model("vae", hidden_dims=(8,), latent_dim=2)
+    m = registry.build("vae", hidden_dims=(8,), latent_dim=2)
     result = train.train(schedule.train[-1], x, model=m, epochs=epochs, batch_size=5, hooks=())
     assert _data(result.state.key) == _data(epoch)
 
@@ -50,9 +50,11 @@ def test_member_zero_is_the_single_model_and_members_are_independent():
     # The old schedule's bug: member 0's training key split into member 1's root.
     children = {_data(k) for k in jax.random.split(ensemble.train[0])}
     assert not children & {_data(k) for k in (*ensemble.train[1:], *ensemble.score[1:])}
-    # The documented tree: model node = fold_in(key(seed), index of the name).
-    node = jax.random.fold_in(jax.random.key(3), rules.MODEL_NAMES.index("ae"))
-    assert _data(single.train) == _data(jax.random.fold_in(node, keys.TRAIN))
+    # The documented tree: model node = fold_in(key(seed), the model's key id; ae 0, vae 1).
+    for name, index in (("ae", 0), ("vae", 1)):
+        node = jax.random.fold_in(jax.random.key(3), index)
+        train_key = keys.model_keys(3, name).train
+        assert _data(train_key) == _data(jax.random.fold_in(node, keys.TRAIN))
 
 
 def test_library_reproduces_the_runner_exactly(tmp_path):
@@ -60,10 +62,10 @@ def test_library_reproduces_the_runner_exactly(tmp_path):
     from jax_vae import data, metrics, scoring  # noqa: PLC0415
 
     split = data.one_class_split(data.load_dataset("bundled"), normal_class=0)
-    model = models.VAE(hidden_dims=(400,), latent_dim=20)
+    model = registry.build("vae")
     train_key, score_key = keys.model_keys(0, "vae")
-    result = train.train(train_key, split.train_images, 2.0, model=model, epochs=2)
-    score_fn = scoring.make_score_fn(model)
+    result = train.train(train_key, split.train_images, {"beta": 2.0}, model=model, epochs=2)
+    score_fn = model.score()
     images = scoring.Parts(
         split.val_images, split.test_images, data.synthetic_anomalies(split.val_images)
     )
@@ -76,13 +78,14 @@ def test_library_reproduces_the_runner_exactly(tmp_path):
 
 
 def test_numpy_images_and_legacy_keys_are_accepted(split0):
-    m = models.make_model("ae", hidden_dims=(8,), latent_dim=2)
+    m = registry.build("ae", hidden_dims=(8,), latent_dim=2)
     images = split0.train_images[:200]  # NumPy, as one_class_split returns them.
-    typed = train.train_scan(jax.random.key(0), images, model=m, epochs=1, batch_size=50)
-    legacy = train.train_scan(jax.random.PRNGKey(0), images, model=m, epochs=1, batch_size=50)
-    np.testing.assert_array_equal(typed.history.total, legacy.history.total)
+    trainer = train.make_train(m, epochs=1, batch_size=50)
+    _, typed = trainer(jax.random.key(0), images)
+    _, legacy = trainer(jax.random.PRNGKey(0), images)
+    np.testing.assert_array_equal(typed["total"], legacy["total"])
     with pytest.raises(ValueError, match="key must be a jax.random.key"):
-        train.train_scan(jnp.zeros(3), images, model=m, epochs=1)
+        trainer(jnp.zeros(3), images)
 
 
 def test_package_exports_its_modules_and_progress_has_a_switch():
@@ -91,7 +94,7 @@ def test_package_exports_its_modules_and_progress_has_a_switch():
         "assert 'sklearn' not in sys.modules and 'orbax' not in sys.modules\n"
         "from absl import logging\n"
         "logging.set_verbosity('info')  # The documented switch: per-epoch lines in a script.\n"
-        "m = jax_vae.models.make_model('ae', hidden_dims=(8,), latent_dim=2)\n"
+        "m = jax_vae.registry.build('ae', hidden_dims=(8,), latent_dim=2)\n"
         "x = jax.random.uniform(jax.random.key(0), (20, 784))\n"
         "jax_vae.train.train(jax.random.key(0), x, model=m, epochs=2, batch_size=10)\n"
     )

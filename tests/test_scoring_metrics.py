@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jax_vae import metrics, models, scoring
+from jax_vae import metrics, models, registry, scoring
 
 
 def _model_and_params(name):
-    model = models.make_model(name, hidden_dims=(32,), latent_dim=4)
-    params = models.init_params(model, jax.random.key(0), jnp.zeros(784))
+    model = registry.build(name, hidden_dims=(32,), latent_dim=4)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
     return model, params
 
 
@@ -24,7 +24,7 @@ KINDS = [("ae", "mean"), ("vae", "mean"), ("vae", "mc"), ("vae", "elbo"), ("vae"
 def test_chunked_scores_equal_per_sample_loop_whatever_the_chunk_size(name, kind):
     model, params = _model_and_params(name)
     images = np.asarray(jax.random.uniform(jax.random.key(1), (50, 784)))
-    score_fn = scoring.make_score_fn(model, vae_score=kind, mc_samples=3)
+    score_fn = model.score(vae_score=kind, mc_samples=3)
     key = jax.random.key(5)
     # Reference: one call per image with its key, fold_in(key, index) (jax_vae.keys).
     expected = [float(score_fn(params, images[i], jax.random.fold_in(key, i))) for i in range(50)]
@@ -36,19 +36,19 @@ def test_chunked_scores_equal_per_sample_loop_whatever_the_chunk_size(name, kind
 
 def test_stacked_params_without_stacked_say_what_to_pass():
     model, _ = _model_and_params("vae")
-    stacked = jax.vmap(lambda k: models.init_params(model, k, jnp.zeros(784)))(
+    stacked = jax.vmap(lambda k: model.init(k, jnp.zeros(784)))(
         jax.random.split(jax.random.key(0), 3)
     )
     with pytest.raises(ValueError, match="need stacked=True"):
         images = np.zeros((4, 784), np.float32)
-        scoring.score(stacked, images, score_fn=scoring.make_score_fn(model))
+        scoring.score(stacked, images, score_fn=model.score())
 
 
 def test_reconstruction_score_is_pixel_mse():
     model, params = _model_and_params("ae")
     images = np.asarray(jax.random.uniform(jax.random.key(1), (5, 784)))
-    got = scoring.score(params, images, score_fn=scoring.make_score_fn(model))
-    recon = np.asarray(model.apply(params, images))
+    got = scoring.score(params, images, score_fn=model.score())
+    recon = np.asarray(model.module.apply(params, images))
     np.testing.assert_allclose(got, np.mean((images - recon) ** 2, axis=1), rtol=1e-5)
 
 
@@ -56,17 +56,17 @@ def test_vae_scores_against_direct_computation():
     model, params = _model_and_params("vae")
     x = jax.random.uniform(jax.random.key(1), (784,))
     key = jax.random.key(9)
-    mean, logvar = model.apply(params, x, method="encode")
+    mean, logvar = model.module.apply(params, x, method="encode")
     draws = [models.reparameterize(k, mean, logvar) for k in jax.random.split(key, 4)]
-    recons = [np.asarray(model.apply(params, z, method="decode")) for z in draws]
+    recons = [np.asarray(model.module.apply(params, z, method="decode")) for z in draws]
     xn = np.asarray(x)
     kl = 0.5 * np.sum(np.exp(logvar) + np.asarray(mean) ** 2 - 1 - np.asarray(logvar))
     mc = np.mean([np.mean((xn - r) ** 2) for r in recons])
     elbo = np.mean([np.sum((xn - r) ** 2) + kl for r in recons])
-    at_mean = np.mean((xn - np.asarray(model.apply(params, mean, method="decode"))) ** 2)
+    at_mean = np.mean((xn - np.asarray(model.module.apply(params, mean, method="decode"))) ** 2)
 
     def score(kind):
-        return float(scoring.make_score_fn(model, vae_score=kind, mc_samples=4)(params, x, key))
+        return float(model.score(vae_score=kind, mc_samples=4)(params, x, key))
 
     np.testing.assert_allclose(score("mc"), mc, rtol=1e-5)
     np.testing.assert_allclose(score("elbo"), elbo, rtol=1e-5)
@@ -76,9 +76,9 @@ def test_vae_scores_against_direct_computation():
 def test_score_fn_rejects_bad_choices():
     model, _ = _model_and_params("vae")
     with pytest.raises(ValueError, match="vae_score"):
-        scoring.make_score_fn(model, vae_score="bogus")
+        model.score(vae_score="bogus")
     with pytest.raises(ValueError, match="mc_samples"):
-        scoring.make_score_fn(model, vae_score="mc", mc_samples=0)
+        model.score(vae_score="mc", mc_samples=0)
 
 
 def test_metrics_equal_sklearn_on_known_inputs():
@@ -112,11 +112,11 @@ def test_metrics_need_both_classes():
 
 
 def test_stacked_scores_equal_each_model_alone():
-    model = models.make_model("vae", hidden_dims=(32,), latent_dim=4)
+    model = registry.build("vae", hidden_dims=(32,), latent_dim=4)
     keys = jax.random.split(jax.random.key(0), 3)
-    stacked_params = jax.vmap(lambda k: models.init_params(model, k, jnp.zeros(784)))(keys)
+    stacked_params = jax.vmap(lambda k: model.init(k, jnp.zeros(784)))(keys)
     images = np.asarray(jax.random.uniform(jax.random.key(1), (30, 784)))
-    score_fn = scoring.make_score_fn(model, vae_score="mc", mc_samples=2)
+    score_fn = model.score(vae_score="mc", mc_samples=2)
     score_keys = jax.random.split(jax.random.key(7), 3)
     got = scoring.score(
         stacked_params, images, score_fn=score_fn, key=score_keys, chunk_size=8, stacked=True
@@ -152,34 +152,34 @@ def test_smoothed_scores_against_direct_computation(name, kind):
     key = jax.random.key(3)
     xn = np.asarray(x, np.float64)
     if name == "ae":
-        recons = [np.asarray(model.apply(params, x))]
+        recons = [np.asarray(model.module.apply(params, x))]
     elif kind == "mean":
-        mean, _ = model.apply(params, x, method="encode")
-        recons = [np.asarray(model.apply(params, mean, method="decode"))]
+        mean, _ = model.module.apply(params, x, method="encode")
+        recons = [np.asarray(model.module.apply(params, mean, method="decode"))]
     else:
-        mean, logvar = model.apply(params, x, method="encode")
+        mean, logvar = model.module.apply(params, x, method="encode")
         draws = [models.reparameterize(k, mean, logvar) for k in jax.random.split(key, 3)]
-        recons = [np.asarray(model.apply(params, z, method="decode")) for z in draws]
+        recons = [np.asarray(model.module.apply(params, z, method="decode")) for z in draws]
 
     def blurred_mse(recon):
         residual = (xn - recon).reshape(28, 28)
         return np.mean(ndimage.gaussian_filter(residual, 1.5, mode="constant") ** 2)
 
-    fn = scoring.make_score_fn(model, vae_score=kind, mc_samples=3, smoothing=1.5)
+    fn = model.score(vae_score=kind, mc_samples=3, smoothing=1.5)
     np.testing.assert_allclose(
         float(fn(params, x, key)), np.mean([blurred_mse(r) for r in recons]), rtol=1e-4
     )
     # Smoothing 0 is the plain MSE score.
-    plain = scoring.make_score_fn(model, vae_score=kind, mc_samples=3)
-    zero = scoring.make_score_fn(model, vae_score=kind, mc_samples=3, smoothing=0.0)
+    plain = model.score(vae_score=kind, mc_samples=3)
+    zero = model.score(vae_score=kind, mc_samples=3, smoothing=0.0)
     assert float(zero(params, x, key)) == float(plain(params, x, key))
 
 
 def test_smoothing_rejects_bad_settings():
     model, _ = _model_and_params("vae")
     with pytest.raises(ValueError, match="smoothing"):
-        scoring.make_score_fn(model, smoothing=-1.0)
+        model.score(smoothing=-1.0)
     with pytest.raises(ValueError, match="smoothing needs a reconstruction score"):
-        scoring.make_score_fn(model, vae_score="elbo", smoothing=1.0)
+        model.score(vae_score="elbo", smoothing=1.0)
     with pytest.raises(ValueError, match="square"):
         scoring.make_residual_error(1.0)(jnp.zeros(10), jnp.zeros(10))

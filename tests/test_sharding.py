@@ -19,10 +19,10 @@ FOUR_DEVICES = """
 import os, jax, jax.numpy as jnp, numpy as np, chex
 from experiments import pipeline, report
 from experiments.config import ConfigError, ExperimentConfig, SweepConfig
-from jax_vae import models, sharding, train
+from jax_vae import models, registry, sharding, train
 assert jax.device_count() == 4, jax.devices()
 x = jax.random.uniform(jax.random.key(1), (300, 784))
-m = models.make_model("vae", hidden_dims=(32,), latent_dim=4)
+m = registry.build("vae", hidden_dims=(32,), latent_dim=4)
 
 # Data parallel: the batch is split over the devices; the result is the single device's.
 single = train.train(jax.random.key(0), x, model=m, epochs=2, batch_size=64)
@@ -31,12 +31,12 @@ dp = train.train(jax.random.key(0), x, model=m, epochs=2, batch_size=64,
 leaf = jax.tree.leaves(dp.params)[0]
 assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 4
 chex.assert_trees_all_close(single.params, sharding.local_copy(dp.params), rtol=1e-4, atol=1e-5)
-np.testing.assert_allclose(single.history.total, dp.history.total, rtol=1e-5)
+np.testing.assert_allclose(single.history["total"], dp.history["total"], rtol=1e-5)
 
 # Models layout: 8 models, 2 on each device, equal to all 8 vmapped on one.
 keys, betas = jax.random.split(jax.random.key(0), 8), jnp.arange(1.0, 9.0)
-plain = train.train(keys, x, betas, model=m, epochs=2, batch_size=64, group_size=0)
-spread = train.train(keys, x, betas, model=m, epochs=2, batch_size=64,
+plain = train.train(keys, x, {"beta": betas}, model=m, epochs=2, batch_size=64, group_size=0)
+spread = train.train(keys, x, {"beta": betas}, model=m, epochs=2, batch_size=64,
                      mesh=sharding.make_mesh("models"))
 for leaf in jax.tree.leaves(spread.params):
     assert [s.data.shape[0] for s in leaf.addressable_shards] == [2, 2, 2, 2]

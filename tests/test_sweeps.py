@@ -21,7 +21,7 @@ from experiments.config import (
     parse_classes,
     parse_list,
 )
-from jax_vae import data, keys, metrics, models, scoring, train
+from jax_vae import data, keys, metrics, registry, scoring, train
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +42,16 @@ def test_sweep_equals_models_trained_one_by_one(sweep, split0):
     config, _, result = sweep
     vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
     assert len(vae_rows) == 8  # 2 betas x 2 seeds x 2 smoothings.
-    model = models.make_model("vae", hidden_dims=(64,), latent_dim=8)
+    model = registry.build("vae", hidden_dims=(64,), latent_dim=8)
     synthetic = data.synthetic_anomalies(split0.val_images, seed=0)
     for (beta, seed), rows in itertools.groupby(
         sorted(vae_rows, key=lambda r: (r["beta"], r["seed"])), key=lambda r: (r["beta"], r["seed"])
     ):
         train_key, _ = keys.model_keys(seed, "vae")
-        single = train.train(train_key, split0.train_images, beta, model=model, epochs=1)
+        single = train.train(train_key, split0.train_images, {"beta": beta}, model=model,
+                             epochs=1)  # fmt: skip
         for row in rows:  # Each smoothing scores the same trained model.
-            score_fn = scoring.make_score_fn(model, smoothing=row["smoothing"])
+            score_fn = model.score(smoothing=row["smoothing"])
             val = scoring.score(single.params, split0.val_images, score_fn=score_fn)
             test = scoring.score(single.params, split0.test_images, score_fn=score_fn)
             threshold = metrics.threshold_from_normals(val, percentile=95)
@@ -80,6 +81,27 @@ def test_every_sweep_row_equals_the_single_run_with_the_same_flags(sweep, tmp_pa
         # Trained in a vmapped group vs alone: equal up to float rounding.
         for key in ("auroc", "synthetic_auroc", "f1"):
             assert row[key] == pytest.approx(single["models"][name][key], abs=2e-4)
+
+
+def test_learning_rate_is_a_grid_axis_and_each_row_equals_the_single_run(tmp_path):
+    base = ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(32,), latent_dim=4,
+                            anomaly_fraction=0.1, checkpoint_every=0, tensorboard=False)
+    grid = SweepConfig(betas=(2.0,), seeds=(0,), classes=(1,), learning_rates=(1e-3, 1e-2),
+                       base=dataclasses.replace(base, output_dir=str(tmp_path / "s")))
+    result = run_grid(grid, kind="sweep")
+    assert sorted((r["model"], r["learning_rate"]) for r in result["rows"]) == [
+        ("ae", 1e-3), ("ae", 1e-2), ("vae", 1e-3), ("vae", 1e-2)]
+    assert {"AE lr=0.001", "AE lr=0.01", "VAE b=2 lr=0.01"} <= set(result["summary"])
+    single = run_single(dataclasses.replace(base, beta=2.0, normal_class=1, learning_rate=1e-2,
+                                            output_dir=str(tmp_path / "r")))  # fmt: skip
+    for row in (r for r in result["rows"] if r["learning_rate"] == 1e-2):
+        for key in ("auroc", "synthetic_auroc"):  # An injected vs a constant rate: rounding.
+            assert row[key] == pytest.approx(single["models"][row["model"]][key], abs=2e-4)
+        np.testing.assert_allclose(row["history"]["total"],
+                                   single["models"][row["model"]]["history"]["total"], rtol=1e-4)
+    # The two rates trained different models.
+    ae = [r["history"]["total"][0] for r in result["rows"] if r["model"] == "ae"]
+    assert abs(ae[0] - ae[1]) > 1.0
 
 
 def test_csv_json_and_summary_agree(sweep):

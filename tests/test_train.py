@@ -1,16 +1,19 @@
-"""Training: every image every epoch, determinism, vmap over beta and seed, divergence."""
+"""Training: every image every epoch, determinism, any optimizer, vmap over any
+hyperparameter, the host driver equal to the pure function, divergence."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jax_vae import losses, models, train
+from jax_vae import keys, registry, train
 
 SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
@@ -19,13 +22,19 @@ def _images(n=300, seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, 784))
 
 
+def _with_loss(name, loss, **hparams):
+    """Model ``name`` with another per-example loss (and the hyperparameters it reads)."""
+    model = registry.build(name, **SMALL)
+    spec = dataclasses.replace(model.spec, hparams=hparams)
+    return dataclasses.replace(model, loss=loss, spec=spec)
+
+
 def test_loss_decreases_on_real_data(split0):
     images = split0.train_images[:2000]
     for name in ("ae", "vae"):
-        result = train.train(
-            jax.random.key(0), images, model=models.make_model(name), beta=1.0, epochs=3, name=name
-        )
-        total = result.history.total
+        result = train.train(jax.random.key(0), images, model=registry.build(name), epochs=3,
+                             name=name)  # fmt: skip
+        total = result.history["total"]
         chex.assert_shape(total, (3,))
         assert total[-1] < 0.7 * total[0], (name, total)
 
@@ -36,29 +45,20 @@ def test_every_image_counts_once_per_epoch():
     # so the last batch is partial).
     images = _images(143)
 
-    def pixel_sum_loss(params, x, key, beta):
-        del key, beta
+    def pixel_sum_loss(params, x, key, hparams):
         kernel = params["params"]["encoder"]["dense_0"]["kernel"]
         s = jnp.sum(x) + 0.0 * jnp.sum(kernel)  # Touch the params so grad is defined.
-        return losses.LossTerms(s, s, jnp.zeros_like(s))
+        return {"total": s, "pixels": s}
 
-    result = train.train(
-        jax.random.key(0),
-        images,
-        model=models.make_model("ae", **SMALL),
-        epochs=2,
-        batch_size=64,
-        loss_fn=pixel_sum_loss,
-    )
-    np.testing.assert_allclose(result.history.reconstruction, [images.sum(1).mean()] * 2, rtol=1e-5)
+    model = _with_loss("ae", pixel_sum_loss)
+    result = train.train(jax.random.key(0), images, model=model, epochs=2, batch_size=64)
+    np.testing.assert_allclose(result.history["pixels"], [images.sum(1).mean()] * 2, rtol=1e-5)
 
 
 def test_same_seed_same_parameters_other_seed_differs():
     images = _images()
-    model = models.make_model("vae", **SMALL)
-    run = functools.partial(
-        train.train, images=images, model=model, beta=1.0, epochs=2, batch_size=50
-    )
+    run = functools.partial(train.train, images=images, model=registry.build("vae", **SMALL),
+                            epochs=2, batch_size=50)  # fmt: skip
     a, b, c = run(jax.random.key(3)), run(jax.random.key(3)), run(jax.random.key(4))
     chex.assert_trees_all_equal(a.params, b.params)
     assert not np.allclose(
@@ -66,91 +66,93 @@ def test_same_seed_same_parameters_other_seed_differs():
     )
 
 
-def test_vmap_over_betas_equals_separate_runs():
+def _kernel_sum_loss(params, x, key, hparams):
+    # d total / d kernel = 1 for every entry, so an SGD step moves each entry by -lr.
+    return {"total": jnp.sum(params["params"]["encoder"]["dense_0"]["kernel"]) + 0.0 * x[0]}
+
+
+def test_any_optax_optimizer_and_the_learning_rate_as_a_vmapped_axis():
+    images = _images(96)  # 3 steps of 32 per epoch.
+    model = _with_loss("ae", _kernel_sum_loss)
+    init = model.init(keys.init_keys(jax.random.key(0))[0], images[0])
+    start = np.asarray(init["params"]["encoder"]["dense_0"]["kernel"])
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    trainer = train.make_train(model, tx=sgd, epochs=2, batch_size=32)
+    state, _ = jax.jit(trainer)(jax.random.key(0), images, {})
+    got = state.params["params"]["encoder"]["dense_0"]["kernel"]
+    np.testing.assert_allclose(got, start - 6 * 0.1, rtol=1e-5, atol=1e-6)  # 6 steps of -lr.
+    # Two learning rates, one program: each model moved by 6 of its own steps.
+    lrs = jnp.array([0.1, 0.01])
+    states, _ = jax.jit(jax.vmap(trainer, in_axes=(None, None, 0)))(
+        jax.random.key(0), images, {"learning_rate": lrs}
+    )
+    for i, lr in enumerate(np.asarray(lrs)):
+        np.testing.assert_allclose(states.params["params"]["encoder"]["dense_0"]["kernel"][i],
+                                   start - 6 * lr, rtol=1e-5, atol=1e-6)  # fmt: skip
+    # A plain optimizer cannot take the learning rate from hparams: said, not ignored.
+    plain = train.make_train(model, tx=optax.sgd(0.1), epochs=1, batch_size=32)
+    with pytest.raises(ValueError, match="inject_hyperparams"):
+        plain(jax.random.key(0), images, {"learning_rate": 0.1})
+
+
+def test_pure_function_vmapped_over_betas_equals_the_host_driver():
     images = _images()
-    model = models.make_model("vae", **SMALL)
-    kwargs = dict(model=model, epochs=2, batch_size=64)
+    model = registry.build("vae", **SMALL)
+    trainer = train.make_train(model, epochs=2, batch_size=64)
     betas = jnp.array([0.5, 4.0])
     keys = jax.random.split(jax.random.key(0), 2)
-    vmapped = jax.jit(
-        jax.vmap(functools.partial(train.train_scan, **kwargs), in_axes=(0, None, 0))
-    )(keys, images, betas)
+    state, history = jax.jit(jax.vmap(trainer, in_axes=(0, None, 0)))(
+        keys, images, {"beta": betas}
+    )
     for i in range(2):
-        single = train.train(keys[i], images, beta=float(betas[i]), **kwargs)
+        single = train.train(keys[i], images, {"beta": betas[i]}, model=model, epochs=2,
+                             batch_size=64, hooks=())  # fmt: skip
         chex.assert_trees_all_close(
-            jax.tree.map(lambda a, i=i: a[i], vmapped.params), single.params, rtol=1e-4, atol=1e-5
+            jax.tree.map(lambda a, i=i: a[i], state.params), single.params, rtol=1e-4, atol=1e-5
         )
-        np.testing.assert_allclose(vmapped.history.total[i], single.history.total, rtol=1e-4)
+        np.testing.assert_allclose(history["total"][i], single.history["total"], rtol=1e-4)
     # The two betas really trained different models.
-    assert not np.allclose(vmapped.history.kl[0], vmapped.history.kl[1])
+    assert not np.allclose(history["kl"][0], history["kl"][1])
 
 
 def test_batched_driver_equals_separate_runs():
     images = _images()
-    model = models.make_model("vae", **SMALL)
+    model = registry.build("vae", **SMALL)
     keys = jax.random.split(jax.random.key(1), 3)
     betas = jnp.array([1.0, 2.0, 8.0])
-    run = functools.partial(train.train, model=model, epochs=2, batch_size=64)
-    singles = [run(keys[i], images, float(betas[i])) for i in range(3)]
+    run = functools.partial(train.train, model=model, epochs=2, batch_size=64, hooks=())
+    singles = [run(keys[i], images, {"beta": betas[i]}) for i in range(3)]
     for group_size in (0, 2):  # All vmapped; pairs plus a remainder (lax.map).
-        batched = run(keys, images, betas, group_size=group_size)
-        chex.assert_shape(batched.history.total, (3, 2))
+        batched = run(keys, images, {"beta": betas}, group_size=group_size)
+        chex.assert_shape(batched.history["total"], (3, 2))
         for i in range(3):
             np.testing.assert_allclose(
-                batched.history.total[i], singles[i].history.total, rtol=1e-4
+                batched.history["total"][i], singles[i].history["total"], rtol=1e-4
             )
 
 
 def test_non_finite_loss_names_the_epoch():
-    images = _images(100)
-
-    def exploding(params, x, key, beta):
-        del key, beta
+    def exploding(params, x, key, hparams):
         kernel = params["params"]["encoder"]["dense_0"]["kernel"]
-        s = jnp.sum(x) * jnp.exp(jnp.sum(kernel) * 1e6)  # inf after the first update.
-        return losses.LossTerms(s, s, jnp.zeros_like(s))
+        return {"total": jnp.sum(x) * jnp.exp(jnp.sum(kernel) * 1e6)}  # inf after one update.
 
     with pytest.raises(train.NonFiniteLossError, match=r"epoch \d+/5"):
-        train.train(
-            jax.random.key(0),
-            images,
-            model=models.make_model("ae", **SMALL),
-            epochs=5,
-            batch_size=50,
-            loss_fn=exploding,
-            learning_rate=10.0,
-        )
+        train.train(jax.random.key(0), _images(100), model=_with_loss("ae", exploding),
+                    tx=optax.adam(10.0), epochs=5, batch_size=50)  # fmt: skip
 
 
-def test_rejects_bad_batch_size_and_mismatched_batch():
+def test_rejects_bad_batch_size_and_mismatched_hyperparameters():
     images = _images(10)
-    model = models.make_model("ae", **SMALL)
+    model = registry.build("vae", **SMALL)
     with pytest.raises(ValueError, match="batch_size"):
         train.train(jax.random.key(0), images, model=model, batch_size=11, epochs=1)
-    with pytest.raises(ValueError, match="both be scalars or both"):
-        train.train(
-            jax.random.split(jax.random.key(0), 2),
-            images,
-            model=model,
-            beta=1.0,
-            epochs=1,
-            batch_size=5,
-        )
+    with pytest.raises(ValueError, match=r"hparams\['beta'\]"):
+        train.train(jax.random.split(jax.random.key(0), 2), images, {"beta": jnp.ones(3)},
+                    model=model, epochs=1, batch_size=5)  # fmt: skip
 
 
 def test_epoch_is_traced_once_not_per_epoch():
-    traces = []
-
-    def counting_loss(params, x, key, beta):
-        traces.append(1)  # Runs only while JAX traces, never when compiled code runs.
-        return losses.make_example_loss(models.make_model("ae", **SMALL))(params, x, key, beta)
-
-    train.train(
-        jax.random.key(0),
-        _images(64),
-        model=models.make_model("ae", **SMALL),
-        epochs=4,
-        batch_size=32,
-        loss_fn=counting_loss,
-    )
-    assert len(traces) == 1
+    model = registry.build("ae", **SMALL)
+    # chex counts the traces of the wrapped loss: only tracing runs it, never compiled code.
+    counted = dataclasses.replace(model, loss=chex.assert_max_traces(model.loss, n=1))
+    train.train(jax.random.key(0), _images(64), model=counted, epochs=4, batch_size=32)

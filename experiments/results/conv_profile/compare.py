@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from benchmarks import throughput
-from jax_vae import data, models, train
+from jax_vae import data, losses, models, registry, train
 
 
 class FlaxConvEncoder(nn.Module):
@@ -62,9 +62,10 @@ def main(torch_python: str) -> None:
     steps = train.num_batches(images.shape[0], 128)
     candidates = {
         "flax nn.Conv (before)": FlaxConvAutoEncoder(hidden_dims=(32, 64), latent_dim=20),
-        "slices + matmuls (now)": models.make_model("ae", architecture="conv",
-                                                    hidden_dims=(32, 64)),
+        "slices + matmuls (now)": models.ConvAutoEncoder(hidden_dims=(32, 64), latent_dim=20),
     }  # fmt: skip
+    candidates = {label: registry.Model("ae", m, registry.get("ae"), losses.autoencoder_loss(m))
+                  for label, m in candidates.items()}  # fmt: skip
     epochs = {}
     for label, model in candidates.items():
         seconds = []
