@@ -231,6 +231,22 @@ class StridedConvTranspose(_Strided):
         return y.reshape(*y.shape[:-5], height * s, width * s, self.features) + bias
 
 
+def conv_layers(backend: str | None = None) -> tuple[type, type]:
+    """The stride-2, 4x4, "SAME" layers of the conv models: the slices-and-matmuls versions
+    on the CPU (see above), Flax's own (cuDNN on a GPU, the TPU's convolutions) elsewhere.
+    Both have the same parameters, so a checkpoint moves between backends."""
+    if (backend or jax.default_backend()) == "cpu":
+        return StridedConv, StridedConvTranspose
+
+    def conv(features, name):
+        return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name)
+
+    def transpose(features, name):
+        return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=name)
+
+    return conv, transpose
+
+
 class ConvEncoder(nn.Module):
     """[..., 784] -> 28x28x1 -> strided 4x4 convs (ReLU) -> flattened features."""
 
@@ -240,7 +256,7 @@ class ConvEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.reshape(*x.shape[:-1], 28, 28, 1)
         for i, c in enumerate(self.channels):
-            h = nn.relu(StridedConv(c, name=f"Conv_{i}")(h))
+            h = nn.relu(conv_layers()[0](c, name=f"Conv_{i}")(h))
         return h.reshape(*h.shape[:-3], -1)
 
 
@@ -255,7 +271,7 @@ class ConvDecoder(nn.Module):
         h = nn.relu(nn.Dense(side * side * self.channels[-1])(z))
         h = h.reshape(*z.shape[:-1], side, side, self.channels[-1])
         for i, c in enumerate((*reversed(self.channels[:-1]), 1)):
-            h = StridedConvTranspose(c, name=f"ConvTranspose_{i}")(h)
+            h = conv_layers()[1](c, name=f"ConvTranspose_{i}")(h)
             h = nn.relu(h) if c != 1 else h
         return h.reshape(*h.shape[:-3], NUM_PIXELS)
 

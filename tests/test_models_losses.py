@@ -177,3 +177,16 @@ def test_strided_convolutions_equal_flax_layers_and_gradients(ours, flax_layer, 
     (ours_out, flax_out), (ours_grads, flax_grads) = values_and_grads(params, x)
     np.testing.assert_allclose(ours_out, flax_out, atol=2e-5)
     chex.assert_trees_all_close(ours_grads, flax_grads, atol=1e-4, rtol=1e-5)
+
+
+def test_conv_models_use_flax_convolutions_off_the_cpu_with_the_same_parameters(monkeypatch):
+    model = registry.build("vae", hidden_dims=(4, 8), latent_dim=3, architecture="conv")
+    x = jax.random.uniform(jax.random.key(0), (2, 784))
+    params = model.init(jax.random.key(1), x[0])
+    on_cpu = model.reconstruct()(params, x)  # Encoder and decoder.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # As the module sees a GPU.
+    assert models.conv_layers()[0](4, name="c").__class__ is nn.Conv
+    # The same parameter tree (a checkpoint moves between backends) and the same function.
+    assert jax.tree.map(jnp.shape, model.init(jax.random.key(1), x[0])) == jax.tree.map(
+        jnp.shape, params)
+    chex.assert_trees_all_close(model.reconstruct()(params, x), on_cpu, atol=2e-5)
