@@ -34,6 +34,8 @@ from jax_vae import data, keys, registry, rules, scoring, sharding, train
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.metrics import evaluate
 
+GRID_IMAGES = 8  # Normal and anomalous test images each in a run's reconstruction plot.
+LATENT_POINTS = 5000  # Test images in a run's latent scatter plot.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
 KINDS = ("run", "sweep", "baselines")
 
@@ -49,10 +51,21 @@ class Group:
     normal: int  # The normal class.
     name: str
     points: list[dict[str, Any]]  # Each model's beta, learning_rate (None where none) and seed.
-    scores: scoring.Parts  # [points, images, smoothings] each.
+    scores: scoring.Parts | None  # [points, images, smoothings] each; None until scored.
     history: dict[str, np.ndarray] | None  # Per point [points, epochs]; None for baselines.
-    params: Any = None  # Per point (an ensemble's first member), kept for single runs' plots.
-    model: Any = None
+    params: Any = None  # The first point's (an ensemble's first member), for a run's previews.
+    model: registry.Model | None = None
+
+
+@dataclasses.dataclass
+class Previews:
+    """What a single run's plots show that only the models can compute (the report draws)."""
+
+    inputs: np.ndarray  # Test images, normal then anomalous.
+    titles: list[str]
+    reconstructions: dict[str, np.ndarray]  # Per model, of the inputs.
+    codes: np.ndarray | None  # Latent codes of test images (a VAE's means, else any model's).
+    code_classes: np.ndarray | None
 
 
 @dataclasses.dataclass
@@ -68,6 +81,7 @@ class Result:
     splits: dict[int, data.OneClassSplit]  # Kept for single runs only.
     board: Board  # TensorBoard: the training curves are written, the rest by the report.
     timings: Timings  # Seconds per phase; the report adds its own and records them.
+    previews: Previews | None = None  # A single run's.
 
 
 def config_model(base, name: str) -> registry.Model:
@@ -127,9 +141,10 @@ def _default_dir(kind: str, grid: SweepConfig) -> str:
     return new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 
-def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> dict[str, dict[str, Any]]:
-    """Every class's split rules, before any training; its sizes and fingerprint."""
-    base, splits = grid.base, {}
+def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]:
+    """Every class's split rules, before any training: its sizes and fingerprint (for the
+    record), and its indices (each split is computed once)."""
+    base, splits, indices = grid.base, {}, {}
     for normal in grid.classes:
         with as_flags():
             idx = data.split_indices(
@@ -144,7 +159,8 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> dict[str, dict[st
             "test_anomalies": int((dataset.test_labels[idx.test] != normal).sum()),
             "fingerprint": idx.fingerprint,
         }  # fmt: skip
-    return splits
+        indices[normal] = idx
+    return splits, indices
 
 
 def _check_same_splits(saved: dict[str, Any], splits: dict[str, Any], run_dir: str) -> None:
@@ -212,7 +228,7 @@ def run(
         with timings.phase("data"):
             dataset = dataset() if dataset else data.load_dataset(
                 base.data_source, dataset=base.dataset, data_dir=base.data_dir)  # fmt: skip
-            splits = _check_splits(dataset, grid)
+            splits, indices = _check_splits(dataset, grid)
         if saved:
             _check_same_splits(saved, splits, run_dir)
         mesh = config_mesh(base, grid.mesh_layout)
@@ -238,10 +254,7 @@ def run(
     checkpointers: list[Checkpointer] = []  # Closed at the end, with their time.
     for normal in grid.classes:
         with timings.phase("data"):
-            split = data.one_class_split(
-                dataset, normal_class=normal, val_fraction=base.val_fraction,
-                anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
-            )  # fmt: skip
+            split = data.take_split(dataset, indices[normal], normal)
             synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed)
         images = scoring.Parts(split.val_images, split.test_images, synthetic)
         for name in base.models:
@@ -249,22 +262,63 @@ def run(
                 with timings.phase("baselines"):
                     group, timing = _fit_baselines(grid, normal, name, split, images)
             else:
-                group, timing = _train_and_score(
-                    grid, normal, name, split, images, mesh=mesh,
-                    checkpoint_dir=os.path.join(run_dir or output_dir, "checkpoints",
-                                                f"{rules.class_slug(base.dataset, normal)}_{name}"),
-                    eval_only=eval_only, keep_params=kind == "run", board=board, timings=timings,
-                    checkpointers=checkpointers,
-                )  # fmt: skip
+                model = config_model(base, name)
+                checkpointer = None
+                if base.checkpoint_every or eval_only:
+                    slug = f"{rules.class_slug(base.dataset, normal)}_{name}"
+                    checkpointer = Checkpointer(
+                        os.path.join(run_dir or output_dir, "checkpoints", slug),
+                        every=max(base.checkpoint_every, 1))  # fmt: skip
+                    checkpointers.append(checkpointer)
+                group, timing = (_restore if eval_only else _train)(
+                    grid, normal, model, split, mesh=mesh, checkpointer=checkpointer,
+                    board=board, timings=timings)  # fmt: skip
+                with timings.phase("scoring"):
+                    group = _score(group, grid, images, keep_params=kind == "run")
             result.groups.append(group)
             with timings.phase("metrics"):
                 result.rows.extend(_rows(group, grid, split.test_labels, timing))
         if kind == "run":
             result.splits[normal] = split
+            with timings.phase("previews"):
+                result.previews = _previews(grid, split, result.groups)
     for checkpointer in checkpointers:
         checkpointer.close()
         timings.add("checkpoints", checkpointer.save_seconds)
     return result
+
+
+def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group]):
+    """A single run's test images, their reconstructions and latent codes, for the plots."""
+    models = [g for g in groups if g.params is not None]
+    if not models:  # Baselines only: nothing to reconstruct.
+        return None
+    labels = split.test_labels
+    rng = np.random.default_rng(grid.base.split_seed)
+    picks = np.concatenate([
+        rng.choice(np.flatnonzero(labels == c), size=min(GRID_IMAGES, int((labels == c).sum())),
+                   replace=False)
+        for c in (0, 1)
+    ])  # fmt: skip
+    inputs = split.test_images[picks]
+    reconstructions = {
+        g.name: np.asarray(jax.jit(jax.vmap(g.model.reconstruct(), in_axes=(None, 0)))(
+            g.params, inputs))
+        for g in models
+    }  # fmt: skip
+    names = rules.CLASS_NAMES[grid.base.dataset]
+    titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(split.test_classes[picks],
+                                                                 labels[picks], strict=True)]
+    codes = classes = None
+    # The latent plot: the VAE's posterior means, or else the first model with a code.
+    coded = sorted((g for g in models if g.model.spec.encode), key=lambda g: g.name != "vae")
+    if coded:
+        encode = coded[0].model.spec.encode(coded[0].model.module)
+        subset = rng.permutation(labels.size)[:LATENT_POINTS]
+        codes = scoring.map_chunked(lambda p, x, k: encode(p, x), coded[0].params,
+                                    split.test_images[subset], chunk_size=grid.base.chunk_size)
+        classes = split.test_classes[subset]
+    return Previews(inputs, titles, reconstructions, codes, classes)
 
 
 def _rows(group: Group, grid: SweepConfig, labels: np.ndarray, timing: dict) -> list[dict]:
@@ -302,17 +356,12 @@ def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:
     return Group(normal, name, points, scoring.Parts(*map(np.stack, parts)), None), timing
 
 
-def _train_and_score(
-    grid, normal, name, split, images, *, mesh, checkpoint_dir, eval_only, keep_params, board,
-    timings, checkpointers,
-) -> tuple[Group, dict]:
-    """Trains (or restores) every point of one model kind together, then scores them."""
-    base, points = grid.base, points_of(grid, name)
-    members = base.ensemble_size
-    model_keys = [keys.member_keys(p["seed"], name, members) for p in points]
-    train_keys = jnp.concatenate([k.train for k in model_keys])
-    score_keys = jnp.concatenate([k.score for k in model_keys])
-    model = config_model(base, name)
+def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict]) -> tuple:
+    """The optimizer and the per-model hyperparameters [points * members (+ mesh padding)]
+    of one model kind's points, and their training keys (one key, scalars for one model)."""
+    base, members = grid.base, grid.base.ensemble_size
+    train_keys = jnp.concatenate(
+        [keys.member_keys(p["seed"], model.name, members).train for p in points])
     # Per model, the hyperparameters its loss reads: beta per point, the warm-up.
     hparams = {h: np.full(len(points), v, np.float32) for h, v in model.hparams.items()}
     if "beta" in hparams:
@@ -326,88 +375,104 @@ def _train_and_score(
         tx = optax.inject_hyperparams(optax.adam)(learning_rate=grid.rates[0])
         hparams["learning_rate"] = np.array([p["learning_rate"] for p in points], np.float32)
     hparams = {h: np.repeat(v, members) for h, v in hparams.items()}
-    k = len(points) * members
-    if mesh is not None and grid.mesh_layout == sharding.MODELS:
-        pad = -k % mesh.devices.size  # Whole models per device: repeat the last; dropped below.
+    width = base.num_devices or jax.device_count()
+    if grid.mesh_layout == sharding.MODELS and width > 1:
+        pad = -train_keys.shape[0] % width  # Whole models per device: repeat the last.
         train_keys = jnp.concatenate([train_keys, jnp.repeat(train_keys[-1:], pad)])
         hparams = {h: np.concatenate([v, np.repeat(v[-1:], pad)]) for h, v in hparams.items()}
     if train_keys.shape[0] == 1:  # One model: trained unbatched, exactly as the library does.
         train_keys, hparams = train_keys[0], {h: v[0] for h, v in hparams.items()}
-    label = f"{name} ({_name(base, normal)})" if len(grid.classes) > 1 else name
-    checkpointer = None
-    if base.checkpoint_every or eval_only:
-        checkpointer = Checkpointer(checkpoint_dir, every=max(base.checkpoint_every, 1))
-        checkpointers.append(checkpointer)
-    if eval_only:
-        if checkpointer.latest_epoch() != base.epochs:
-            raise ConfigError(
-                f"{label} has no final checkpoint in {checkpoint_dir} (latest: epoch "
-                f"{checkpointer.latest_epoch()} of {base.epochs}); finish it with --resume first"
-            )
-        with timings.phase("checkpoints"):
-            init = train.make_train(model, tx=tx, batch_size=base.batch_size,
-                                    epochs=base.epochs).init
-            if jnp.ndim(train_keys):
-                init = jax.vmap(init, in_axes=(0, None, 0))
-            template = jax.jit(init)(train_keys, jnp.asarray(split.train_images), hparams)
-            state, history = checkpointer.restore(template)
-        params, history, timing = state.params, train.stack_history(history), {}
-    else:
-        logging.info(
-            "%s: training %d %s model%s together (%d epochs, %d images)",
-            _name(base, normal), k, name, "" if k == 1 else "s", base.epochs,
-            len(split.train_images),
+    return tx, train_keys, hparams
+
+
+def _restore(grid, normal, model, split, *, checkpointer, **_) -> tuple[Group, dict]:
+    """``--eval_only``: every point of one model kind from its final checkpoint."""
+    base, points = grid.base, points_of(grid, model.name)
+    latest = checkpointer.latest_epoch()
+    if latest != base.epochs:
+        raise ConfigError(
+            f"{_label(grid, normal, model.name)} has no final checkpoint in "
+            f"{checkpointer.directory} (latest: epoch {latest} of {base.epochs}); finish it "
+            "with --resume first"
+        )
+    tx, train_keys, hparams = _hparams(grid, model, points)
+    init = train.make_train(model, tx=tx, batch_size=base.batch_size, epochs=base.epochs).init
+    if jnp.ndim(train_keys):
+        init = jax.vmap(init, in_axes=(0, None, 0))
+    template = jax.jit(init)(train_keys, jnp.asarray(split.train_images), hparams)
+    state, history = checkpointer.restore(template)
+    return Group(normal, model.name, points, None, train.stack_history(history), state.params,
+                 model), {}  # fmt: skip
+
+
+def _train(grid, normal, model, split, *, mesh, checkpointer, board, timings):
+    """Trains every point of one model kind (times the ensemble members) together."""
+    base, points, name = grid.base, points_of(grid, model.name), model.name
+    tx, train_keys, hparams = _hparams(grid, model, points)
+    k, label = len(points) * base.ensemble_size, _label(grid, normal, name)
+    logging.info("%s: training %d %s model%s together (%d epochs, %d images)", _name(base, normal),
+                 k, name, "" if k == 1 else "s", base.epochs, len(split.train_images))  # fmt: skip
+    last = [0]  # The last finished epoch, for the message on Ctrl-C.
+    runs = [[run_name(base, {"normal_class": normal, "model": name, **p, "smoothing": sm},
+                      len(grid.smoothings) > 1, len(grid.rates) > 1)
+             for sm in grid.smoothings] for p in points]  # fmt: skip
+    curves = board.epoch_hook(runs, members=base.ensemble_size, images=len(split.train_images),
+                              betas=[p["beta"] for p in points], warmup=base.kl_warmup_epochs)
+    try:
+        trained = train.train(
+            train_keys, split.train_images, hparams, model=model, tx=tx, epochs=base.epochs,
+            batch_size=base.batch_size, name=label, group_size=grid.group_size, mesh=mesh,
+            hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch), curves),
+            checkpointer=checkpointer,
         )  # fmt: skip
-        last = [0]  # The last finished epoch, for the message on Ctrl-C.
-        runs = [[run_name(base, {"normal_class": normal, "model": name, **p, "smoothing": sm},
-                          len(grid.smoothings) > 1, len(grid.rates) > 1)
-                 for sm in grid.smoothings] for p in points]  # fmt: skip
-        curves = board.epoch_hook(runs, members=members, images=len(split.train_images),
-                                  betas=[p["beta"] for p in points],
-                                  warmup=base.kl_warmup_epochs)  # fmt: skip
-        try:
-            trained = train.train(
-                train_keys, split.train_images, hparams, model=model, tx=tx, epochs=base.epochs,
-                batch_size=base.batch_size, name=label,
-                hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch), curves),
-                group_size=grid.group_size, mesh=mesh, checkpointer=checkpointer,
-            )  # fmt: skip
-        except KeyboardInterrupt:
-            # Ctrl-C may land inside a save: what is complete on disk is what resumes.
-            saved = checkpointer.latest_epoch(reload=True) if checkpointer else None
-            where = os.path.dirname(os.path.dirname(checkpoint_dir))
-            raise Interrupted(
-                f"interrupted in epoch {last[0] + 1}/{base.epochs} of {label}; "
-                + (f"continue from epoch {saved} with --resume={where}" if saved else
-                   "no checkpoint to resume from yet")
-            ) from None
-        params, history = trained.params, trained.history
-        timings.add("compile", trained.compile_seconds)
-        timings.add("train", trained.train_seconds)
-        timing = {
-            "train_seconds": trained.train_seconds, "compile_seconds": trained.compile_seconds,
-            "images_per_second": trained.epochs_run * k * len(split.train_images)
-            / trained.train_seconds if trained.epochs_run else None,
-        }  # fmt: skip
-    with timings.phase("scoring"):
-        params = sharding.on_one_device(params)  # Score on one device.
-        if jnp.ndim(train_keys) == 0:  # Give the single model its leading axis back.
-            params, history = jax.tree.map(lambda a: a[None], (params, history))
-        params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
-        history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
-                   for f, h in history.items()}  # fmt: skip
-        score_fn = scoring.stack_scores(tuple(
-            model.score(vae_score=base.vae_score, mc_samples=base.mc_samples,
-                        likelihood=base.likelihood, smoothing=s)
-            for s in grid.smoothings
-        ))  # fmt: skip
-        scores = scoring.score_parts(
-            params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
-            key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
-        )  # fmt: skip
-        # [points * members, N, S] -> the members' mean score [points, N, S].
-        scores = scoring.Parts(*(
-            np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
-        ))  # fmt: skip
-    first_members = jax.tree.map(lambda a: a[::members], params) if keep_params else None
-    return Group(normal, name, points, scores, history, first_members, model), timing
+    except KeyboardInterrupt:
+        # Ctrl-C may land inside a save: what is complete on disk is what resumes.
+        saved = checkpointer.latest_epoch(reload=True) if checkpointer else None
+        where = os.path.dirname(os.path.dirname(checkpointer.directory)) if checkpointer else ""
+        raise Interrupted(
+            f"interrupted in epoch {last[0] + 1}/{base.epochs} of {label}; "
+            + (f"continue from epoch {saved} with --resume={where}" if saved else
+               "no checkpoint to resume from yet")
+        ) from None
+    timings.add("compile", trained.compile_seconds)
+    timings.add("train", trained.train_seconds)
+    timing = {
+        "train_seconds": trained.train_seconds, "compile_seconds": trained.compile_seconds,
+        "images_per_second": trained.epochs_run * k * len(split.train_images)
+        / trained.train_seconds if trained.epochs_run else None,
+    }  # fmt: skip
+    return Group(normal, name, points, None, trained.history, trained.params, model), timing
+
+
+def _score(group: Group, grid: SweepConfig, images: scoring.Parts, *, keep_params: bool) -> Group:
+    """Scores every trained model of a group at every smoothing; averages ensemble members."""
+    base, points, members = grid.base, group.points, grid.base.ensemble_size
+    k = len(points) * members
+    params, history = sharding.on_one_device((group.params, group.history))  # One device.
+    if jnp.ndim(jax.tree.leaves(history)[0]) == 1:  # One model: its leading axis back.
+        params, history = jax.tree.map(lambda a: a[None], (params, history))
+    params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
+    history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
+               for f, h in history.items()}  # fmt: skip
+    score_fn = scoring.stack_scores(tuple(
+        group.model.score(vae_score=base.vae_score, mc_samples=base.mc_samples,
+                          likelihood=base.likelihood, smoothing=s)
+        for s in grid.smoothings
+    ))  # fmt: skip
+    score_keys = jnp.concatenate(
+        [keys.member_keys(p["seed"], group.name, members).score for p in points])
+    scores = scoring.score_parts(
+        params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
+        key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
+    )  # fmt: skip
+    # [points * members, N, S] -> the members' mean score [points, N, S].
+    scores = scoring.Parts(*(
+        np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
+    ))  # fmt: skip
+    first = jax.tree.map(lambda a: a[0], params) if keep_params else None
+    return dataclasses.replace(group, scores=scores, history=history, params=first)
+
+
+def _label(grid: SweepConfig, normal: int, name: str) -> str:
+    """A model kind in log lines and messages: ``vae``, or ``vae (digit 3)`` in a grid."""
+    return f"{name} ({_name(grid.base, normal)})" if len(grid.classes) > 1 else name

@@ -14,17 +14,13 @@ import os
 import sys
 from typing import Any, TextIO
 
-import jax
 import numpy as np
 from absl import logging
 
 from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
 from jax_vae import rules, sharding
-from jax_vae.scoring import map_chunked
 
-GRID_IMAGES = 8  # Normal and anomalous test images each in the reconstruction grid.
-LATENT_POINTS = 5000  # Test images in the latent scatter plot.
 CSV_FIELDS = (
     "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "auroc", "auprc", "f1",
     "precision", "recall", "fpr", "threshold", "synthetic_auroc",
@@ -126,7 +122,7 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
     """The figures of a single run, by file name (without .png)."""
     from experiments import plots  # noqa: PLC0415
     (normal,) = result.grid.classes
-    split, labels = result.splits[normal], arrays["labels"]
+    labels = arrays["labels"]
     rows = {r["model"]: r for r in result.rows}
     test = {g.name: arrays[f"{g.name}_test"] for g in result.groups}
     figures = {
@@ -134,39 +130,15 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
         "score_histograms": plots.score_histograms(
             labels, test, {n: r["threshold"] for n, r in rows.items()}),
     }  # fmt: skip
-    models = [g for g in result.groups if g.params is not None]
-    if not models:  # Baselines only: nothing to reconstruct.
+    p = result.previews
+    if p is None:  # Baselines only: nothing to reconstruct.
         return figures
-    rng = np.random.default_rng(result.grid.base.split_seed)
-    picks = np.concatenate([
-        rng.choice(np.flatnonzero(labels == c), size=min(GRID_IMAGES, int((labels == c).sum())),
-                   replace=False)
-        for c in (0, 1)
-    ])  # fmt: skip
-    inputs = split.test_images[picks]
-    first = {g.name: jax.tree.map(lambda a: a[0], g.params) for g in models}
-    reconstructions = {
-        g.name: np.asarray(jax.jit(jax.vmap(g.model.reconstruct(), in_axes=(None, 0)))(
-            first[g.name], inputs))
-        for g in models
-    }  # fmt: skip
-    names = rules.CLASS_NAMES[result.grid.base.dataset]
-    titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(split.test_classes[picks],
-                                                                 labels[picks], strict=True)]
-    figures["reconstructions"] = plots.reconstruction_grid(inputs, reconstructions, titles)
+    figures["reconstructions"] = plots.reconstruction_grid(p.inputs, p.reconstructions, p.titles)
     figures["training_curves"] = plots.training_curves(
         {n: r["history"] for n, r in rows.items() if "history" in r})
-    # The latent plot: the VAE's posterior means, or else the first model with a code.
-    coded = sorted((g for g in models if g.model.spec.encode), key=lambda g: g.name != "vae")
-    if coded:
-        encode = coded[0].model.spec.encode(coded[0].model.module)
-        subset = rng.permutation(labels.size)[:LATENT_POINTS]
-        means = map_chunked(
-            lambda p, x, k: encode(p, x), first[coded[0].name],
-            split.test_images[subset], chunk_size=result.grid.base.chunk_size,
-        )  # fmt: skip
-        figures["latent"] = plots.latent_scatter(
-            means, split.test_classes[subset], normal, _labels(result.grid.base.dataset))
+    if p.codes is not None:
+        figures["latent"] = plots.latent_scatter(p.codes, p.code_classes, normal,
+                                                 _labels(result.grid.base.dataset))  # fmt: skip
     return figures
 
 

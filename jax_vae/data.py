@@ -502,6 +502,11 @@ def one_class_split(
         dataset, normal_class=normal_class, val_fraction=val_fraction,
         anomaly_fraction=anomaly_fraction, seed=seed,
     )  # fmt: skip
+    return take_split(dataset, idx, normal_class)
+
+
+def take_split(dataset: Dataset, idx: SplitIndices, normal_class: int) -> OneClassSplit:
+    """The split's float images and labels from its indices (:func:`split_indices`)."""
     digits = dataset.test_labels[idx.test].astype(np.int32)
     return OneClassSplit(
         normal_class=normal_class,
