@@ -112,5 +112,9 @@ def test_accelerator_suite_reduced(tmp_path, capsys, monkeypatch):
     assert grid["models"] == 2 and grid["seconds"] >= grid["train_seconds"] > 0
     assert 0.5 < grid["mean_auroc"]["ae"] <= 1
     assert record["memory"]["host_peak_rss_mb"] > 0
+    # Built: compiled, or loaded from the tests' shared cache; at least the AE's and VAE's epoch.
+    assert grid["compiles"] + grid["cache_hits"] >= grid["training_programs"] == 2
+    assert set(record["host_peak_mb_by_k"]) == {"1", "2"}
+    assert all(mb > 0 for mb in record["host_peak_mb_by_k"].values())
     out = capsys.readouterr().out
     assert "K VAEs" in out and "benchmark grid" in out and str(output) in out
