@@ -36,4 +36,5 @@ if [[ "${1:-}" == "test" ]]; then
   shift
   exec "$VENV/bin/python" -m pytest "$@"
 fi
-exec "$VENV/bin/python" -m experiments.main "$@"
+# The run's clock (metrics.json's timings) starts here, not at the install above.
+JAX_VAE_EXEC_TIME=$(date +%s.%N) exec "$VENV/bin/python" -m experiments.main "$@"

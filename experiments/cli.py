@@ -130,6 +130,9 @@ def explicit_flag_values() -> dict[str, Any]:
     }
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Ends the program with one line on stderr."""
     sys.stderr.write(f"error: {message}\n")
@@ -137,11 +140,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing whose errors are one line and exit code 1 (not a usage block)."""
+    """absl flag parsing whose errors are one line and exit code 1 (not a usage block); a
+    help flag prints the usage and exits 0 (absl exits 1: help asked for is no error)."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
         fail(str(e).splitlines()[0])
+    except SystemExit:
+        if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 flags.DEFINE_string(

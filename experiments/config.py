@@ -309,13 +309,26 @@ def _fields(cls, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_config(run_dir: str, *, flag: str) -> SweepConfig:
+def load_config(run_dir: str, *, flag: str, single: bool | None = None) -> SweepConfig:
     """The grid a run or sweep folder was started with, ``output_dir`` = the folder.
 
     A run's record has no grid fields: it loads as its grid of one. Runs from
     before ``--split_seed`` existed split with their ``seed``, and load so.
+
+    Args:
+      run_dir: The folder.
+      flag: The flag that named it, for messages.
+      single: True: the folder must hold a single run; False: a grid (a sweep or
+        baselines); None: either.
     """
     record = read_record(run_dir, flag=flag)
+    is_run = "betas" not in record
+    if single is not None and single != is_run:
+        what = "a single run (experiments.main)" if is_run else "a sweep or baselines run"
+        hint = (f"; continue it with python -m experiments.main --resume={run_dir}"
+                if is_run and flag == "resume" else "")  # fmt: skip
+        raise ConfigError(f"--{flag} {run_dir} holds {what}, not "
+                          f"{'a grid' if is_run else 'a single run'}{hint}")  # fmt: skip
     try:
         base = _fields(ExperimentConfig, record)
         if "betas" not in record:  # A single run.
@@ -329,4 +342,4 @@ def load_config(run_dir: str, *, flag: str) -> SweepConfig:
 
 def load_run_config(run_dir: str, *, flag: str) -> ExperimentConfig:
     """The settings of a single run's folder (see :func:`load_config`)."""
-    return load_config(run_dir, flag=flag).base
+    return load_config(run_dir, flag=flag, single=True).base

@@ -137,7 +137,9 @@ def _name(base, index: int) -> str:
 def _default_dir(kind: str, grid: SweepConfig) -> str:
     base = grid.base
     if kind == "run":
-        return new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_beta{base.beta:g}")
+        # A preset names itself: --preset=best may train no model that has a beta.
+        what = f"preset-{base.preset}" if base.preset else f"beta{base.beta:g}"
+        return new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_{what}")
     return new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 

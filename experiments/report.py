@@ -19,7 +19,7 @@ from absl import logging
 
 from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
-from jax_vae import rules, sharding
+from jax_vae import registry, rules, sharding
 
 CSV_FIELDS = (
     "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "auroc", "auprc", "f1",
@@ -52,11 +52,11 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
         models = {r["model"]: {k: v for k, v in r.items() if k not in IDENTITY}
                   for r in result.rows}  # fmt: skip
         record = {"config": result.record, "models": models}
-        table = format_table(models)
+        table = _run_header(result.grid.base) + format_table(models)
     else:
         summary = summarize(result.rows)
         record = {"config": result.record, "rows": result.rows, "summary": summary}
-        names = rules.CLASS_NAMES[result.grid.base.dataset]
+        names = _labels(result.grid.base.dataset)  # Columns: "digit 3", "Sandal".
         table = _tables(result.rows, summary, select=result.kind == "sweep", names=names)
     (out or sys.stdout).write(table)
     if writer:
@@ -146,6 +146,16 @@ def _labels(dataset: str) -> tuple[str, ...]:
     return tuple(rules.class_label(dataset, i) for i in range(rules.NUM_CLASSES))
 
 
+def _run_header(base) -> str:
+    """What produced a run's table when a preset did: its name and what it set."""
+    if not base.preset:
+        return ""
+    beta = f", beta {base.beta:g}" if any(registry.reads(m, "beta") for m in base.models
+                                         if m not in rules.BASELINES) else ""  # fmt: skip
+    return (f"preset {base.preset} on {base.dataset}: {', '.join(base.models)}{beta}, "
+            f"{base.epochs} epochs, score smoothing {base.score_smoothing:g}\n\n")
+
+
 def format_table(model_results: dict[str, dict[str, Any]]) -> str:
     """The side-by-side results table, one row per model."""
     # Each column: its title or a 7-character number, plus two spaces.
@@ -211,9 +221,11 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
 
 def format_summary(
     summary: dict[str, dict[str, Any]], *, metric: str = "AUROC",
-    names: tuple[str, ...] = rules.CLASS_NAMES["mnist"],
+    names: tuple[str, ...] | None = None,
 ) -> str:
-    """The summary as a table: one row per configuration, one column per class (its name)."""
+    """The summary as a table: one row per configuration, one column per class, headed by
+    its label (``names``; default MNIST's ``digit 0`` ...)."""
+    names = names or _labels("mnist")
     classes = sorted({d for s in summary.values() for d in s["classes"]})
     title = f"{metric} mean+-std"
     width = max(len(title), *(len(label) for label in summary)) + 1

@@ -64,7 +64,7 @@ def body():
         given = [n for n in GRID_FLAGS if FLAGS[n].present] + list(cli.explicit_flag_values())
         if given:
             raise ConfigError(f"--resume keeps the sweep's settings; drop --{given[0]}")
-        config = load_config(FLAGS.resume, flag="resume")
+        config = load_config(FLAGS.resume, flag="resume", single=False)
         validate_sweep(dataclasses.replace(
             config, base=dataclasses.replace(config.base, output_dir=None)))  # fmt: skip
     else:

@@ -52,3 +52,19 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[0].startswith("error: "), lines[0]
     return lines[0]
+
+
+def fashion_mnist_dir() -> str | None:
+    """The folder of the Fashion-MNIST IDX files, found as the loader finds a user's copy
+    (``$JAX_VAE_DATA``, the Debian location), else beside the checkout (``../shared``, where
+    CI has them); None when there is none (the tests that need it skip)."""
+    from jax_vae import data  # noqa: PLC0415
+
+    try:
+        source, folder = data.find_dataset("fashion_mnist")
+        if source == "idx":
+            return folder
+    except data.DataError:
+        pass
+    folder = os.path.join(ROOT, "..", "shared", "data", "fashion_mnist")
+    return folder if os.path.isdir(folder) else None

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import fashion_mnist_dir
 
 from jax_vae import data
 
@@ -178,18 +179,18 @@ def test_synthetic_anomalies_are_local_seeded_corruptions(split0):
     np.testing.assert_array_equal(images, split0.val_images[:40])  # The input is untouched.
 
 
-FASHION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                       "shared", "data", "fashion_mnist")  # fmt: skip
+FASHION = fashion_mnist_dir()
 needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION), reason="the Fashion-MNIST files are in ../shared (CI has them)"
+    FASHION is None, reason="no Fashion-MNIST files ($JAX_VAE_DATA, Debian's, ../shared)"
 )
 
 
 @needs_fashion
-def test_fashion_mnist_real_files_found_through_the_environment(monkeypatch):
-    monkeypatch.setenv(data.DATA_ENV, os.path.dirname(FASHION))
-    assert data.find_dataset("fashion_mnist") == ("idx", os.path.join(
-        os.path.dirname(FASHION), "fashion_mnist"))  # fmt: skip
+def test_fashion_mnist_real_files_found_through_the_environment(monkeypatch, tmp_path):
+    os.symlink(FASHION, tmp_path / "fashion_mnist")  # $JAX_VAE_DATA/fashion_mnist/
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert data.find_dataset("fashion_mnist") == ("idx", str(tmp_path / "fashion_mnist"))
+    assert fashion_mnist_dir() == str(tmp_path / "fashion_mnist")  # The tests look there too.
     d = data.load_dataset(dataset="fashion_mnist")  # auto: the environment's folder.
     assert d.train_images.shape == (60000, 28, 28) and d.test_images.shape == (10000, 28, 28)
     assert np.bincount(d.train_labels).tolist() == [6000] * 10

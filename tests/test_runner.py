@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, cli, one_line_error, run_single
+from helpers import ROOT, cli, fashion_mnist_dir, one_line_error, run_single
 
 from experiments import report
 from experiments.config import ConfigError, ExperimentConfig, validate
@@ -265,7 +265,9 @@ def test_invalid_flags_exit_with_one_line(args, needle, fast, bad_inputs, tmp_pa
 
 
 def test_help_lists_the_commands_own_flags():
-    main_help = cli("main", "--help").stdout
+    proc = cli("main", "--help")
+    assert proc.returncode == 0, proc.stderr  # Help asked for is no error.
+    main_help = proc.stdout
     for flag in ("--beta", "--seed", "--split_seed", "--epochs", "--resume", "--eval_only",
                  "--output_dir", "--models"):  # fmt: skip
         assert f"  {flag}:" in main_help, flag
@@ -317,7 +319,7 @@ def test_verbosity_flag_shows_library_info(tmp_path):
     assert "orbax" in proc.stderr and "ae epoch 1/1" in proc.stderr
 
 
-def test_preset_sets_defaults_and_explicit_flags_override(tmp_path):
+def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch):
     from experiments.config import preset_values  # noqa: PLC0415
 
     out = tmp_path / "run"
@@ -332,6 +334,15 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path):
             assert config[name] == (list(value) if isinstance(value, tuple) else value), name
     record = json.loads((out / "metrics.json").read_text())
     assert set(record["models"]) == set(preset["models"])
+    # The table says what produced it, and a default folder is named after the preset.
+    first = (out / "results.txt").read_text().splitlines()[0]
+    assert first.startswith(f"preset best on mnist: {','.join(preset['models'])}"), first
+    assert f"score smoothing {preset['score_smoothing']:g}" in first
+    from experiments import pipeline  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    folder = pipeline._default_dir("run", pipeline.SweepConfig.single(ExperimentConfig(preset="best")))
+    assert folder.endswith("_digit0_preset-best"), folder
     # Each dataset has its own pick (its headline); unknown datasets get the shared one.
     assert preset_values("best", "fashion_mnist") != preset or preset == preset_values("best", "*")
     assert preset_values("best", "kmnist") == preset_values("best", "*")
@@ -359,13 +370,12 @@ def test_results_table_columns_are_separated_and_aligned():
 
 
 def test_fashion_mnist_run_names_its_class(tmp_path):
-    fashion = os.path.join(ROOT, "..", "shared", "data", "fashion_mnist")
-    if not os.path.isdir(fashion):
-        pytest.skip("the Fashion-MNIST files are in ../shared (CI has them)")
-    env = {**os.environ, "JAX_VAE_DATA": os.path.dirname(fashion)}
+    fashion = fashion_mnist_dir()
+    if fashion is None:
+        pytest.skip("no Fashion-MNIST files ($JAX_VAE_DATA, Debian's, ../shared)")
     proc = cli("main", "--dataset=fashion_mnist", "--normal_class=ankle boot", "--models=ae",
                "--epochs=1", "--hidden_dims=32", "--anomaly_fraction=0.1", "--checkpoint_every=0",
-               f"--output_dir={tmp_path / 'run'}", env=env)  # fmt: skip
+               f"--data_dir={fashion}", f"--output_dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Ankle boot" in proc.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -378,7 +388,7 @@ def test_fashion_mnist_run_names_its_class(tmp_path):
     grid = SweepConfig.single(ExperimentConfig(dataset="fashion_mnist", normal_class=9))
     assert pipeline._default_dir("run", grid).endswith("_fashion_mnist-ankle-boot_beta1")
     assert "--normal_digit is for MNIST" in one_line_error(
-        cli("main", "--dataset=fashion_mnist", "--normal_digit=3", env=env))
+        cli("main", "--dataset=fashion_mnist", "--normal_digit=3", f"--data_dir={fashion}"))
 
 
 def test_an_unusable_compilation_cache_is_a_warning_not_an_error(tmp_path, caplog):
@@ -387,3 +397,24 @@ def test_an_unusable_compilation_cache_is_a_warning_not_an_error(tmp_path, caplo
     assert cli._usable_folder(str(tmp_path / "new" / "xla")) and (tmp_path / "new" / "xla").is_dir()
     assert not cli._usable_folder("/proc/forbidden/xla")
     assert "cannot be written; compiling without the cache" in caplog.text
+
+
+def test_the_installed_package_declares_its_license_as_an_spdx_expression():
+    # A license table ({text = ...}) makes current setuptools print deprecation warnings on
+    # every install; the SPDX string is written as License-Expression (core metadata 2.4).
+    import importlib.metadata  # noqa: PLC0415
+
+    assert importlib.metadata.metadata("jax-vae")["License-Expression"] == "Apache-2.0"
+
+
+def test_the_run_clock_starts_when_run_sh_execs_python_not_at_its_install(monkeypatch):
+    import time  # noqa: PLC0415
+
+    from experiments.timing import process_start  # noqa: PLC0415
+
+    assert process_start() < time.time() - 0.5  # This test process started earlier ...
+    exec_time = time.time() - 0.1
+    monkeypatch.setenv("JAX_VAE_EXEC_TIME", f"{exec_time:.6f}")  # ... than run.sh's exec.
+    assert process_start() == pytest.approx(exec_time, abs=1e-3)
+    with open(os.path.join(ROOT, "run.sh")) as f:  # And run.sh sets it.
+        assert "JAX_VAE_EXEC_TIME=" in f.read()

@@ -136,6 +136,7 @@ def test_csv_json_and_summary_agree(sweep):
         mean, std = record["summary"][f"VAE b=1 s={smoothing:g}"]["mean"]
         assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
     summary_text = (out / "summary.txt").read_text()
+    assert summary_text.split()[:4] == ["AUROC", "mean+-std", "digit", "0"]  # Named columns.
     assert "VAE b=4 s=1.5" in summary_text and "synth AUROC" in summary_text
     synthetic = report.summarize(record["rows"], metric="synthetic_auroc")
     chosen = max(synthetic, key=lambda label: synthetic[label]["mean"][0])
@@ -246,3 +247,20 @@ def test_sweep_preset_reproduces_the_headline_row(tmp_path):
     preset = preset_values("best", "mnist")
     assert config["models"] == list(preset["models"]) and config["epochs"] == 1  # Flag wins.
     assert config["smoothings"] == [preset["score_smoothing"]]
+
+
+def _snapshot(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}  # fmt: skip
+
+
+def test_resuming_a_run_as_a_sweep_or_a_sweep_as_a_run_is_refused(sweep, tmp_path):
+    run = tmp_path / "run"
+    run_single(ExperimentConfig(epochs=1, models=("ae",), hidden_dims=(16,), latent_dim=2,
+                                anomaly_fraction=0.1, normal_class=1, output_dir=str(run)))
+    before = _snapshot(run)
+    line = one_line_error(cli("sweep", f"--resume={run}"))
+    assert "holds a single run" in line and "experiments.main --resume" in line, line
+    assert _snapshot(run) == before  # Byte for byte: nothing written, nothing removed.
+    with pytest.raises(ConfigError, match="holds a sweep or baselines run, not a single run"):
+        load_config(str(sweep[1]), flag="resume", single=True)
