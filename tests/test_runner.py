@@ -341,7 +341,8 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     from experiments import pipeline  # noqa: PLC0415
 
     monkeypatch.chdir(tmp_path)
-    folder = pipeline._default_dir("run", pipeline.SweepConfig.single(ExperimentConfig(preset="best")))
+    grid = pipeline.SweepConfig.single(ExperimentConfig(preset="best"))
+    folder = pipeline._default_dir("run", grid)
     assert folder.endswith("_digit0_preset-best"), folder
     # Each dataset has its own pick (its headline); unknown datasets get the shared one.
     assert preset_values("best", "fashion_mnist") != preset or preset == preset_values("best", "*")
