@@ -215,6 +215,20 @@ def _usable_folder(path: str) -> bool:
     return False
 
 
+def backend_message(platforms: str, error: BaseException) -> str:
+    """One line for a backend JAX cannot start: which, why, and how to get it."""
+    why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    asked = f"JAX_PLATFORMS={platforms}" if platforms else "the default backend"
+    hints = {"cuda": "for an NVIDIA GPU install the CUDA jaxlib: .venv/bin/pip install -e "
+                     "'.[cuda]'", "gpu": "for an NVIDIA GPU install the CUDA jaxlib: "
+                     ".venv/bin/pip install -e '.[cuda]'",
+             "tpu": "on a Cloud TPU VM install it: .venv/bin/pip install -e . 'jax[tpu]'"}
+    hint = next((h for p, h in hints.items() if p in platforms.lower().split(",")),
+                "install the jaxlib for that backend")  # fmt: skip
+    return (f"JAX cannot start {asked} ({why}): no such backend is installed; {hint}, or unset "
+            "JAX_PLATFORMS to run on the CPU")
+
+
 def start() -> None:
     """Starts JAX: joins a multi-host run when flags or the cluster say so; INFO logging
     by default (without the INFO lines of QUIET_LIBRARIES)."""
@@ -235,7 +249,10 @@ def start() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)
-    jax.devices()  # Start the backend quietly: its INFO lines on absent TPUs etc. are noise.
+    try:
+        jax.devices()  # Start the backend quietly: its INFO lines on absent TPUs etc. are noise.
+    except (RuntimeError, AssertionError) as e:  # jax 0.10 asserts when a platform is missing.
+        fail(backend_message(os.environ.get("JAX_PLATFORMS", ""), e))
     logging.set_verbosity(verbosity)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.INFO)  # Per-epoch progress is the point of a long run.

@@ -419,3 +419,14 @@ def test_the_run_clock_starts_when_run_sh_execs_python_not_at_its_install(monkey
     assert process_start() == pytest.approx(exec_time, abs=1e-3)
     with open(os.path.join(ROOT, "run.sh")) as f:  # And run.sh sets it.
         assert "JAX_VAE_EXEC_TIME=" in f.read()
+
+
+def test_a_missing_cuda_backend_is_one_line_naming_the_extra(tmp_path):
+    import jax  # noqa: PLC0415
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a CUDA backend")
+    env = {**os.environ, "JAX_PLATFORMS": "cuda"}
+    line = one_line_error(cli("main", "--epochs=1", f"--output_dir={tmp_path / 'r'}", env=env))
+    assert "JAX_PLATFORMS=cuda" in line and "pip install -e '.[cuda]'" in line, line
+    assert not (tmp_path / "r").exists()
