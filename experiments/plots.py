@@ -151,8 +151,9 @@ def auroc_vs_beta(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
     classes = sorted({d for s in summary.values() for d in s["classes"]})
     cols = min(5, len(classes))
     rows = -(-len(classes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False, sharex=True,
-                             layout="constrained")  # fmt: skip
+    # At least 5 x 3.6 inches: one class's panel must still hold the figure's labels.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3 * cols, 5), max(2.6 * rows, 3.6)),
+                             squeeze=False, sharex=True, layout="constrained")  # fmt: skip
     for ax, d in zip(axes.flat, classes, strict=False):
         for i, (smoothing, rate) in enumerate(series):
             tag = (f" s={smoothing:g}" if len(smoothings) > 1 else "") + \
@@ -197,7 +198,7 @@ def best_per_class(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
         if candidates:
             best[max(candidates)[1]] = summary[max(candidates)[1]]
     classes = sorted({d for s in summary.values() for d in s["classes"]})
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(classes) + 2), 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(classes) + 2), 3.6), layout="constrained")
     width = 0.8 / max(1, len(best))
     x = np.arange(len(classes))
     for i, (label, s) in enumerate(best.items()):
@@ -208,6 +209,6 @@ def best_per_class(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
     ax.set_xticks(x + width * (len(best) - 1) / 2, [names[d] for d in classes], fontsize=7)
     lows = [s["classes"][d][0] for s in best.values() for d in classes]
     ax.set(xlabel="normal class", ylabel="test AUROC", ylim=(max(0.0, min(lows) - 0.05), 1.0),
-           title="best of each model (chosen by mean test AUROC over classes)")  # fmt: skip
+           title="best of each model\n(chosen by mean test AUROC over classes)")  # fmt: skip
     ax.legend(fontsize=8, loc="lower left")
     return fig

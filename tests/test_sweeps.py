@@ -264,3 +264,21 @@ def test_resuming_a_run_as_a_sweep_or_a_sweep_as_a_run_is_refused(sweep, tmp_pat
     assert _snapshot(run) == before  # Byte for byte: nothing written, nothing removed.
     with pytest.raises(ConfigError, match="holds a sweep or baselines run, not a single run"):
         load_config(str(sweep[1]), flag="resume", single=True)
+
+
+def test_one_class_sweep_plots_keep_every_label_and_title_inside_the_image(sweep):
+    from experiments import plots  # noqa: PLC0415
+
+    _, out, result = sweep  # One class: the smallest figures.
+    labels = tuple(f"digit {i}" for i in range(10))
+    for figure in (plots.auroc_vs_beta(result["summary"], labels),
+                   plots.best_per_class(result["summary"], labels)):  # fmt: skip
+        figure.canvas.draw()
+        renderer, box = figure.canvas.get_renderer(), figure.bbox
+        texts = [t for t in figure.findobj(plots.plt.Text) if t.get_visible() and t.get_text()]
+        assert len(texts) > 5
+        for text in texts:
+            extent = text.get_window_extent(renderer)
+            assert (extent.x0 >= box.x0 - 0.5 and extent.x1 <= box.x1 + 0.5 and
+                    extent.y0 >= box.y0 - 0.5 and extent.y1 <= box.y1 + 0.5), text.get_text()
+        plots.plt.close(figure)
