@@ -139,6 +139,7 @@ def test_bundled_load_does_not_import_tensorflow():
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_tfds_source_with_mock_data(name, tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow")  # tfds' mock data needs it: the tfds test extra.
     tfds = pytest.importorskip("tensorflow_datasets")
     # mock_data makes download_and_prepare a no-op; pretend the network is up.
     monkeypatch.setattr(data, "_network_reachable", lambda timeout=3.0: True)

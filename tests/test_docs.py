@@ -1,0 +1,71 @@
+"""The README's and docs' code blocks, as a user runs them: a renamed parameter or flag breaks a
+test here, not a user."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+from helpers import ROOT, cli_argv
+
+DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
+def _blocks(path: str, language: str) -> list[str]:
+    with open(path) as f:
+        return re.findall(rf"^```{language}\n(.*?)^```", f.read(), re.S | re.M)
+
+
+def test_every_python_block_runs_as_written_with_fewer_epochs(tmp_path):
+    for path in DOCS:
+        blocks = _blocks(path, "python")
+        if not blocks:
+            continue
+        # The one change: 30 epochs become 1 (the harness's only edit of the text).
+        code = "\n".join(blocks).replace("epochs=30", "epochs=1")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, f"{os.path.relpath(path, ROOT)}:\n{proc.stderr[-3000:]}"
+        assert "'total'" in proc.stdout or "auroc" in proc.stdout, proc.stdout[-2000:]
+
+
+# Lines a user runs, and the module whose flags they take.
+COMMAND = re.compile(r"(?:^|\s)(?:\S*python3? -m (\S+)|\./run\.sh)(?:\s|$)")
+
+
+def _commands() -> list[tuple[str, str, list[str]]]:
+    """(where, module, flags) of every command line in a bash block."""
+    found = []
+    for path in DOCS:
+        for block in _blocks(path, "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("#")[0]
+                match = COMMAND.search(line)
+                if not match or line.strip().startswith("./run.sh test"):
+                    continue
+                module = match.group(1) or "experiments.main"
+                if module in ("venv", "pip"):
+                    continue
+                flags = [f.split("=")[0][2:] for f in line.split() if f.startswith("--")]
+                found.append((f"{os.path.basename(path)}: {line.strip()}", module, flags))
+    return found
+
+
+def test_every_command_in_the_docs_takes_the_flags_it_is_shown_with():
+    commands = _commands()
+    assert len(commands) > 10
+    modules = sorted({m for _, m, _ in commands})
+    helps = {m: subprocess.Popen(cli_argv(m, "--helpfull"), cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for m in modules}  # fmt: skip
+    known = {}
+    for module, proc in helps.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"{module}: {err[-1000:]}"
+        known[module] = set(re.findall(r"^\s+--(?:\[no\])?(\w+):", out, re.M))
+    for where, module, flags in commands:
+        for flag in flags:
+            name = flag[2:] if flag.startswith("no") and flag[2:] in known[module] else flag
+            assert name in known[module], f"{where}: --{flag} is not a flag of {module}"
