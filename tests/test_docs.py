@@ -69,3 +69,30 @@ def test_every_command_in_the_docs_takes_the_flags_it_is_shown_with():
         for flag in flags:
             name = flag[2:] if flag.startswith("no") and flag[2:] in known[module] else flag
             assert name in known[module], f"{where}: --{flag} is not a flag of {module}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_reaches_a_file_and_heading():
+    anchors = {}
+    for path in DOCS:
+        with open(path) as f:
+            text = re.sub(r"^```.*?^```", "", f.read(), flags=re.S | re.M)  # Not in code.
+        anchors[os.path.abspath(path)] = {_slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    checked = 0
+    for path in DOCS:
+        with open(path) as f:
+            for target in re.findall(r"\]\(([^)\s]+)\)", f.read()):
+                if target.startswith("http"):
+                    continue
+                file, _, anchor = target.partition("#")
+                where = os.path.abspath(os.path.join(os.path.dirname(path), file) if file
+                                        else path)  # fmt: skip
+                assert os.path.exists(where), f"{os.path.basename(path)}: {target}"
+                if anchor:
+                    assert anchor in anchors[where], f"{os.path.basename(path)}: {target}"
+                checked += 1
+    assert checked > 20

@@ -13,11 +13,9 @@ from experiments.config import ExperimentConfig, SweepConfig, validate_sweep
 from jax_vae import keys, losses, models, registry, scoring, train
 
 
-# ---- The README's example of adding a model: a denoising autoencoder. ----
+# ---- The README's example of adding a model (it registers the same spec inline). ----
 def denoising_loss(module, *, likelihood="gaussian"):
-    """Reconstruct the clean image from a noisy copy (noise std: hparams["noise"])."""
-
-    def loss(params, x, key, hparams):
+    def loss(params, x, key, hparams):  # One image; noise std hparams["noise"].
         noisy = x + hparams["noise"] * jax.random.normal(key, x.shape)
         reconstruction = losses.squared_error(x, module.apply(params, noisy))
         return {"total": reconstruction, "reconstruction": reconstruction}
