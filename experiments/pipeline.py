@@ -1,11 +1,15 @@
 """One pipeline for runs, sweeps and baselines: grid -> train -> evaluate -> records.
 
 A single run is a grid of one (:meth:`SweepConfig.single`). For each class of
-the grid: its one-class split; for each model, every (beta, seed) point (times
-the ensemble members) trained together as one vmapped program, restored from
-its checkpoints (``--eval_only``), or, for a scikit-learn baseline, fitted per
-seed; then scored on the held-out normals, the test set and the synthetic
-anomalies at every smoothing, and evaluated by :func:`jax_vae.metrics.evaluate`.
+the grid: its one-class split, computed once; for each model kind of the
+registry, every (beta, learning rate, seed) point (times the ensemble members)
+trained together as one vmapped program (:func:`_train`), restored from its
+checkpoints (:func:`_restore`, ``--eval_only``), or, for a scikit-learn
+baseline, fitted per seed (:func:`_fit_baselines`); each returns a
+:class:`Group`, scored by :func:`_score` on the held-out normals, the test set
+and the synthetic anomalies at every smoothing, and evaluated by
+:func:`jax_vae.metrics.evaluate`. A single run's previews for its plots are
+computed here too (:func:`_previews`).
 Keys come from :mod:`jax_vae.keys`, so the library alone reproduces each row.
 :mod:`experiments.report` turns the records into files.
 """
