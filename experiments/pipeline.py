@@ -83,7 +83,7 @@ class Result:
     rows: list[dict[str, Any]]  # One per (class, model, beta, seed, smoothing).
     groups: list[Group]
     splits: dict[int, data.OneClassSplit]  # Kept for single runs only.
-    board: Board  # TensorBoard: the training curves are written, the rest by the report.
+    tensorboard: str | None  # The event folder (None: no events); the report adds its plots.
     timings: Timings  # Seconds per phase; the report adds its own and records them.
     previews: Previews | None = None  # A single run's.
 
@@ -256,7 +256,21 @@ def run(
         raise
     logging.info("%s folder %s", kind, output_dir)
 
-    result = Result(kind, grid, output_dir, record, [], [], {}, board, timings)
+    result = Result(kind, grid, output_dir, record, [], [], {}, board.root, timings)
+    try:  # The board's one owner: its writers close here, whatever happens.
+        _run_classes(result, dataset, indices, mesh=mesh, board=board, run_dir=run_dir,
+                     eval_only=eval_only)  # fmt: skip
+        with timings.phase("tensorboard"):
+            board.finals(base, result.rows)
+    finally:
+        board.close()
+    return result
+
+
+def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval_only) -> None:
+    """Every class and model of the grid: trained (or restored, or fitted), scored, rows."""
+    grid, kind, timings, output_dir = result.grid, result.kind, result.timings, result.output_dir
+    base = grid.base
     checkpointers: list[Checkpointer] = []  # Closed at the end, with their time.
     for normal in grid.classes:
         with timings.phase("data"):
@@ -291,7 +305,6 @@ def run(
     for checkpointer in checkpointers:
         checkpointer.close()
         timings.add("checkpoints", checkpointer.save_seconds)
-    return result
 
 
 def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group]):

@@ -19,6 +19,7 @@ from absl import logging
 
 from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
+from experiments.tensorboard import Board
 from jax_vae import registry, rules, sharding
 
 CSV_FIELDS = (
@@ -64,12 +65,12 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
             with timings.phase("files"):
                 atomic_write_bytes(os.path.join(path, "results.txt"), table.encode())
             _write_run_files(result)
-            with timings.phase("tensorboard"):
-                result.board.finals(result.grid.base, result.rows)
+            with timings.phase("tensorboard"):  # The plots, by a writer of their own.
+                board = Board(result.tensorboard)
                 pngs = sorted(name for name in os.listdir(path) if name.endswith(".png"))
-                result.board.images({name[:-4]: os.path.join(path, name) for name in pngs},
-                                    result.grid.base.epochs)  # fmt: skip
-                result.board.close()
+                board.images({name[:-4]: os.path.join(path, name) for name in pngs},
+                             result.grid.base.epochs)  # fmt: skip
+                board.close()
             _complete(os.path.join(path, "metrics.json"), record, timings)
         else:
             with timings.phase("files"):
@@ -85,9 +86,6 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
                                os.path.join(path, "auroc_vs_beta.png"))  # fmt: skip
                     plots.save(plots.best_per_class(summary, labels),
                                os.path.join(path, "best_per_class.png"))  # fmt: skip
-            with timings.phase("tensorboard"):
-                result.board.finals(result.grid.base, result.rows)
-                result.board.close()
             _complete(os.path.join(path, f"{result.kind}.json"), record, timings)
         logging.info("results in %s", path)
     return {**record, "output_dir": path}
