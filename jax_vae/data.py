@@ -17,7 +17,7 @@ import struct
 import threading
 from collections.abc import Callable
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
@@ -406,8 +406,38 @@ def load_dataset_early(
 # -------------------------------------------------------------------------- split
 
 
-def _to_float(images: np.ndarray) -> np.ndarray:
-    return (images.reshape(images.shape[0], NUM_PIXELS) / np.float32(255.0)).astype(np.float32)
+def as_images(images: Any, *, name: str = "images") -> np.ndarray:
+    """Images as the models take them: float32 ``[N, pixels]`` in [0, 1].
+
+    Args:
+      images: ``[N, pixels]``, ``[N, H, W]`` or ``[N, H, W, C]``, NumPy or JAX;
+        uint8 (0-255) is scaled to [0, 1]; float pixels must already be in
+        [0, 1]: anything else is refused, not silently trained on.
+      name: How messages name the argument.
+
+    Raises:
+      InvalidArgument: Another shape or dtype, or floats outside [0, 1].
+    """
+    x = np.asarray(images)
+    if x.ndim not in (2, 3, 4):
+        raise rules.InvalidArgument(
+            f"{name} must be [N, pixels], [N, H, W] or [N, H, W, C], got shape {list(x.shape)}"
+        )
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / np.float32(255.0)
+    elif np.issubdtype(x.dtype, np.floating):
+        low, high = (float(np.min(x)), float(np.max(x))) if x.size else (0.0, 0.0)
+        if not 0.0 <= low <= high <= 1.0:  # NaN fails too.
+            raise rules.InvalidArgument(
+                f"{name} must be uint8 (0-255) or floats in [0, 1], got floats in "
+                f"[{low:g}, {high:g}]; scale them first (8-bit pixels: divide by 255)"
+            )
+        x = x.astype(np.float32, copy=False)
+    else:
+        raise rules.InvalidArgument(
+            f"{name} must be uint8 (0-255) or floats in [0, 1], got {x.dtype}"
+        )
+    return x.reshape(x.shape[0], -1)
 
 
 class SplitIndices(NamedTuple):
@@ -510,9 +540,9 @@ def take_split(dataset: Dataset, idx: SplitIndices, normal_class: int) -> OneCla
     digits = dataset.test_labels[idx.test].astype(np.int32)
     return OneClassSplit(
         normal_class=normal_class,
-        train_images=_to_float(dataset.train_images[idx.train]),
-        val_images=_to_float(dataset.train_images[idx.val]),
-        test_images=_to_float(dataset.test_images[idx.test]),
+        train_images=as_images(dataset.train_images[idx.train]),
+        val_images=as_images(dataset.train_images[idx.val]),
+        test_images=as_images(dataset.test_images[idx.test]),
         test_labels=(digits != normal_class).astype(np.int32),
         test_classes=digits,
         fingerprint=idx.fingerprint,

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.errors import ScopeParamShapeError
 
+from jax_vae import data, rules
 from jax_vae import keys as keys_lib
-from jax_vae import rules
 from jax_vae.losses import kl_divergence, reconstruction_nll, squared_error
 from jax_vae.models import reparameterize
 from jax_vae.rules import VAE_SCORES
@@ -237,6 +237,7 @@ def map_chunked(
       InvalidArgument: No images, a bad chunk size, or parameters stacked for
         K models without ``stacked=True``.
     """
+    images = data.as_images(images)  # uint8 scaled, floats checked, [N, H, W] flattened.
     n = images.shape[0]
     if n == 0:
         raise rules.InvalidArgument("map_chunked needs at least one image")

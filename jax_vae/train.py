@@ -36,7 +36,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from jax_vae import errors, rules, sharding
+from jax_vae import data, errors, rules, sharding
 from jax_vae import keys as keys_lib
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
@@ -239,9 +239,13 @@ def stack_history(history: list[Terms]) -> Terms:
 
 
 def _as_images(images: Any) -> jax.Array:
-    if np.ndim(images) != 2:
-        raise rules.InvalidArgument(f"images must be [N, features], got shape {np.shape(images)}")
-    return jnp.asarray(images)
+    """Concrete images through :func:`jax_vae.data.as_images` (uint8 scaled, floats checked
+    to be in [0, 1], [N, H, W(, C)] flattened); traced ones (under jit) are only flattened."""
+    if isinstance(images, jax.core.Tracer):
+        if images.ndim < 2:
+            raise rules.InvalidArgument(f"images must be [N, ...], got shape {images.shape}")
+        return images.reshape(images.shape[0], -1)
+    return jnp.asarray(data.as_images(images))
 
 
 def default_group_size(backend: str | None = None) -> int | None:

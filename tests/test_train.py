@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jax_vae import keys, registry, train
+from jax_vae import keys, registry, scoring, train
 
 SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
@@ -156,3 +156,23 @@ def test_epoch_is_traced_once_not_per_epoch():
     # chex counts the traces of the wrapped loss: only tracing runs it, never compiled code.
     counted = dataclasses.replace(model, loss=chex.assert_max_traces(model.loss, n=1))
     train.train(jax.random.key(0), _images(64), model=counted, epochs=4, batch_size=32)
+
+
+def test_uint8_and_image_shaped_arrays_train_as_their_scaled_flat_floats(mnist):
+    raw = mnist.train_images[:256]  # uint8 [N, 28, 28], as a user's array comes.
+    floats = raw.reshape(256, 784).astype(np.float64) / 255.0  # NumPy's own scaling.
+    model = registry.build("ae", **SMALL)
+    run = functools.partial(train.train, jax.random.key(0), model=model, epochs=2, batch_size=64,
+                            hooks=())  # fmt: skip
+    reference = run(floats.astype(np.float32))
+    for images in (raw, raw[..., None], floats.reshape(256, 28, 28).astype(np.float32)):
+        np.testing.assert_allclose(run(images).history["total"], reference.history["total"],
+                                   rtol=1e-6)  # fmt: skip
+    scores = scoring.map_chunked(model.score(), reference.params, raw[:20])
+    np.testing.assert_allclose(scores, scoring.map_chunked(model.score(), reference.params,
+                                                           floats[:20]), rtol=1e-5)  # fmt: skip
+    # Unscaled floats are refused, not trained on (they gave an AE loss of ~5e6).
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\], got floats in \[0, 255\]"):
+        run(raw.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8 .* or floats"):
+        run(raw.astype(np.int64))
