@@ -13,8 +13,8 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "baselines", "checkpoints", "data", "keys", "losses", "metrics", "models", "registry", "rules",
-    "scoring", "sharding", "train",
+    "baselines", "checkpoints", "data", "detector", "keys", "losses", "metrics", "models",
+    "registry", "rules", "scoring", "sharding", "train",
 ]  # fmt: skip
 
 

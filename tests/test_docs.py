@@ -26,7 +26,8 @@ def test_every_python_block_runs_as_written_with_fewer_epochs(tmp_path):
             continue
         # The one change: 30 epochs become 1 (the harness's only edit of the text).
         code = "\n".join(blocks).replace("epochs=30", "epochs=1")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+        # In a fresh folder: what a block saves lands there, not in the checkout.
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, f"{os.path.relpath(path, ROOT)}:\n{proc.stderr[-3000:]}"
         assert "'total'" in proc.stdout or "auroc" in proc.stdout, proc.stdout[-2000:]

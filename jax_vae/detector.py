@@ -1,0 +1,176 @@
+"""A detector in the habits of scikit-learn and PyOD: ``fit`` on normal images, then
+``score`` and ``predict`` new ones; ``save``/``load`` through the same Orbax checkpoints and
+``config.json`` that the commands write, so a command-line run loads as a detector.
+
+Composed from the library (no second pipeline): :func:`jax_vae.train.train`, the model's
+registry score, :func:`jax_vae.metrics.threshold_from_normals`::
+
+    detector = Detector("vae", epochs=30).fit(jax.random.key(0), normal_images)
+    flags = detector.predict(new_images)        # 1: anomalous (score above the threshold)
+    detector.save("my_detector")                # Detector.load("my_detector") or a run folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_vae import data, keys, metrics, registry, rules, scoring, train
+from jax_vae.checkpoints import Checkpointer, CheckpointError
+
+HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
+SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs", "batch_size",
+            "learning_rate", "val_fraction", "threshold_percentile", "vae_score", "mc_samples",
+            "score_smoothing")  # fmt: skip
+
+
+class Detector:
+    """One model trained on normal images; its threshold the percentile of held-out scores.
+
+    Args:
+      model: A registered model name (``ae``, ``vae``, yours).
+      hparams: The hyperparameters its loss reads (e.g. ``{"beta": 1.0}``); defaults fill in.
+      **settings: Any of ``SETTINGS``, with the commands' defaults and meaning
+        (``hidden_dims``, ``epochs``, ``threshold_percentile``, ``score_smoothing`` ...).
+    """
+
+    def __init__(self, model: str = "vae", *, hparams: dict | None = None, **settings: Any):
+        unknown = set(settings) - set(SETTINGS)
+        if unknown:
+            raise TypeError(f"Detector got unknown settings {sorted(unknown)}; use {SETTINGS}")
+        defaults = {"hidden_dims": (400,), "latent_dim": 20, "architecture": "mlp",
+                    "likelihood": "gaussian", "epochs": 30, "batch_size": 128,
+                    "learning_rate": 1e-3, "val_fraction": 0.1, "threshold_percentile": 95.0,
+                    "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0}  # fmt: skip
+        self.settings = {**defaults, **settings}
+        rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
+        self.model = registry.build(
+            model, **{k: self.settings[k] for k in ("hidden_dims", "latent_dim", "architecture",
+                                                      "likelihood")})  # fmt: skip
+        self.hparams = {**self.model.hparams, **(hparams or {})}
+        self.score_fn = self.model.score(
+            vae_score=self.settings["vae_score"], mc_samples=self.settings["mc_samples"],
+            likelihood=self.settings["likelihood"], smoothing=self.settings["score_smoothing"])
+        self.params: Any = None
+        self.threshold: float | None = None
+        self.history: dict[str, np.ndarray] | None = None
+        self._state: Any = None
+        self._score_key = jax.random.key(0)
+
+    def fit(self, key: jax.Array, normal_images: Any) -> Detector:
+        """Trains on normal images, holding out ``val_fraction`` of them for the threshold.
+
+        Args:
+          key: A PRNG key: training, scoring and the hold-out each get their branch.
+          normal_images: uint8 (0-255) or float (0-1) images, [N, pixels] or [N, H, W(, C)].
+        """
+        images = data.as_images(normal_images, name="normal_images")
+        n = images.shape[0]
+        held = rules.held_out("val_fraction", self.settings["val_fraction"], n, "the images")
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, HOLD_OUT), n))
+        val, fit = images[np.sort(order[:held])], images[np.sort(order[held:])]
+        result = train.train(
+            jax.random.fold_in(key, keys.TRAIN), fit, self.hparams, model=self.model,
+            tx=optax.adam(self.settings["learning_rate"]), epochs=self.settings["epochs"],
+            batch_size=min(self.settings["batch_size"], fit.shape[0]), hooks=(),
+        )  # fmt: skip
+        self.params, self.history, self._state = result.params, result.history, result.state
+        self._score_key = jax.random.fold_in(key, keys.SCORE)
+        val_scores = self.score(val)
+        self.threshold = metrics.threshold_from_normals(
+            val_scores, percentile=self.settings["threshold_percentile"])
+        return self
+
+    def score(self, images: Any) -> np.ndarray:
+        """Anomaly scores [N] (higher: more anomalous); image i's key depends on i alone."""
+        if self.params is None:
+            raise ValueError("the detector is not fitted: call fit(key, normal_images) or load")
+        return scoring.map_chunked(self.score_fn, self.params, images, key=self._score_key)
+
+    decision_function = score  # PyOD's name.
+
+    def predict(self, images: Any) -> np.ndarray:
+        """1 where the score is above the fitted threshold (anomalous), else 0."""
+        return (self.score(images) > self.threshold).astype(np.int32)
+
+    def save(self, directory: str) -> None:
+        """Writes ``config.json`` and the final training state (an Orbax checkpoint)."""
+        if self._state is None:
+            raise ValueError("only a fitted detector can be saved")
+        os.makedirs(directory, exist_ok=False)
+        record = {**{k: v for k, v in self.settings.items()}, "models": [self.model.name],
+                  "detector": {"model": self.model.name, "threshold": self.threshold,
+                               "hparams": {k: float(v) for k, v in self.hparams.items()},
+                               "score_key": np.asarray(jax.random.key_data(
+                                   self._score_key)).tolist()}}  # fmt: skip
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        history = [{k: v[i] for k, v in self.history.items()}
+                   for i in range(self.settings["epochs"])]  # fmt: skip
+        checkpointer = Checkpointer(os.path.join(directory, "checkpoints", self.model.name),
+                                    asynchronous=False)  # fmt: skip
+        checkpointer.save(self.settings["epochs"], self._state, history)
+        checkpointer.close()
+
+    @classmethod
+    def load(cls, directory: str, *, model: str | None = None) -> Detector:
+        """A saved detector, or a finished ``experiments.main`` run (its ``model``, by
+        default the first it trained) with the run's threshold.
+
+        Raises:
+          CheckpointError: Not a detector or a finished run, or no final checkpoint.
+        """
+        try:
+            with open(os.path.join(directory, "config.json")) as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{directory}: no readable config.json ({e})") from None
+        saved = config.get("detector")
+        names = [m for m in config.get("models", ()) if m not in rules.BASELINES]
+        name = model or (saved["model"] if saved else (names or [None])[0])
+        if name not in names:
+            raise CheckpointError(f"{directory} has no model {name!r} (it has {names})")
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+                    if k in SETTINGS}  # fmt: skip
+        if saved:
+            folder, threshold, hparams = (os.path.join(directory, "checkpoints", name),
+                                          saved["threshold"], saved["hparams"])  # fmt: skip
+        else:  # A run folder: checkpoints/<class>_<model>/, the threshold in metrics.json.
+            try:
+                with open(os.path.join(directory, "metrics.json")) as f:
+                    threshold = json.load(f)["models"][name]["threshold"]
+            except (OSError, ValueError, KeyError):
+                raise CheckpointError(f"{directory}: not a finished run (no metrics.json with "
+                                      f"{name}'s threshold)") from None  # fmt: skip
+            slug = rules.class_slug(config["dataset"], config["normal_class"])
+            folder = os.path.join(directory, "checkpoints", f"{slug}_{name}")
+            hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"]}
+        detector = cls(name, **settings)
+        detector.hparams = {k: v for k, v in hparams.items() if k in detector.model.hparams}
+        # The restore template: one model's state, as training initializes it.
+        example = jnp.zeros((1, data.NUM_PIXELS), jnp.float32)
+        params = detector.model.init(jax.random.key(0), example[0])
+        tx = optax.adam(detector.settings["learning_rate"])
+        template = train.TrainState(params, train.inject(tx.init(params), {}),
+                                    jax.random.key(0), jnp.zeros((), jnp.int32))  # fmt: skip
+        checkpointer = Checkpointer(folder)
+        if checkpointer.latest_epoch() != detector.settings["epochs"]:
+            checkpointer.close()
+            raise CheckpointError(f"{folder}: no final checkpoint (epoch "
+                                  f"{detector.settings['epochs']})")  # fmt: skip
+        state, history = checkpointer.restore(template)
+        checkpointer.close()
+        detector.params, detector._state, detector.threshold = state.params, state, threshold
+        detector.history = train.stack_history(history)
+        if saved:
+            detector._score_key = jax.random.wrap_key_data(
+                np.asarray(saved["score_key"], np.uint32))
+        else:  # The run's key for its test images: sampled scores reproduce too.
+            detector._score_key = keys.score_keys(keys.model_keys(config["seed"], name).score).test
+        return detector
