@@ -95,6 +95,21 @@ def reconstruction_grid(
     return fig
 
 
+def anomaly_map(image: np.ndarray, reconstruction: np.ndarray, heat: np.ndarray,
+                title: str) -> Figure:  # fmt: skip
+    """One image, its reconstruction and its per-pixel anomaly map (a heat map)."""
+    fig, axes = plt.subplots(1, 3, figsize=(6.6, 2.6), layout="constrained")
+    for ax, picture, label in zip(axes, (image, reconstruction, heat),
+                                  ("image", "reconstruction", "anomaly map"), strict=True):
+        shown = ax.imshow(picture, cmap="inferno" if label == "anomaly map" else "gray",
+                          vmin=0, vmax=None if label == "anomaly map" else 1)  # fmt: skip
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes[2], shrink=0.8)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
     """Per-epoch reconstruction error (all models) and KL (models that have it)."""
     fig, (ax_rec, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")

@@ -403,6 +403,61 @@ def load_dataset_early(
     return future.result
 
 
+# ------------------------------------------------------------------ images to score
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def read_images(source: str) -> tuple[list[str], np.ndarray]:
+    """Images to score, with a name each: a folder of image files (PNG, JPEG, BMP, TIFF;
+    sorted by name), image files given as a comma list, or an array file (``.npy``, or
+    ``.npz``: its ``images`` array, else its first), as stored (uint8 or float).
+
+    Image files are read as grayscale and must all have one size; RGB ones are refused (the
+    models take one channel), as are corrupt and non-image files, each named.
+
+    Raises:
+      DataError: A missing, empty, corrupt or mixed source, naming the file.
+    """
+    paths = [p.strip() for p in source.split(",") if p.strip()]
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        folder = paths[0]
+        paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                       if n.lower().endswith(IMAGE_SUFFIXES))  # fmt: skip
+        if not paths:
+            raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+    if len(paths) == 1 and paths[0].lower().endswith(ARRAY_SUFFIXES):
+        try:
+            arrays = np.load(paths[0], allow_pickle=False)
+            if isinstance(arrays, np.lib.npyio.NpzFile):
+                arrays = arrays["images"] if "images" in arrays.files else arrays[arrays.files[0]]
+        except (OSError, ValueError, IndexError) as e:
+            raise DataError(f"{paths[0]}: not a readable array file ({e})") from None
+        name = os.path.basename(paths[0])
+        return [f"{name}[{i}]" for i in range(len(arrays))], np.asarray(arrays)
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (only for image files)
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                if image.mode not in ("L", "1"):
+                    raise DataError(f"{path} is {image.mode} ({len(image.getbands())} "
+                                    "channels); the models take grayscale images")  # fmt: skip
+                images.append(np.asarray(image.convert("L")))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{path}: not a readable image ({e})") from None
+        if images[-1].shape != images[0].shape:
+            raise DataError(f"{paths[0]} is {images[0].shape[1]}x{images[0].shape[0]} but "
+                            f"{path} is {images[-1].shape[1]}x{images[-1].shape[0]}; "
+                            "give images of one size")  # fmt: skip
+    return [os.path.basename(p) for p in paths], np.stack(images)
+
+
 # -------------------------------------------------------------------------- split
 
 

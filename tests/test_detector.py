@@ -1,14 +1,17 @@
-"""The scikit-learn/PyOD-style detector: fit, score, predict, save and load, and a
-command-line run loaded as a detector."""
+"""The scikit-learn/PyOD-style detector (fit, score, predict, save, load), a command-line run
+loaded as a detector, and experiments.score on image files."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
-from helpers import run_single
+from helpers import cli, one_line_error, run_single
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from experiments.config import ExperimentConfig
@@ -38,11 +41,16 @@ def test_fit_score_predict_save_load(mnist, tmp_path):
         detector.Detector("ae", epoch=3)
 
 
-def test_a_command_line_run_loads_as_a_detector(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("score") / "run"
     run_single(ExperimentConfig(models=("ae", "vae"), beta=2.0, normal_class=1,
-                                anomaly_fraction=0.1, checkpoint_every=1, output_dir=str(run),
+                                anomaly_fraction=0.1, checkpoint_every=1, output_dir=str(out),
                                 **TINY))  # fmt: skip
+    return out
+
+
+def test_a_command_line_run_loads_as_a_detector(run):
     split = data.one_class_split(data.load_dataset("bundled"), normal_class=1,
                                  anomaly_fraction=0.1)  # fmt: skip
     saved = np.load(run / "scores.npz")
@@ -52,3 +60,52 @@ def test_a_command_line_run_loads_as_a_detector(tmp_path):
         assert d.threshold == record["models"][name]["threshold"]
         np.testing.assert_allclose(d.score(split.test_images), saved[f"{name}_test"], rtol=1e-6)
     assert detector.Detector.load(str(run)).model.name == "ae"  # The run's first model.
+
+
+def test_score_command_on_a_folder_of_pngs(run, mnist, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    images = mnist.test_images[:30]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"img{i:02d}.png")
+    out = tmp_path / "scored"
+    proc = cli("score", f"--run={run}", f"--images={folder}", "--maps=2", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == [f"img{i:02d}.png" for i in range(30)]
+    record = json.loads((run / "metrics.json").read_text())
+    for name in ("ae", "vae"):
+        threshold = record["models"][name]["threshold"]
+        scores = np.array([float(r[f"{name}_score"]) for r in rows])
+        flagged = np.array([int(r[f"{name}_flagged"]) for r in rows])
+        np.testing.assert_array_equal(flagged, scores > threshold)
+        assert f"{name}: {flagged.sum()} of 30 images flagged" in proc.stdout
+        library = detector.Detector.load(str(run), model=name).score(images)
+        np.testing.assert_allclose(scores, library, rtol=1e-5)
+        assert (out / f"map_{name}_001.png").stat().st_size > 0
+        assert (out / f"map_{name}_002.png").exists() and not (out / f"map_{name}_003.png").exists()
+    # What the run cannot take is one line, and nothing is written.
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(folder / "rgb.png")
+    line = one_line_error(cli("score", f"--run={run}", f"--images={folder / 'rgb.png'}",
+                              f"--output_dir={tmp_path / 'no'}"))  # fmt: skip
+    assert "rgb.png is RGB" in line and not (tmp_path / "no").exists()
+
+
+def test_image_sources_and_their_errors(tmp_path, mnist):
+    for i in range(3):
+        Image.fromarray(mnist.test_images[i]).save(tmp_path / f"{i}.png")
+    names, images = data.read_images(str(tmp_path))
+    assert names == ["0.png", "1.png", "2.png"]
+    np.testing.assert_array_equal(images, mnist.test_images[:3])
+    np.save(tmp_path / "a.npy", mnist.test_images[:4])
+    assert data.read_images(str(tmp_path / "a.npy"))[0] == [f"a.npy[{i}]" for i in range(4)]
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(data.DataError, match="0.png is 28x28 but .*big.png is 32x32"):
+        data.read_images(f"{tmp_path / '0.png'},{tmp_path / 'big.png'}")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(data.DataError, match="notes.png: not a readable image"):
+        data.read_images(str(tmp_path / "notes.png"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(data.DataError, match="holds no image files"):
+        data.read_images(str(tmp_path / "empty"))

@@ -1,0 +1,128 @@
+"""Score new images with a finished run: each model's score and flag, one row per image.
+
+  python -m experiments.score --run=runs/<run> --images=new_images/          # a folder
+  python -m experiments.score --run=runs/<run> --images=a.png,b.png --maps=2 # + anomaly maps
+  python -m experiments.score --run=runs/<run> --images=batch.npy            # an array file
+
+Writes ``scores.csv`` (file, then per model its score and whether it is above the run's
+threshold) into a new folder (default ``<run>/score_<time>``) and prints how many images each
+model flags. ``--maps=N`` also writes, for each model's N highest-scoring images, the image,
+its reconstruction and the anomaly map (the squared residual, blurred as the run's
+``--score_smoothing`` scores it) as one PNG. Images must be what the run trained on: 28x28
+grayscale (uint8, or floats in [0, 1]); another size or RGB is one error line, not a resize.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+
+import numpy as np
+from absl import flags, logging
+
+from experiments import cli
+from experiments.config import ConfigError, check_output_dir
+from experiments.files import atomic_write_bytes, new_run_dir, prepare_output_dir
+from jax_vae import rules
+
+flags.DEFINE_string("run", None, "The finished run (experiments.main) whose models score.")
+flags.DEFINE_string("images", None, "A folder of images, image files (a,b.png), or .npy/.npz.")
+flags.DEFINE_list("models", None, "Models of the run to score with (default: all of them).")
+flags.DEFINE_integer("maps", 0, "Anomaly maps of each model's N highest-scoring images.")
+flags.DEFINE_string("output_dir", None, "New folder for the results (default: <run>/score_*).")
+flags.adopt_module_key_flags(cli)
+FLAGS = flags.FLAGS
+
+
+def _run_models(run: str) -> list[str]:
+    """The run's trained models; the flag checks, before JAX starts."""
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(run, "metrics.json")) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        raise ConfigError(f"--run {run}: not a finished run of experiments.main (it needs "
+                          "config.json and metrics.json)") from None  # fmt: skip
+    if "betas" in config:
+        raise ConfigError(f"--run {run} holds a sweep or baselines run; give a single run")
+    return [m for m in config.get("models", ()) if m not in rules.BASELINES]
+
+
+def body():
+    if not FLAGS.run or not FLAGS.images:
+        raise ConfigError("give --run=<a finished run's folder> and --images=<what to score>")
+    trained = _run_models(FLAGS.run)
+    models = tuple(FLAGS.models or trained)
+    rules.choices("--models", models, trained)
+    rules.at_least("--maps", FLAGS.maps, 0)
+    output = FLAGS.output_dir or new_run_dir("score", root=FLAGS.run)
+    check_output_dir(output)
+    return lambda timings: score(FLAGS.run, FLAGS.images, models, output, maps=FLAGS.maps)
+
+
+def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: int = 0) -> dict:
+    """Scores ``source`` with each model of ``run``; writes scores.csv (and maps) in ``output``.
+
+    Returns:
+      Per model, its threshold and how many images it flagged.
+    """
+    from jax_vae import data  # noqa: PLC0415  (after the flag checks)
+    from jax_vae.detector import Detector  # noqa: PLC0415
+
+    names, raw = data.read_images(source)
+    images = data.as_images(raw)
+    if images.shape[1] != data.NUM_PIXELS:
+        side = raw.shape[1:3] if raw.ndim >= 3 else (images.shape[1],)
+        raise ConfigError(f"--images are {'x'.join(map(str, side))} ({images.shape[1]} pixels); "
+                          f"the run's models take {data.NUM_PIXELS} (28x28 grayscale)")  # fmt: skip
+    prepare_output_dir(output)
+    detectors = {m: Detector.load(run, model=m) for m in models}
+    scores = {m: d.score(images) for m, d in detectors.items()}
+    flags_ = {m: (scores[m] > d.threshold).astype(int) for m, d in detectors.items()}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", *(f"{m}_{c}" for m in models for c in ("score", "flagged"))])
+    for i, name in enumerate(names):
+        writer.writerow([name, *(v for m in models for v in (f"{scores[m][i]:.6g}", flags_[m][i]))])
+    atomic_write_bytes(os.path.join(output, "scores.csv"), buffer.getvalue().encode())
+    summary = {}
+    for m, d in detectors.items():
+        summary[m] = {"threshold": d.threshold, "flagged": int(flags_[m].sum())}
+        sys.stdout.write(f"{m}: {summary[m]['flagged']} of {len(names)} images flagged "
+                         f"(score > {d.threshold:.5g})\n")  # fmt: skip
+        if maps:
+            _maps(d, images, names, scores[m], maps, output)
+    logging.info("scores in %s", output)
+    return summary
+
+
+def _maps(detector, images: np.ndarray, names: list[str], scores: np.ndarray, n: int,
+          output: str) -> None:  # fmt: skip
+    """The image, its reconstruction and its anomaly map, for the n highest scores."""
+    import jax  # noqa: PLC0415
+
+    from experiments import plots  # noqa: PLC0415
+    from jax_vae import scoring  # noqa: PLC0415
+
+    top = np.argsort(-scores, kind="stable")[:n]
+    x = images[top]
+    recon = np.asarray(jax.vmap(detector.model.reconstruct(), in_axes=(None, 0))(
+        detector.params, x))  # fmt: skip
+    residual = (x - recon).reshape(-1, 28, 28)
+    sigma = detector.settings["score_smoothing"]
+    if sigma:  # The residual as the score sees it.
+        blur = scoring.gaussian_blur_matrix(28, sigma)
+        residual = blur @ residual @ blur.T
+    name = detector.model.name
+    for rank, (i, image, r, heat) in enumerate(zip(top, x, recon, residual**2, strict=True)):
+        figure = plots.anomaly_map(image.reshape(28, 28), r.reshape(28, 28), heat,
+                                   f"{names[i]}: {name} score {scores[i]:.4g}")  # fmt: skip
+        plots.save(figure, os.path.join(output, f"map_{name}_{rank + 1:03d}.png"))
+
+
+if __name__ == "__main__":
+    cli.command(body)
