@@ -13,6 +13,7 @@ registry score, :func:`jax_vae.metrics.threshold_from_normals`::
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -27,7 +28,26 @@ from jax_vae.checkpoints import Checkpointer, CheckpointError
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
 SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs", "batch_size",
             "learning_rate", "val_fraction", "threshold_percentile", "vae_score", "mc_samples",
-            "score_smoothing")  # fmt: skip
+            "score_smoothing", "image_shape")  # fmt: skip
+
+
+def image_shape_of(images: Any, given: tuple | None = None) -> tuple[int, int, int]:
+    """(height, width, channels) of ``[N, H, W(, C)]`` images, or of flat ``[N, pixels]``
+    ones: ``given``, else a square grayscale image."""
+    shape = np.shape(images)
+    if len(shape) == 4:
+        return tuple(shape[1:4])
+    if len(shape) == 3:
+        return (shape[1], shape[2], 1)
+    if given is not None:
+        return tuple(given)
+    side = int(round(np.sqrt(shape[-1]))) if len(shape) == 2 else 0
+    if len(shape) != 2 or side * side != shape[-1]:
+        raise rules.InvalidArgument(
+            f"images of shape {list(shape)}: give them as [N, H, W(, C)], or pass "
+            "image_shape=(H, W, C) for flat ones"
+        )
+    return (side, side, 1)
 
 
 class Detector:
@@ -48,20 +68,26 @@ class Detector:
                     "likelihood": "gaussian", "epochs": 30, "batch_size": 128,
                     "learning_rate": 1e-3, "val_fraction": 0.1, "threshold_percentile": 95.0,
                     "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0}  # fmt: skip
-        self.settings = {**defaults, **settings}
+        self.settings = {**defaults, "image_shape": None, **settings}
         rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
-        self.model = registry.build(
-            model, **{k: self.settings[k] for k in ("hidden_dims", "latent_dim", "architecture",
-                                                      "likelihood")})  # fmt: skip
-        self.hparams = {**self.model.hparams, **(hparams or {})}
-        self.score_fn = self.model.score(
-            vae_score=self.settings["vae_score"], mc_samples=self.settings["mc_samples"],
-            likelihood=self.settings["likelihood"], smoothing=self.settings["score_smoothing"])
+        self.name, self._hparams = model, hparams or {}
+        self._build(self.settings["image_shape"] or (28, 28, 1))  # Checks the settings now.
         self.params: Any = None
         self.threshold: float | None = None
         self.history: dict[str, np.ndarray] | None = None
         self._state: Any = None
         self._score_key = jax.random.key(0)
+
+    def _build(self, image_shape: tuple) -> None:
+        """The model for images of ``image_shape``, its score and hyperparameters."""
+        self.model = registry.build(
+            self.name, image_shape=tuple(image_shape),
+            **{k: self.settings[k] for k in ("hidden_dims", "latent_dim", "architecture",
+                                              "likelihood")})  # fmt: skip
+        self.hparams = {**self.model.hparams, **self._hparams}
+        self.score_fn = self.model.score(
+            vae_score=self.settings["vae_score"], mc_samples=self.settings["mc_samples"],
+            likelihood=self.settings["likelihood"], smoothing=self.settings["score_smoothing"])
 
     def fit(self, key: jax.Array, normal_images: Any) -> Detector:
         """Trains on normal images, holding out ``val_fraction`` of them for the threshold.
@@ -70,6 +96,9 @@ class Detector:
           key: A PRNG key: training, scoring and the hold-out each get their branch.
           normal_images: uint8 (0-255) or float (0-1) images, [N, pixels] or [N, H, W(, C)].
         """
+        image_shape = image_shape_of(normal_images, self.settings["image_shape"])
+        self.settings["image_shape"] = image_shape
+        self._build(image_shape)  # Any size and channel count: the model takes this one.
         images = data.as_images(normal_images, name="normal_images")
         n = images.shape[0]
         held = rules.held_out("val_fraction", self.settings["val_fraction"], n, "the images")
@@ -91,6 +120,13 @@ class Detector:
         """Anomaly scores [N] (higher: more anomalous); image i's key depends on i alone."""
         if self.params is None:
             raise ValueError("the detector is not fitted: call fit(key, normal_images) or load")
+        expected, dims = tuple(self.model.module.image_shape), tuple(np.shape(images))
+        if not (dims[1:] == expected or (dims[1:] == expected[:2] and expected[2] == 1)
+                or dims[1:] == (math.prod(expected),)):  # fmt: skip
+            raise rules.InvalidArgument(
+                f"images of shape {list(dims)} do not fit the detector's "
+                f"{'x'.join(map(str, expected))} (height x width x channels) images"
+            )
         return scoring.map_chunked(self.score_fn, self.params, images, key=self._score_key)
 
     decision_function = score  # PyOD's name.
@@ -151,10 +187,10 @@ class Detector:
             slug = rules.class_slug(config["dataset"], config["normal_class"])
             folder = os.path.join(directory, "checkpoints", f"{slug}_{name}")
             hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"]}
-        detector = cls(name, **settings)
+        detector = cls(name, **settings)  # A run's images: MNIST's 28x28x1 (the default).
         detector.hparams = {k: v for k, v in hparams.items() if k in detector.model.hparams}
         # The restore template: one model's state, as training initializes it.
-        example = jnp.zeros((1, data.NUM_PIXELS), jnp.float32)
+        example = jnp.zeros((1, math.prod(detector.model.module.image_shape)), jnp.float32)
         params = detector.model.init(jax.random.key(0), example[0])
         tx = optax.adam(detector.settings["learning_rate"])
         template = train.TrainState(params, train.inject(tx.init(params), {}),

@@ -1,12 +1,14 @@
 """Flax Linen MLP autoencoder and VAE, used only through pure ``init``/``apply``.
 
-Both models take flattened images ``[..., 784]`` in [0, 1] and decode through a
-sigmoid. Use the methods with ``model.apply(params, x, method=Model.encode)``.
+Both models take flattened images ``[..., H * W * C]`` in [0, 1] (``image_shape``,
+MNIST's 28x28x1 by default) and decode through a sigmoid. Use the methods with
+``model.apply(params, x, method=Model.encode)``.
 :mod:`jax_vae.registry` builds them by name, with their losses and scores.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -32,8 +34,12 @@ class MLP(nn.Module):
         return x
 
 
+ImageShape = tuple[int, int, int]  # Height, width, channels.
+MNIST_SHAPE: ImageShape = (28, 28, 1)
+
+
 class Decoder(nn.Module):
-    """Latent -> hidden dims (reversed, ReLU) -> 784 logits."""
+    """Latent -> hidden dims (reversed, ReLU) -> ``output_dim`` logits (784 by default)."""
 
     hidden_dims: Sequence[int]
     output_dim: int = NUM_PIXELS
@@ -44,20 +50,22 @@ class Decoder(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    """Deterministic autoencoder: 784 -> hidden (ReLU) -> latent -> mirror -> sigmoid.
+    """Deterministic autoencoder: pixels -> hidden (ReLU) -> latent -> mirror -> sigmoid.
 
     Attributes:
       hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
       latent_dim: Size of the code.
+      image_shape: (height, width, channels) of the flattened images.
     """
 
     hidden_dims: Sequence[int] = (400,)
     latent_dim: int = 20
+    image_shape: ImageShape = MNIST_SHAPE
 
     def setup(self):
         # ReLU also after the last hidden layer, none on the code itself.
         self.encoder = MLP((*self.hidden_dims, self.latent_dim))
-        self.decoder = Decoder(self.hidden_dims)
+        self.decoder = Decoder(self.hidden_dims, math.prod(self.image_shape))
 
     def encode(self, x: jax.Array) -> jax.Array:
         """Returns the code of ``x``."""
@@ -105,16 +113,18 @@ class VAE(nn.Module):
     Attributes:
       hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
       latent_dim: Size of z.
+      image_shape: (height, width, channels) of the flattened images.
     """
 
     hidden_dims: Sequence[int] = (400,)
     latent_dim: int = 20
+    image_shape: ImageShape = MNIST_SHAPE
 
     def setup(self):
         self.trunk = MLP(tuple(self.hidden_dims))
         self.mean_head = nn.Dense(self.latent_dim)
         self.logvar_head = nn.Dense(self.latent_dim)
-        self.decoder = Decoder(self.hidden_dims)
+        self.decoder = Decoder(self.hidden_dims, math.prod(self.image_shape))
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Returns the mean and log-variance of q(z|x)."""
@@ -247,50 +257,67 @@ def conv_layers(backend: str | None = None) -> tuple[type, type]:
     return conv, transpose
 
 
+def padded(size: int, depth: int) -> int:
+    """``size`` rounded up to a multiple of the conv models' total stride, 2 ** depth."""
+    return -(-size // 2**depth) * 2**depth
+
+
 class ConvEncoder(nn.Module):
-    """[..., 784] -> 28x28x1 -> strided 4x4 convs (ReLU) -> flattened features."""
+    """[..., H*W*C] -> HxWxC, zero-padded to a multiple of the total stride -> strided 4x4
+    convs (ReLU) -> flattened features."""
 
     channels: Sequence[int] = (32, 64)
+    image_shape: ImageShape = MNIST_SHAPE
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(*x.shape[:-1], 28, 28, 1)
+        height, width, depth = *self.image_shape[:2], len(self.channels)
+        h = x.reshape(*x.shape[:-1], *self.image_shape)
+        extra = (padded(height, depth) - height, padded(width, depth) - width)
+        if any(extra):  # Bottom and right: the first pixels keep their place.
+            h = jnp.pad(h, [(0, 0)] * (h.ndim - 3) + [(0, extra[0]), (0, extra[1]), (0, 0)])
         for i, c in enumerate(self.channels):
             h = nn.relu(conv_layers()[0](c, name=f"Conv_{i}")(h))
         return h.reshape(*h.shape[:-3], -1)
 
 
 class ConvDecoder(nn.Module):
-    """Latent -> dense -> transposed 4x4 convs mirroring the encoder -> 784 logits."""
+    """Latent -> dense -> transposed 4x4 convs mirroring the encoder -> the padded image,
+    cropped back to HxWxC -> H*W*C logits."""
 
     channels: Sequence[int] = (32, 64)
+    image_shape: ImageShape = MNIST_SHAPE
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        side = 28 // 2 ** len(self.channels)
-        h = nn.relu(nn.Dense(side * side * self.channels[-1])(z))
-        h = h.reshape(*z.shape[:-1], side, side, self.channels[-1])
-        for i, c in enumerate((*reversed(self.channels[:-1]), 1)):
+        (height, width, colours), depth = self.image_shape, len(self.channels)
+        rows, cols = padded(height, depth) // 2**depth, padded(width, depth) // 2**depth
+        h = nn.relu(nn.Dense(rows * cols * self.channels[-1])(z))
+        h = h.reshape(*z.shape[:-1], rows, cols, self.channels[-1])
+        for i, c in enumerate((*reversed(self.channels[:-1]), colours)):
             h = conv_layers()[1](c, name=f"ConvTranspose_{i}")(h)
-            h = nn.relu(h) if c != 1 else h
-        return h.reshape(*h.shape[:-3], NUM_PIXELS)
+            h = nn.relu(h) if i < depth - 1 else h
+        if h.shape[-3:-1] != (height, width):
+            h = h[..., :height, :width, :]
+        return h.reshape(*h.shape[:-3], math.prod(self.image_shape))
 
 
 class ConvAutoEncoder(AutoEncoder):
     """The autoencoder with a small convolutional encoder and decoder.
 
     Attributes:
-      hidden_dims: Channels of the strided convolutions (28 must divide by
-        2 ** len(hidden_dims)), e.g. (32, 64).
+      hidden_dims: Channels of the strided convolutions, e.g. (32, 64); the image is
+        padded to a multiple of 2 ** len(hidden_dims) and the output cropped back.
       latent_dim: Size of the code.
+      image_shape: (height, width, channels) of the flattened images.
     """
 
     hidden_dims: Sequence[int] = (32, 64)
 
     def setup(self):
-        self.features = ConvEncoder(tuple(self.hidden_dims))
+        self.features = ConvEncoder(tuple(self.hidden_dims), self.image_shape)
         self.code = nn.Dense(self.latent_dim)
-        self.decoder = ConvDecoder(tuple(self.hidden_dims))
+        self.decoder = ConvDecoder(tuple(self.hidden_dims), self.image_shape)
 
     def encode(self, x: jax.Array) -> jax.Array:
         return self.code(self.features(x))
@@ -305,10 +332,10 @@ class ConvVAE(VAE):
     hidden_dims: Sequence[int] = (32, 64)
 
     def setup(self):
-        self.features = ConvEncoder(tuple(self.hidden_dims))
+        self.features = ConvEncoder(tuple(self.hidden_dims), self.image_shape)
         self.mean_head = nn.Dense(self.latent_dim)
         self.logvar_head = nn.Dense(self.latent_dim)
-        self.decoder = ConvDecoder(tuple(self.hidden_dims))
+        self.decoder = ConvDecoder(tuple(self.hidden_dims), self.image_shape)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = self.features(x)

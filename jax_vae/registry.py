@@ -5,10 +5,10 @@ Everything downstream (training, scoring, the key schedule, the commands'
 so a new model is one :func:`register` call, in your own code::
 
     registry.register("dae", registry.ModelSpec(
-        build=lambda **kw: models.AutoEncoder(**kw),
+        build=lambda *, architecture, **sizes: models.AutoEncoder(**sizes),
         loss=my_denoising_loss,                  # (module, *, likelihood) -> loss
         score=lambda module, *, smoothing=0.0, **_: scoring.reconstruction_score(
-            module.apply, smoothing=smoothing),
+            module.apply, smoothing=smoothing, image_shape=module.image_shape),
         reconstruct=lambda module: module.apply,
         hparams={"noise": 0.2},                  # Read by the loss; each can be swept.
     ))
@@ -44,7 +44,8 @@ class ModelSpec:
     """One model kind.
 
     Attributes:
-      build: ``build(*, hidden_dims, latent_dim, architecture) -> flax module``.
+      build: ``build(*, hidden_dims, latent_dim, architecture, image_shape) -> flax
+        module``; ``image_shape`` is (height, width, channels) of the flattened images.
       loss: ``loss(module, *, likelihood) -> loss(params, x, key, hparams) -> terms``
         (:mod:`jax_vae.losses`): per example, with ``"total"`` among the terms.
       score: ``score(module, *, vae_score, mc_samples, likelihood, smoothing)
@@ -160,6 +161,7 @@ def build(
     latent_dim: int = 20,
     architecture: str = "mlp",
     likelihood: str = "gaussian",
+    image_shape: tuple[int, int, int] = (28, 28, 1),
 ) -> Model:
     """Builds model ``name``: its module and its per-example loss.
 
@@ -170,17 +172,19 @@ def build(
       latent_dim: Size of the code.
       architecture: ``mlp`` or ``conv``.
       likelihood: The reconstruction term: ``gaussian`` or ``bernoulli``.
+      image_shape: (height, width, channels) of the images (flattened for the models).
     """
     spec = get(name)
     rules.choice("architecture", architecture, rules.ARCHITECTURES)
     rules.widths("hidden_dims", tuple(hidden_dims))
     rules.at_least("latent_dim", latent_dim, 1)
     rules.choice("likelihood", likelihood, rules.LIKELIHOODS)
+    image_shape = tuple(image_shape)
+    rules.image_shape("image_shape", image_shape)
     if architecture == "conv":
-        rules.conv_depth("hidden_dims", tuple(hidden_dims))
-    module = spec.build(
-        hidden_dims=tuple(hidden_dims), latent_dim=latent_dim, architecture=architecture
-    )
+        rules.conv_depth("hidden_dims", tuple(hidden_dims), *image_shape[:2])
+    module = spec.build(hidden_dims=tuple(hidden_dims), latent_dim=latent_dim,
+                        architecture=architecture, image_shape=image_shape)  # fmt: skip
     return Model(name, module, spec, spec.loss(module, likelihood=likelihood))
 
 
@@ -188,14 +192,15 @@ def _builtins() -> dict[str, ModelSpec]:
     from jax_vae import losses, models, scoring  # noqa: PLC0415  (JAX: only when used)
 
     def builder(mlp, conv):
-        def make(*, hidden_dims, latent_dim, architecture):
+        def make(*, hidden_dims, latent_dim, architecture, image_shape):
             cls = conv if architecture == "conv" else mlp
-            return cls(hidden_dims=hidden_dims, latent_dim=latent_dim)
+            return cls(hidden_dims=hidden_dims, latent_dim=latent_dim, image_shape=image_shape)
 
         return make
 
     def ae_score(module, *, smoothing=0.0, **_):
-        return scoring.reconstruction_score(module.apply, smoothing=smoothing)
+        return scoring.reconstruction_score(module.apply, smoothing=smoothing,
+                                            image_shape=module.image_shape)  # fmt: skip
 
     def vae_init(module, key, x):
         import jax  # noqa: PLC0415

@@ -192,12 +192,24 @@ def smoothing_needs_reconstruction(name: str, value: float, vae_score: str) -> N
         )
 
 
-def conv_depth(name: str, hidden_dims: tuple[int, ...], side: int = 28) -> None:
-    """The conv models halve the image once per entry: ``side`` must divide evenly."""
-    if side % 2 ** len(hidden_dims):
+def conv_depth(name: str, hidden_dims: tuple[int, ...], height: int = 28, width: int = 28) -> None:
+    """The conv models halve the (padded) image once per entry: at most down to one pixel."""
+    if 2 ** len(hidden_dims) > min(height, width):
+        deepest = max(1, min(height, width).bit_length() - 1)
         raise InvalidArgument(
-            f"{name}: architecture conv halves {side}x{side} once per entry; give 1 or 2 "
-            f"channel counts, got {list(hidden_dims)}"
+            f"{name}: architecture conv halves {height}x{width} once per entry; give at most "
+            f"{deepest} channel counts, got {list(hidden_dims)}"
+        )
+
+
+def image_shape(name: str, value: Any) -> None:
+    """(height, width, channels): positive integers, at least 2x2 pixels."""
+    if (not isinstance(value, tuple) or len(value) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+            or min(value[:2]) < 2 or value[2] < 1):  # fmt: skip
+        raise InvalidArgument(
+            f"{name} must be (height, width, channels) with at least 2x2 pixels and one "
+            f"channel, got {value!r}"
         )
 
 

@@ -62,15 +62,19 @@ def gaussian_blur_matrix(size: int, sigma: float, *, truncate: float = 4.0) -> n
     return blur
 
 
-def make_residual_error(smoothing: float = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The reconstruction error of one square image: MSE, or MSE of the blurred residual.
+def make_residual_error(
+    smoothing: float = 0.0, image_shape: tuple[int, int, int] | None = None
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The reconstruction error of one image: MSE, or MSE of the blurred residual.
 
     Args:
       smoothing: Gaussian sigma in pixels applied to the residual ``x - x_hat``
-        (as a ``side x side`` image) before squaring; 0 gives the plain mean
+        (each channel as an image) before squaring; 0 gives the plain mean
         squared error. Blurring averages out the scattered one-pixel errors
         along a normal digit's edges and keeps the coherent, stroke-sized
         errors where an anomaly differs from what the model can reconstruct.
+      image_shape: (height, width, channels) of the flattened images; None: a
+        square grayscale image.
 
     Returns:
       ``error(x, x_hat) -> scalar`` for flattened images.
@@ -80,12 +84,18 @@ def make_residual_error(smoothing: float = 0.0) -> Callable[[jax.Array, jax.Arra
         return mean_squared_error
 
     def blurred_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
-        side = int(round(x.size**0.5))
-        if side * side != x.size:
-            raise ValueError(f"smoothing needs square images, got {x.size} pixels")
-        blur = jnp.asarray(gaussian_blur_matrix(side, smoothing), x.dtype)
-        residual = (x - x_hat).reshape(side, side)
-        return jnp.mean(jnp.square(blur @ residual @ blur.T))
+        height, width, channels = image_shape or (int(round(x.size**0.5)),) * 2 + (1,)
+        if height * width * channels != x.size:
+            raise ValueError(f"smoothing needs square images or an image_shape, got {x.size} "
+                             "pixels")  # fmt: skip
+        rows = jnp.asarray(gaussian_blur_matrix(height, smoothing), x.dtype)
+        cols = rows if width == height else jnp.asarray(
+            gaussian_blur_matrix(width, smoothing), x.dtype)  # fmt: skip
+        residual = (x - x_hat).reshape(height, width, channels)
+        if channels == 1:  # As it always was (and MNIST's numbers stay bit for bit).
+            return jnp.mean(jnp.square(rows @ residual[..., 0] @ cols.T))
+        blurred = jax.vmap(lambda r: rows @ r @ cols.T, in_axes=2, out_axes=2)(residual)
+        return jnp.mean(jnp.square(blurred))
 
     return blurred_error
 
@@ -106,18 +116,22 @@ def vae_reconstruct(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
 
 
 def reconstruction_score(
-    reconstruct: Callable[[Any, jax.Array], jax.Array], *, smoothing: float = 0.0
+    reconstruct: Callable[[Any, jax.Array], jax.Array],
+    *,
+    smoothing: float = 0.0,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> ScoreFn:
     """The per-example reconstruction error (MSE, or of the blurred residual) as a score.
 
     Args:
       reconstruct: ``reconstruct(params, x) -> x_hat`` for one image.
       smoothing: Gaussian sigma in pixels of :func:`make_residual_error`; 0: MSE.
+      image_shape: (height, width, channels) of the flattened images, for the blur.
 
     Returns:
       ``score(params, x, key) -> scalar``; the key is unused (deterministic).
     """
-    error = make_residual_error(smoothing)
+    error = make_residual_error(smoothing, image_shape)
 
     def score(params, x, key):
         del key  # Deterministic.
@@ -161,9 +175,11 @@ def vae_score_fn(
     rules.at_least("mc_samples", mc_samples, 1)
     rules.choice("likelihood", likelihood, rules.LIKELIHOODS)
     rules.smoothing_needs_reconstruction("smoothing", smoothing, vae_score)
+    image_shape = getattr(module, "image_shape", None)
     if vae_score == "mean":
-        return reconstruction_score(vae_reconstruct(module), smoothing=smoothing)
-    error = make_residual_error(smoothing)
+        return reconstruction_score(vae_reconstruct(module), smoothing=smoothing,
+                                    image_shape=image_shape)  # fmt: skip
+    error = make_residual_error(smoothing, image_shape)
 
     def per_draw(params, x, mean, logvar, key):
         z = reparameterize(key, mean, logvar)

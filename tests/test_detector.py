@@ -109,3 +109,40 @@ def test_image_sources_and_their_errors(tmp_path, mnist):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(data.DataError, match="holds no image files"):
         data.read_images(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("architecture,hidden", [("mlp", (32,)), ("conv", (4, 8))])
+def test_any_image_size_and_channel_count(mnist, architecture, hidden):
+    # 30x30 RGB: normal = a tinted digit 0 in the corner, anomalies = other digits. The conv
+    # models pad 30 to 32 (two stride-2 layers) and crop back; the blur runs per channel.
+    def rgb(images):
+        out = np.zeros((len(images), 30, 30, 3), np.uint8)
+        out[:, :28, :28] = images[..., None] * np.array([1.0, 0.6, 0.3])
+        return out
+
+    normal = rgb(mnist.train_images[mnist.train_labels == 0][:600])
+    test = rgb(mnist.test_images[:300])
+    labels = (mnist.test_labels[:300] != 0).astype(int)
+    d = detector.Detector("ae", hidden_dims=hidden, latent_dim=4, epochs=2, batch_size=64,
+                          architecture=architecture, score_smoothing=1.0)  # fmt: skip
+    d.fit(jax.random.key(0), normal)
+    assert d.settings["image_shape"] == (30, 30, 3)
+    scores = d.score(test)
+    assert roc_auc_score(labels, scores) > 0.6
+    np.testing.assert_allclose(d.score(test.reshape(300, -1)), scores, rtol=1e-6)  # Flat too.
+    with pytest.raises(ValueError, match=r"do not fit the detector's 30x30x3"):
+        d.score(mnist.test_images[:5])
+
+
+def test_blur_per_channel_equals_scipy():
+    from scipy import ndimage  # noqa: PLC0415
+
+    from jax_vae import scoring  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    x, x_hat = rng.uniform(size=(2, 12 * 10 * 3)).astype(np.float32)
+    got = scoring.make_residual_error(1.5, (12, 10, 3))(x, x_hat)
+    residual = (x - x_hat).reshape(12, 10, 3).astype(np.float64)
+    blurred = np.stack([ndimage.gaussian_filter(residual[..., c], 1.5, mode="constant")
+                        for c in range(3)], axis=-1)  # fmt: skip
+    np.testing.assert_allclose(float(got), np.mean(blurred**2), rtol=1e-5)

@@ -24,11 +24,10 @@ def denoising_loss(module, *, likelihood="gaussian"):
 
 
 DAE = registry.ModelSpec(
-    build=lambda *, hidden_dims, latent_dim, architecture: models.AutoEncoder(
-        hidden_dims=hidden_dims, latent_dim=latent_dim),
+    build=lambda *, architecture, **sizes: models.AutoEncoder(**sizes),  # widths, image shape
     loss=denoising_loss,
     score=lambda module, *, smoothing=0.0, **_: scoring.reconstruction_score(
-        module.apply, smoothing=smoothing),
+        module.apply, smoothing=smoothing, image_shape=module.image_shape),
     reconstruct=lambda module: module.apply,
     hparams={"noise": 0.2},
 )

@@ -176,7 +176,7 @@ BAD_CONFIGS = [
     (dict(chunk_size=0), "--chunk_size"),
     (dict(likelihood="poisson"), "--likelihood"),
     (dict(architecture="rnn"), "--architecture"),
-    (dict(architecture="conv", hidden_dims=(8, 16, 32)), "architecture conv halves"),
+    (dict(architecture="conv", hidden_dims=(8, 16, 32, 64, 128)), "architecture conv halves"),
     (dict(kl_warmup_epochs=-1), "--kl_warmup_epochs"),
     (dict(ensemble_size=0), "--ensemble_size"),
     (dict(checkpoint_every=-1), "--checkpoint_every"),
