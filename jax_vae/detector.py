@@ -96,6 +96,11 @@ class Detector:
           key: A PRNG key: training, scoring and the hold-out each get their branch.
           normal_images: uint8 (0-255) or float (0-1) images, [N, pixels] or [N, H, W(, C)].
         """
+        if np.shape(normal_images)[:1] in ((), (0,), (1,)):
+            raise rules.InvalidArgument(
+                f"normal_images must hold at least 2 images (one to train on, one held out "
+                f"for the threshold), got shape {list(np.shape(normal_images))}"
+            )
         image_shape = image_shape_of(normal_images, self.settings["image_shape"])
         self.settings["image_shape"] = image_shape
         self._build(image_shape)  # Any size and channel count: the model takes this one.

@@ -202,14 +202,23 @@ def conv_depth(name: str, hidden_dims: tuple[int, ...], height: int = 28, width:
         )
 
 
+MAX_IMAGE_VALUES = 512 * 512 * 4  # A flat image's length: the MLP's first layer scales with it.
+
+
 def image_shape(name: str, value: Any) -> None:
-    """(height, width, channels): positive integers, at least 2x2 pixels."""
+    """(height, width, channels): at least 2x2 pixels and one channel, at most
+    ``MAX_IMAGE_VALUES`` values (bigger images are for downscaling first)."""
     if (not isinstance(value, tuple) or len(value) != 3
             or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
             or min(value[:2]) < 2 or value[2] < 1):  # fmt: skip
         raise InvalidArgument(
             f"{name} must be (height, width, channels) with at least 2x2 pixels and one "
             f"channel, got {value!r}"
+        )
+    if value[0] * value[1] * value[2] > MAX_IMAGE_VALUES:
+        raise InvalidArgument(
+            f"{name} {value[0]}x{value[1]}x{value[2]} has more than {MAX_IMAGE_VALUES:,} "
+            "values (e.g. 512x512x4); downscale the images first"
         )
 
 

@@ -146,3 +146,16 @@ def test_blur_per_channel_equals_scipy():
     blurred = np.stack([ndimage.gaussian_filter(residual[..., c], 1.5, mode="constant")
                         for c in range(3)], axis=-1)  # fmt: skip
     np.testing.assert_allclose(float(got), np.mean(blurred**2), rtol=1e-5)
+
+
+def test_bad_images_are_one_clear_error_before_any_work():
+    d = detector.Detector("ae", hidden_dims=(8,), latent_dim=2, epochs=1)
+    for images, needle in (
+        (np.zeros((0, 28, 28), np.uint8), "at least 2 images"),
+        (np.zeros((1, 28, 28), np.uint8), "at least 2 images"),
+        (np.zeros((5, 1, 1), np.uint8), "at least 2x2 pixels"),
+        (np.zeros((2, 10_000, 10_000), np.uint8), "downscale the images first"),  # 200 MB.
+        (np.full((5, 28, 28), 255.0, np.float32), r"floats in \[0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            d.fit(jax.random.key(0), images)
