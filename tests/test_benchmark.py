@@ -118,3 +118,16 @@ def test_accelerator_suite_reduced(tmp_path, capsys, monkeypatch):
     assert all(mb > 0 for mb in record["host_peak_mb_by_k"].values())
     out = capsys.readouterr().out
     assert "K VAEs" in out and "benchmark grid" in out and str(output) in out
+
+
+def test_image_loading_suite_reduced(tmp_path, capsys):
+    from absl import flags  # noqa: PLC0415
+
+    from benchmarks import images  # noqa: PLC0415
+
+    output = tmp_path / "images.json"
+    flags.FLAGS(["images", "--reduced", f"--output={output}"])
+    images.body()(None)
+    record = json.loads(output.read_text())
+    assert record["images"] == 2000 and record["images_per_second"] > 0
+    assert "images/s" in capsys.readouterr().out
