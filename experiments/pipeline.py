@@ -375,12 +375,17 @@ def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:
     return Group(normal, name, points, scoring.Parts(*map(np.stack, parts)), None), timing
 
 
-def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict]) -> tuple:
+def _keys(grid: SweepConfig, name: str, points: list[dict]) -> keys.ModelKeys:
+    """The training and scoring keys of every model of one kind: [points * members]."""
+    members = [keys.member_keys(p["seed"], name, grid.base.ensemble_size) for p in points]
+    return keys.ModelKeys(*(jnp.concatenate(k) for k in zip(*members, strict=True)))
+
+
+def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh) -> tuple:
     """The optimizer and the per-model hyperparameters [points * members (+ mesh padding)]
     of one model kind's points, and their training keys (one key, scalars for one model)."""
     base, members = grid.base, grid.base.ensemble_size
-    train_keys = jnp.concatenate(
-        [keys.member_keys(p["seed"], model.name, members).train for p in points])
+    train_keys = _keys(grid, model.name, points).train
     # Per model, the hyperparameters its loss reads: beta per point, the warm-up.
     hparams = {h: np.full(len(points), v, np.float32) for h, v in model.hparams.items()}
     if "beta" in hparams:
@@ -394,9 +399,8 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict]) -> tu
         tx = optax.inject_hyperparams(optax.adam)(learning_rate=grid.rates[0])
         hparams["learning_rate"] = np.array([p["learning_rate"] for p in points], np.float32)
     hparams = {h: np.repeat(v, members) for h, v in hparams.items()}
-    width = base.num_devices or jax.device_count()
-    if grid.mesh_layout == sharding.MODELS and width > 1:
-        pad = -train_keys.shape[0] % width  # Whole models per device: repeat the last.
+    if mesh is not None and grid.mesh_layout == sharding.MODELS:
+        pad = -train_keys.shape[0] % mesh.devices.size  # Whole models per device: repeat.
         train_keys = jnp.concatenate([train_keys, jnp.repeat(train_keys[-1:], pad)])
         hparams = {h: np.concatenate([v, np.repeat(v[-1:], pad)]) for h, v in hparams.items()}
     if train_keys.shape[0] == 1:  # One model: trained unbatched, exactly as the library does.
@@ -404,7 +408,7 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict]) -> tu
     return tx, train_keys, hparams
 
 
-def _restore(grid, normal, model, split, *, checkpointer, **_) -> tuple[Group, dict]:
+def _restore(grid, normal, model, split, *, mesh, checkpointer, **_) -> tuple[Group, dict]:
     """``--eval_only``: every point of one model kind from its final checkpoint."""
     base, points = grid.base, points_of(grid, model.name)
     latest = checkpointer.latest_epoch()
@@ -414,7 +418,7 @@ def _restore(grid, normal, model, split, *, checkpointer, **_) -> tuple[Group, d
             f"{checkpointer.directory} (latest: epoch {latest} of {base.epochs}); finish it "
             "with --resume first"
         )
-    tx, train_keys, hparams = _hparams(grid, model, points)
+    tx, train_keys, hparams = _hparams(grid, model, points, mesh)
     init = train.make_train(model, tx=tx, batch_size=base.batch_size, epochs=base.epochs).init
     if jnp.ndim(train_keys):
         init = jax.vmap(init, in_axes=(0, None, 0))
@@ -427,7 +431,7 @@ def _restore(grid, normal, model, split, *, checkpointer, **_) -> tuple[Group, d
 def _train(grid, normal, model, split, *, mesh, checkpointer, board, timings):
     """Trains every point of one model kind (times the ensemble members) together."""
     base, points, name = grid.base, points_of(grid, model.name), model.name
-    tx, train_keys, hparams = _hparams(grid, model, points)
+    tx, train_keys, hparams = _hparams(grid, model, points, mesh)
     k, label = len(points) * base.ensemble_size, _label(grid, normal, name)
     logging.info("%s: training %d %s model%s together (%d epochs, %d images)", _name(base, normal),
                  k, name, "" if k == 1 else "s", base.epochs, len(split.train_images))  # fmt: skip
@@ -478,8 +482,7 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, *, keep_param
                           likelihood=base.likelihood, smoothing=s)
         for s in grid.smoothings
     ))  # fmt: skip
-    score_keys = jnp.concatenate(
-        [keys.member_keys(p["seed"], group.name, members).score for p in points])
+    score_keys = _keys(grid, group.name, points).score
     scores = scoring.score_parts(
         params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
         key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,

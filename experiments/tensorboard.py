@@ -104,13 +104,15 @@ class Board:
             means = {t: np.reshape(np.asarray(v, np.float64).ravel()[: points * members],
                                    (points, members)).mean(axis=1)
                      for t, v in e.means.items()}  # fmt: skip  (the loss terms as they come)
+            # The KL weight training used this epoch, every point's in one call.
+            beta = np.asarray(warmed_beta(np.array([b or 0.0 for b in betas], np.float32),
+                                          e.epoch, np.float32(warmup)))  # fmt: skip
             for p, point_runs in enumerate(runs):
                 scalars = {f"train/{t}": m[p] for t, m in means.items()}
                 scalars["train/epoch_seconds"] = e.seconds
                 scalars["train/images_per_second"] = images * points * members / e.seconds
-                if betas[p] is not None:  # The KL weight training used this epoch.
-                    scalars["train/beta"] = warmed_beta(np.float32(betas[p]), e.epoch,
-                                                        np.float32(warmup))
+                if betas[p] is not None:
+                    scalars["train/beta"] = beta[p]
                 for run in point_runs:
                     w = self.writer(run, e.epoch)
                     for tag, value in scalars.items():
