@@ -109,17 +109,18 @@ def _maps(detector, images: np.ndarray, names: list[str], scores: np.ndarray, n:
     from jax_vae import scoring  # noqa: PLC0415
 
     top = np.argsort(-scores, kind="stable")[:n]
-    x = images[top]
-    recon = np.asarray(jax.vmap(detector.model.reconstruct(), in_axes=(None, 0))(
-        detector.params, x))  # fmt: skip
-    residual = (x - recon).reshape(-1, 28, 28)
-    sigma = detector.settings["score_smoothing"]
-    if sigma:  # The residual as the score sees it.
-        blur = scoring.gaussian_blur_matrix(28, sigma)
-        residual = blur @ residual @ blur.T
+    x, shape = images[top], tuple(detector.model.module.image_shape)
+    recon = jax.vmap(detector.model.reconstruct(), in_axes=(None, 0))(detector.params, x)
+    # The squared residual, blurred as the run's score blurs it.
+    maps = jax.vmap(scoring.anomaly_map(detector.settings["score_smoothing"], shape))(x, recon)
     name = detector.model.name
-    for rank, (i, image, r, heat) in enumerate(zip(top, x, recon, residual**2, strict=True)):
-        figure = plots.anomaly_map(image.reshape(28, 28), r.reshape(28, 28), heat,
+
+    def picture(a):  # [H, W] for one channel, [H, W, C] otherwise (what imshow takes).
+        a = np.asarray(a).reshape(shape)
+        return a[..., 0] if shape[2] == 1 else a
+
+    for rank, (i, image, r, heat) in enumerate(zip(top, x, recon, maps, strict=True)):
+        figure = plots.anomaly_map(picture(image), picture(r), np.asarray(heat).sum(-1),
                                    f"{names[i]}: {name} score {scores[i]:.4g}")  # fmt: skip
         plots.save(figure, os.path.join(output, f"map_{name}_{rank + 1:03d}.png"))
 

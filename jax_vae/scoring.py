@@ -82,22 +82,44 @@ def make_residual_error(
     rules.smoothing("smoothing", smoothing)
     if smoothing == 0:
         return mean_squared_error
+    blur = _residual_blur(smoothing, image_shape)
+    return lambda x, x_hat: jnp.mean(jnp.square(blur(x - x_hat)))
 
-    def blurred_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
-        height, width, channels = image_shape or (int(round(x.size**0.5)),) * 2 + (1,)
-        if height * width * channels != x.size:
-            raise ValueError(f"smoothing needs square images or an image_shape, got {x.size} "
+
+def anomaly_map(
+    smoothing: float = 0.0, image_shape: tuple[int, int, int] = (28, 28, 1)
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The per-pixel anomaly map of one image: its squared residual, blurred as the score of
+    the same ``smoothing`` blurs it (the map's mean is that score).
+
+    Returns:
+      ``anomaly_map(x, x_hat) -> [height, width, channels]`` for flattened images.
+    """
+    rules.smoothing("smoothing", smoothing)
+    blur = _residual_blur(smoothing, image_shape) if smoothing else (lambda r: r)
+    return lambda x, x_hat: jnp.square(blur(x - x_hat)).reshape(image_shape)
+
+
+def _residual_blur(
+    smoothing: float, image_shape: tuple[int, int, int] | None
+) -> Callable[[jax.Array], jax.Array]:
+    """Blurs a flattened residual, each channel as an image; None: one square channel."""
+
+    def blur(residual: jax.Array) -> jax.Array:
+        size = residual.size
+        height, width, channels = image_shape or (int(round(size**0.5)),) * 2 + (1,)
+        if height * width * channels != size:
+            raise ValueError(f"smoothing needs square images or an image_shape, got {size} "
                              "pixels")  # fmt: skip
-        rows = jnp.asarray(gaussian_blur_matrix(height, smoothing), x.dtype)
+        rows = jnp.asarray(gaussian_blur_matrix(height, smoothing), residual.dtype)
         cols = rows if width == height else jnp.asarray(
-            gaussian_blur_matrix(width, smoothing), x.dtype)  # fmt: skip
-        residual = (x - x_hat).reshape(height, width, channels)
+            gaussian_blur_matrix(width, smoothing), residual.dtype)  # fmt: skip
+        residual = residual.reshape(height, width, channels)
         if channels == 1:  # As it always was (and MNIST's numbers stay bit for bit).
-            return jnp.mean(jnp.square(rows @ residual[..., 0] @ cols.T))
-        blurred = jax.vmap(lambda r: rows @ r @ cols.T, in_axes=2, out_axes=2)(residual)
-        return jnp.mean(jnp.square(blurred))
+            return rows @ residual[..., 0] @ cols.T
+        return jax.vmap(lambda r: rows @ r @ cols.T, in_axes=2, out_axes=2)(residual)
 
-    return blurred_error
+    return blur
 
 
 def autoencoder_reconstruct(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:

@@ -183,3 +183,14 @@ def test_smoothing_rejects_bad_settings():
         model.score(vae_score="elbo", smoothing=1.0)
     with pytest.raises(ValueError, match="square"):
         scoring.make_residual_error(1.0)(jnp.zeros(10), jnp.zeros(10))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 1.5])
+def test_anomaly_map_is_the_per_pixel_score(smoothing):
+    rng = np.random.default_rng(0)
+    x, x_hat = rng.uniform(size=(2, 784)).astype(np.float32)
+    heat = scoring.anomaly_map(smoothing, (28, 28, 1))(x, x_hat)
+    assert heat.shape == (28, 28, 1)
+    # Its mean is the score that uses the same blur.
+    np.testing.assert_allclose(float(jnp.mean(heat)),
+                               float(scoring.make_residual_error(smoothing)(x, x_hat)), rtol=1e-6)
