@@ -461,7 +461,10 @@ def read_images(source: str) -> tuple[list[str], np.ndarray]:
 # -------------------------------------------------------------------------- split
 
 
-def as_images(images: Any, *, name: str = "images") -> np.ndarray:
+_UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def as_images(images: Any, *, name: str = "images") -> Any:
     """Images as the models take them: float32 ``[N, pixels]`` in [0, 1].
 
     Args:
@@ -470,24 +473,34 @@ def as_images(images: Any, *, name: str = "images") -> np.ndarray:
         [0, 1]: anything else is refused, not silently trained on.
       name: How messages name the argument.
 
+    Returns:
+      An array of the same kind: a JAX array stays where it is (its range is
+      checked there, only two numbers come to the host); anything else NumPy.
+
     Raises:
       InvalidArgument: Another shape or dtype, or floats outside [0, 1].
     """
-    x = np.asarray(images)
+    x = images if isinstance(images, np.ndarray) or hasattr(images, "addressable_shards") \
+        else np.asarray(images)  # fmt: skip
     if x.ndim not in (2, 3, 4):
         raise rules.InvalidArgument(
             f"{name} must be [N, pixels], [N, H, W] or [N, H, W, C], got shape {list(x.shape)}"
         )
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / np.float32(255.0)
+    if x.dtype == np.uint8:  # One table for both kinds: the same float wherever it lives.
+        if isinstance(x, np.ndarray):
+            x = _UINT8_TO_FLOAT[x]
+        else:
+            import jax.numpy as jnp  # noqa: PLC0415  (a JAX array: JAX is loaded)
+
+            x = jnp.asarray(_UINT8_TO_FLOAT)[x]
     elif np.issubdtype(x.dtype, np.floating):
-        low, high = (float(np.min(x)), float(np.max(x))) if x.size else (0.0, 0.0)
+        low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
         if not 0.0 <= low <= high <= 1.0:  # NaN fails too.
             raise rules.InvalidArgument(
                 f"{name} must be uint8 (0-255) or floats in [0, 1], got floats in "
                 f"[{low:g}, {high:g}]; scale them first (8-bit pixels: divide by 255)"
             )
-        x = x.astype(np.float32, copy=False)
+        x = x if x.dtype == np.float32 else x.astype(np.float32)
     else:
         raise rules.InvalidArgument(
             f"{name} must be uint8 (0-255) or floats in [0, 1], got {x.dtype}"

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jax_vae import keys, registry, scoring, train
+from jax_vae import data, keys, registry, scoring, train
 
 SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
@@ -165,9 +165,11 @@ def test_uint8_and_image_shaped_arrays_train_as_their_scaled_flat_floats(mnist):
     run = functools.partial(train.train, jax.random.key(0), model=model, epochs=2, batch_size=64,
                             hooks=())  # fmt: skip
     reference = run(floats.astype(np.float32))
-    for images in (raw, raw[..., None], floats.reshape(256, 28, 28).astype(np.float32)):
+    for images in (raw, raw[..., None], floats.reshape(256, 28, 28).astype(np.float32),
+                   jax.device_put(raw)):  # On the device: scaled there, the same floats.
         np.testing.assert_allclose(run(images).history["total"], reference.history["total"],
                                    rtol=1e-6)  # fmt: skip
+    np.testing.assert_array_equal(data.as_images(jax.device_put(raw)), data.as_images(raw))
     scores = scoring.map_chunked(model.score(), reference.params, raw[:20])
     np.testing.assert_allclose(scores, scoring.map_chunked(model.score(), reference.params,
                                                            floats[:20]), rtol=1e-5)  # fmt: skip
