@@ -198,7 +198,7 @@ class Detector:
         example = jnp.zeros((1, math.prod(detector.model.module.image_shape)), jnp.float32)
         params = detector.model.init(jax.random.key(0), example[0])
         tx = optax.adam(detector.settings["learning_rate"])
-        template = train.TrainState(params, train.inject(tx.init(params), {}),
+        template = train.TrainState(params, tx.init(params),
                                     jax.random.key(0), jnp.zeros((), jnp.int32))  # fmt: skip
         checkpointer = Checkpointer(folder)
         if checkpointer.latest_epoch() != detector.settings["epochs"]:
