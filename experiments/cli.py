@@ -22,6 +22,7 @@ from experiments.config import (
     ConfigError,
     ExperimentConfig,
     SweepConfig,
+    data_options,
     parse_classes,
     preset_values,
 )
@@ -74,14 +75,14 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
             values[name] = value
     if "normal_class" in FLAGS and "normal_class" not in overrides:
         values["normal_class"] = _normal_class(dataset)
-    if "hidden_dims" in values:
-        try:
-            values["hidden_dims"] = tuple(int(h) for h in values["hidden_dims"])
-        except ValueError:
-            raise ConfigError(
-                "--hidden_dims must be a comma list of integers, "
-                f"got {','.join(values['hidden_dims'])}"
-            ) from None
+    for name in ("hidden_dims", "image_size"):
+        if name in values:
+            try:
+                values[name] = tuple(int(h) for h in values[name])
+            except ValueError:
+                raise ConfigError(
+                    f"--{name} must be a comma list of integers, got {','.join(values[name])}"
+                ) from None
     if "models" in values:
         values["models"] = tuple(m.strip().lower() for m in values["models"])
     return ExperimentConfig(**values)
@@ -98,8 +99,8 @@ def _normal_class(dataset: str) -> int:
         if FLAGS["normal_class"].present:
             raise ConfigError("--normal_digit and --normal_class name the same thing; give one")
         text = FLAGS.normal_digit
-    return rules.class_index("--normal_class", text, dataset if dataset in rules.DATASETS
-                             else "mnist")  # fmt: skip
+    known = rules.DATASETS + rules.LOCAL_DATASETS
+    return rules.class_index("--normal_class", text, dataset if dataset in known else "mnist")
 
 
 def define_class_list_flags() -> None:
@@ -117,6 +118,8 @@ def classes_from_flags(dataset: str) -> tuple[int, ...]:
         if FLAGS["classes"].present:
             raise ConfigError("--digits and --classes name the same thing; give one")
         return parse_classes(FLAGS.digits, name="digits", dataset=dataset)
+    if dataset in rules.LOCAL_DATASETS and not FLAGS["classes"].present:
+        return (0,)  # A user's images: one normal class.
     return parse_classes(FLAGS.classes, name="classes", dataset=dataset)
 
 
@@ -271,7 +274,7 @@ def pipeline_work(grid: SweepConfig, **run_args: Any) -> Work:
 
     base = grid.base
     # The data loads while JAX and the pipeline import (their errors still come in order).
-    dataset = load_dataset_early(base.data_source, dataset=base.dataset, data_dir=base.data_dir)
+    dataset = load_dataset_early(base.data_source, **data_options(base))
 
     def work(timings: Timings) -> None:
         with timings.phase("imports"):

@@ -61,8 +61,15 @@ class ExperimentConfig:
         f"{', '.join(rules.BASELINES)}.",
     )
     data_source: str = _flag("auto", f"One of {', '.join(rules.SOURCES)} (auto: find it).")
-    data_dir: str | None = _flag(None, "tfds data dir (tfds) or folder of IDX files (idx).")
-    dataset: str = _flag("mnist", f"One of {', '.join(rules.DATASETS)}.")
+    data_dir: str | None = _flag(
+        None, "tfds data dir (tfds) or folder of IDX files (idx); with --dataset=folder your "
+        "images' folder (train/, test/<kind>/), with --dataset=arrays a .npy/.npz file.")
+    dataset: str = _flag(
+        "mnist", f"One of {', '.join(rules.DATASETS)}, or your own images: folder, arrays.")
+    channels: int = _flag(0, "--dataset=folder: images as 1 (gray) or 3 (RGB) channels; 0: as "
+                          "the files are.")
+    image_size: tuple[int, ...] = _flag((), "--dataset=folder: resize images to H,W; empty: "
+                                        "the files' common size.")
     output_dir: str | None = _flag(None, "New folder for the results; default: one under runs/.")
     vae_score: str = _flag("mean", f"VAE anomaly score: {', '.join(rules.VAE_SCORES)}.")
     mc_samples: int = _flag(10, "Draws for --vae_score=mc, elbo or iwae.")
@@ -181,6 +188,7 @@ def validate(config: ExperimentConfig) -> None:
         rules.choice("--preset", c.preset, tuple(PRESETS))
     rules.beta("--beta", c.beta)
     rules.normal_class("--normal_class", c.normal_class)
+    _validate_own_images(c)
     rules.at_least("--latent_dim", c.latent_dim, 1)
     rules.widths("--hidden_dims", c.hidden_dims)
     rules.at_least("--epochs", c.epochs, 1)
@@ -194,7 +202,6 @@ def validate(config: ExperimentConfig) -> None:
     rules.percentile("--threshold_percentile", c.threshold_percentile)
     rules.choices("--models", c.models, registry.names() + rules.BASELINES)
     rules.choice("--data_source", c.data_source, rules.SOURCES)
-    rules.choice("--dataset", c.dataset, rules.DATASETS)
     if c.data_source == "bundled" and c.dataset != "mnist":
         raise ConfigError(
             f"--dataset={c.dataset} is not bundled (only mnist is); use --data_source=auto, "
@@ -212,14 +219,46 @@ def validate(config: ExperimentConfig) -> None:
     rules.at_least("--chunk_size", c.chunk_size, 1)
     rules.choice("--likelihood", c.likelihood, rules.LIKELIHOODS)
     rules.choice("--architecture", c.architecture, rules.ARCHITECTURES)
-    if c.architecture == "conv":
-        rules.conv_depth("--hidden_dims", c.hidden_dims)
+    if c.architecture == "conv" and (c.image_size or c.dataset not in rules.LOCAL_DATASETS):
+        # A folder's or an array's own size is checked when the images are read.
+        rules.conv_depth("--hidden_dims", c.hidden_dims, *(c.image_size or (28, 28)))
     rules.at_least("--kl_warmup_epochs", c.kl_warmup_epochs, 0)
     rules.at_least("--ensemble_size", c.ensemble_size, 1)
     rules.at_least("--checkpoint_every", c.checkpoint_every, 0, " (0 = no checkpoints)")
     rules.at_least("--num_devices", c.num_devices, 0, " (0 = all)")
     if c.output_dir is not None:
         check_output_dir(c.output_dir)
+
+
+def data_options(c: ExperimentConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`jax_vae.data.load_dataset` after the source."""
+    return {"dataset": c.dataset, "data_dir": c.data_dir, "channels": c.channels,
+            "image_size": tuple(c.image_size) or None}  # fmt: skip
+
+
+def _validate_own_images(c: ExperimentConfig) -> None:
+    """--dataset (a named one, or a folder or array file of the user's) and what it needs."""
+    rules.choice("--dataset", c.dataset, rules.DATASETS + rules.LOCAL_DATASETS)
+    rules.channels("--channels", c.channels)
+    if c.image_size:
+        rules.image_size("--image_size", c.image_size, c.channels or 1)
+    if (c.channels or c.image_size) and c.dataset != "folder":
+        raise ConfigError("--channels and --image_size convert the images of --dataset=folder; "
+                          f"{c.dataset}'s images are used as they are")  # fmt: skip
+    if c.dataset not in rules.LOCAL_DATASETS:
+        return
+    what = "a folder with train/ (and test/<kind>/)" if c.dataset == "folder" else \
+        "a .npy or .npz file"  # fmt: skip
+    if not c.data_dir:
+        raise ConfigError(f"--dataset={c.dataset} needs --data_dir: {what}")
+    if not (os.path.isdir if c.dataset == "folder" else os.path.isfile)(c.data_dir):
+        raise ConfigError(f"--data_dir {c.data_dir} is not {what}")
+    if c.data_source != "auto":
+        raise ConfigError(f"--data_source is for the named datasets; --dataset={c.dataset} "
+                          "reads --data_dir")  # fmt: skip
+    if c.normal_class != 0:
+        raise ConfigError(f"--normal_class: --dataset={c.dataset} has one normal class (0): "
+                          "its normal images")  # fmt: skip
 
 
 def validate_sweep(config: SweepConfig) -> None:

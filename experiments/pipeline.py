@@ -30,13 +30,20 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments.config import ConfigError, SweepConfig, as_flags, read_record, validate_sweep
+from experiments.config import (
+    ConfigError,
+    SweepConfig,
+    as_flags,
+    data_options,
+    read_record,
+    validate_sweep,
+)
 from experiments.files import claim_output_dir, new_run_dir, prepare_output_dir
 from experiments.tensorboard import Board, run_name
 from experiments.timing import Timings
 from jax_vae import data, keys, registry, rules, scoring, sharding, train
 from jax_vae.checkpoints import Checkpointer
-from jax_vae.metrics import evaluate
+from jax_vae.metrics import evaluate, separation_auroc
 
 GRID_IMAGES = 8  # Normal and anomalous test images each in a run's reconstruction plot.
 LATENT_POINTS = 5000  # Test images in a run's latent scatter plot.
@@ -65,11 +72,13 @@ class Group:
 class Previews:
     """What a single run's plots show that only the models can compute (the report draws)."""
 
-    inputs: np.ndarray  # Test images, normal then anomalous.
+    inputs: np.ndarray  # Test images, normal then anomalous (held-out normals without a test set).
     titles: list[str]
+    image_shape: tuple[int, int, int]
     reconstructions: dict[str, np.ndarray]  # Per model, of the inputs.
     codes: np.ndarray | None  # Latent codes of test images (a VAE's means, else any model's).
     code_classes: np.ndarray | None
+    names: tuple[str, ...]  # Of the classes (a folder's: its normal images, then its kinds).
 
 
 @dataclasses.dataclass
@@ -88,11 +97,12 @@ class Result:
     previews: Previews | None = None  # A single run's.
 
 
-def config_model(base, name: str) -> registry.Model:
-    """Model ``name`` with the configured widths, latent size, architecture and likelihood."""
+def config_model(base, name: str, image_shape=(28, 28, 1)) -> registry.Model:
+    """Model ``name`` with the configured widths, latent size, architecture and likelihood,
+    for images of ``image_shape`` (height, width, channels)."""
     return registry.build(
         name, hidden_dims=base.hidden_dims, latent_dim=base.latent_dim,
-        architecture=base.architecture, likelihood=base.likelihood,
+        architecture=base.architecture, likelihood=base.likelihood, image_shape=image_shape,
     )  # fmt: skip
 
 
@@ -149,8 +159,16 @@ def _default_dir(kind: str, grid: SweepConfig) -> str:
 
 def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]:
     """Every class's split rules, before any training: its sizes and fingerprint (for the
-    record), and its indices (each split is computed once)."""
+    record), and its indices (each split is computed once); and the models' rules for the
+    images' size (a folder's is known only now)."""
     base, splits, indices = grid.base, {}, {}
+    try:
+        rules.image_shape("the images' (height, width, channels)", dataset.image_shape)
+    except rules.InvalidArgument as e:
+        raise ConfigError(f"{base.data_dir or base.dataset}: {e}") from None
+    if base.architecture == "conv":
+        with as_flags():
+            rules.conv_depth("hidden_dims", base.hidden_dims, *dataset.image_shape[:2])
     for normal in grid.classes:
         with as_flags():
             idx = data.split_indices(
@@ -232,8 +250,8 @@ def run(
         prepare_output_dir(output_dir)  # Before the data: an unwritable folder fails now.
     try:
         with timings.phase("data"):
-            dataset = dataset() if dataset else data.load_dataset(
-                base.data_source, dataset=base.dataset, data_dir=base.data_dir)  # fmt: skip
+            dataset = dataset() if dataset else data.load_dataset(base.data_source,
+                                                                  **data_options(base))
             splits, indices = _check_splits(dataset, grid)
         if saved:
             _check_same_splits(saved, splits, run_dir)
@@ -245,6 +263,8 @@ def run(
                if kind == "run" or k not in ("beta", "seed", "normal_class", "score_smoothing")},
             "output_dir": output_dir, **({"evaluated_run": run_dir} if eval_only else {}),
             **environment_record(), "splits": splits,
+            "image_shape": list(dataset.image_shape),
+            **({"test_kinds": list(dataset.class_names)} if dataset.class_names else {}),
         }  # fmt: skip
         if writer and not resume:
             claim_output_dir(output_dir, record)
@@ -275,14 +295,15 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     for normal in grid.classes:
         with timings.phase("data"):
             split = data.take_split(dataset, indices[normal], normal)
-            synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed)
+            synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed,
+                                                 image_shape=dataset.image_shape)  # fmt: skip
         images = scoring.Parts(split.val_images, split.test_images, synthetic)
         for name in base.models:
             if name in rules.BASELINES:
                 with timings.phase("baselines"):
                     group, timing = _fit_baselines(grid, normal, name, split, images)
             else:
-                model = config_model(base, name)
+                model = config_model(base, name, dataset.image_shape)
                 checkpointer = None
                 if base.checkpoint_every or eval_only:
                     slug = f"{rules.class_slug(base.dataset, normal)}_{name}"
@@ -297,60 +318,74 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                     group = _score(group, grid, images, keep_params=kind == "run")
             result.groups.append(group)
             with timings.phase("metrics"):
-                result.rows.extend(_rows(group, grid, split.test_labels, timing))
+                result.rows.extend(_rows(group, grid, split, timing, dataset.class_names))
         if kind == "run":
             result.splits[normal] = split
             with timings.phase("previews"):
-                result.previews = _previews(grid, split, result.groups)
+                result.previews = _previews(grid, split, result.groups, dataset)
     for checkpointer in checkpointers:
         checkpointer.close()
         timings.add("checkpoints", checkpointer.save_seconds)
 
 
-def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group]):
-    """A single run's test images, their reconstructions and latent codes, for the plots."""
+def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group],
+              dataset: data.Dataset):  # fmt: skip
+    """A single run's test images, their reconstructions and latent codes, for the plots
+    (without test images, as a folder without test/: the held-out normals)."""
     models = [g for g in groups if g.params is not None]
     if not models:  # Baselines only: nothing to reconstruct.
         return None
-    labels = split.test_labels
+    images, labels, classes = split.test_images, split.test_labels, split.test_classes
+    if not labels.size:
+        images, classes = split.val_images, np.zeros(len(split.val_images), np.int32)
+        labels = classes
     rng = np.random.default_rng(grid.base.split_seed)
     picks = np.concatenate([
         rng.choice(np.flatnonzero(labels == c), size=min(GRID_IMAGES, int((labels == c).sum())),
                    replace=False)
         for c in (0, 1)
     ])  # fmt: skip
-    inputs = split.test_images[picks]
+    inputs = images[picks]
     reconstructions = {
         g.name: np.asarray(jax.jit(jax.vmap(g.model.reconstruct(), in_axes=(None, 0)))(
             g.params, inputs))
         for g in models
     }  # fmt: skip
-    names = rules.CLASS_NAMES[grid.base.dataset]
-    titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(split.test_classes[picks],
-                                                                 labels[picks], strict=True)]
-    codes = classes = None
+    names = dataset.class_names or rules.CLASS_NAMES[grid.base.dataset]
+    titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(classes[picks], labels[picks],
+                                                                 strict=True)]  # fmt: skip
+    codes = code_classes = None
     # The latent plot: the VAE's posterior means, or else the first model with a code.
     coded = sorted((g for g in models if g.model.spec.encode), key=lambda g: g.name != "vae")
     if coded:
         encode = coded[0].model.spec.encode(coded[0].model.module)
         subset = rng.permutation(labels.size)[:LATENT_POINTS]
         codes = scoring.map_chunked(lambda p, x, k: encode(p, x), coded[0].params,
-                                    split.test_images[subset], chunk_size=grid.base.chunk_size)
-        classes = split.test_classes[subset]
-    return Previews(inputs, titles, reconstructions, codes, classes)
+                                    images[subset], chunk_size=grid.base.chunk_size)
+        code_classes = classes[subset]
+    labels_ = dataset.class_names or tuple(rules.class_label(grid.base.dataset, i)
+                                           for i in range(len(names)))  # "digit 3" in legends.
+    return Previews(inputs, titles, dataset.image_shape, reconstructions, codes, code_classes,
+                    labels_)
 
 
-def _rows(group: Group, grid: SweepConfig, labels: np.ndarray, timing: dict) -> list[dict]:
-    """One record per (point, smoothing): identity, metrics, timing, history."""
+def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: dict,
+          kinds: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
+    """One record per (point, smoothing): identity, metrics (with ``kinds``, the names of a
+    folder's test labels, the AUROC of each kind of anomaly), timing, history."""
     smoothings = grid.smoothings if group.history is not None else (None,)
-    rows = []
+    rows, labels = [], split.test_labels
     for s, smoothing in enumerate(smoothings):
         for p, point in enumerate(group.points):
             scores = [part[p, :, s] for part in group.scores]
+            per_kind = {kind: separation_auroc(scores[1][split.test_classes == 0],
+                                               scores[1][split.test_classes == k])
+                        for k, kind in enumerate(kinds) if k and labels.size}  # fmt: skip
             rows.append({
                 "model": group.name, **point, "normal_class": group.normal,
                 "smoothing": smoothing,
                 **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
+                **({"kinds": per_kind} if per_kind else {}),
                 **timing,
                 **({} if group.history is None else
                    {"history": {k: [float(v) for v in h[p]] for k, h in group.history.items()}}),

@@ -66,24 +66,30 @@ def score_histograms(
 
 
 def reconstruction_grid(
-    inputs: np.ndarray, reconstructions: dict[str, np.ndarray], titles: list[str]
+    inputs: np.ndarray, reconstructions: dict[str, np.ndarray], titles: list[str],
+    image_shape: tuple[int, int, int] = (28, 28, 1),
 ) -> Figure:
     """Rows: inputs, then each model's reconstructions; one column per image.
 
-    The images are tiled into one picture (one ``imshow``, not one axes each).
+    The images (flat, of ``image_shape``) are tiled into one picture (one ``imshow``, not
+    one axes each), grayscale or in colour as they are.
     """
     rows = [("input", inputs), *reconstructions.items()]
-    n, side, gap = inputs.shape[0], 28, 4
-    pitch = side + gap
-    tiles = np.ones((len(rows) * pitch - gap, n * pitch - gap), np.float32)
+    (height, width, channels), n = image_shape, inputs.shape[0]
+    gap = max(4, min(height, width) // 7)
+    side = height  # Row pitch; columns use the width.
+    pitch, column = side + gap, width + gap
+    tiles = np.ones((len(rows) * pitch - gap, n * column - gap, channels), np.float32)
     for r, (_, images) in enumerate(rows):
         for c in range(n):
-            tiles[r * pitch : r * pitch + side, c * pitch : c * pitch + side] = (
-                images[c].reshape(side, side)
+            tiles[r * pitch : r * pitch + height, c * column : c * column + width] = (
+                np.clip(images[c], 0, 1).reshape(image_shape)
             )
-    fig, ax = plt.subplots(figsize=(0.9 * n, 1.0 * len(rows) + 0.3), layout="constrained")
-    ax.imshow(tiles, cmap="gray", vmin=0, vmax=1)
-    centres = np.arange(n) * pitch + side / 2 - 0.5
+    aspect = width / height  # Columns as wide as the images are, relative to their height.
+    fig, ax = plt.subplots(figsize=(0.9 * n * aspect + 0.6, 1.0 * len(rows) + 0.3),
+                           layout="constrained")  # fmt: skip
+    ax.imshow(tiles[..., 0] if channels == 1 else tiles, cmap="gray", vmin=0, vmax=1)
+    centres = np.arange(n) * column + width / 2 - 0.5
     ax.set_xticks(centres, titles, fontsize=7)
     ax.xaxis.tick_top()
     ax.set_yticks(np.arange(len(rows)) * pitch + side / 2 - 0.5,
@@ -91,7 +97,8 @@ def reconstruction_grid(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title("test images and reconstructions (normal | anomalous)", fontsize=9)
+    ax.set_title("test images and reconstructions (normal | anomalous)" if "(A)" in
+                 "".join(titles) else "images and reconstructions", fontsize=9)  # fmt: skip
     return fig
 
 
@@ -128,7 +135,8 @@ def training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
 
 
 def latent_scatter(
-    means: np.ndarray, classes: np.ndarray, normal_class: int, names: tuple[str, ...]
+    means: np.ndarray, classes: np.ndarray, normal_class: int, names: tuple[str, ...],
+    title: str = "VAE latent means, test images",
 ) -> Figure:
     """Latent means in 2-D (the first two principal components when wider), by class."""
     if means.shape[1] > 2:
@@ -140,13 +148,13 @@ def latent_scatter(
     fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
     cmap = plt.get_cmap("tab10")
     # The normal class last, so it is drawn on top of the anomalies.
-    for d in sorted(range(10), key=lambda d: d == normal_class):
+    for d in sorted(range(len(names)), key=lambda d: d == normal_class):
         sel = classes == d
         if np.any(sel):
             label = f"{names[d]} (normal)" if d == normal_class else names[d]
             ax.scatter(points[sel, 0], points[sel, 1], s=4 if d != normal_class else 8, alpha=0.6,
-                       color=cmap(d), label=label)  # fmt: skip
-    ax.set(xlabel=f"{axis_name} 1", ylabel=f"{axis_name} 2", title="VAE latent means, test images")
+                       color=cmap(d % 10), label=label)  # fmt: skip
+    ax.set(xlabel=f"{axis_name} 1", ylabel=f"{axis_name} 2", title=title)
     ax.legend(markerscale=3, fontsize=7, loc="best")
     return fig
 

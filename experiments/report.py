@@ -53,7 +53,9 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
         models = {r["model"]: {k: v for k, v in r.items() if k not in IDENTITY}
                   for r in result.rows}  # fmt: skip
         record = {"config": result.record, "models": models}
-        table = _run_header(result.grid.base) + format_table(models)
+        table = _run_header(result.grid.base) + format_table(models) + _kinds_table(models)
+        if result.rows and result.rows[0]["auroc"] is None:
+            table += _no_test_note(result)
     else:
         summary = summarize(result.rows)
         record = {"config": result.record, "rows": result.rows, "summary": summary}
@@ -123,7 +125,7 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
     labels = arrays["labels"]
     rows = {r["model"]: r for r in result.rows}
     test = {g.name: arrays[f"{g.name}_test"] for g in result.groups}
-    figures = {
+    figures = {} if not labels.size else {  # No test images: no ROC, no histograms of them.
         "roc": plots.roc_curves(labels, test, {n: r["auroc"] for n, r in rows.items()}),
         "score_histograms": plots.score_histograms(
             labels, test, {n: r["threshold"] for n, r in rows.items()}),
@@ -131,17 +133,40 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
     p = result.previews
     if p is None:  # Baselines only: nothing to reconstruct.
         return figures
-    figures["reconstructions"] = plots.reconstruction_grid(p.inputs, p.reconstructions, p.titles)
+    figures["reconstructions"] = plots.reconstruction_grid(p.inputs, p.reconstructions, p.titles,
+                                                           p.image_shape)  # fmt: skip
     figures["training_curves"] = plots.training_curves(
         {n: r["history"] for n, r in rows.items() if "history" in r})
     if p.codes is not None:
-        figures["latent"] = plots.latent_scatter(p.codes, p.code_classes, normal,
-                                                 _labels(result.grid.base.dataset))  # fmt: skip
+        figures["latent"] = plots.latent_scatter(
+            p.codes, p.code_classes, normal, p.names,
+            "latent means, test images" if labels.size else "latent means, held-out normals")
     return figures
 
 
 def _labels(dataset: str) -> tuple[str, ...]:
     return tuple(rules.class_label(dataset, i) for i in range(rules.NUM_CLASSES))
+
+
+def _kinds_table(models: dict[str, dict[str, Any]]) -> str:
+    """A folder's test AUROC per kind of anomaly (its test/ subfolders), one line per model."""
+    if not any("kinds" in r for r in models.values()):
+        return ""
+    lines = ["", "AUROC per kind of anomaly (normal test images against each kind):"]
+    for name, r in models.items():
+        cells = "  ".join(f"{kind} {auroc:.4f}" for kind, auroc in r.get("kinds", {}).items())
+        lines.append(f"{name.upper():<8}{cells}")
+    return "\n".join(lines) + "\n"
+
+
+def _no_test_note(result: Result) -> str:
+    """Why a run without test images reports no AUROC, and what it did report."""
+    held_out = result.record["splits"][str(result.grid.base.normal_class)]["val"]
+    return (f"\nno test images: AUROC, F1 and the rest need normal and anomalous test images "
+            f"(test/good/ and test/<kind>/ in the folder); the threshold is the "
+            f"{result.grid.base.threshold_percentile:g}th percentile of {held_out} held-out "
+            "normal images' scores, and synth AUROC separates them from synthetic "
+            "corruptions of themselves\n")
 
 
 def _run_header(base) -> str:

@@ -8,8 +8,11 @@ Writes ``scores.csv`` (file, then per model its score and whether it is above th
 threshold) into a new folder (default ``<run>/score_<time>``) and prints how many images each
 model flags. ``--maps=N`` also writes, for each model's N highest-scoring images, the image,
 its reconstruction and the anomaly map (the squared residual, blurred as the run's
-``--score_smoothing`` scores it) as one PNG. Images must be what the run trained on: 28x28
-grayscale (uint8, or floats in [0, 1]); another size or RGB is one error line, not a resize.
+``--score_smoothing`` scores it) as one PNG.
+
+Image files of another size or channel count than the run's images are resized (bilinear)
+and converted to them, as anomalib does, with a warning saying how many; an array file
+(uint8, or floats in [0, 1]) must already have the run's shape: another is one error line.
 """
 
 from __future__ import annotations
@@ -73,12 +76,14 @@ def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: 
     from jax_vae import data  # noqa: PLC0415  (after the flag checks)
     from jax_vae.detector import Detector  # noqa: PLC0415
 
-    names, raw = data.read_images(source)
+    with open(os.path.join(run, "config.json")) as f:
+        height, width, channels = json.load(f).get("image_shape", (28, 28, 1))  # Older: MNIST.
+    names, raw = data.read_images(source, channels=channels, size=(height, width), warn=True)
+    shape = tuple(raw.shape[1:]) + (1,) * (raw.ndim == 3)
+    if shape != (height, width, channels):
+        raise ConfigError(f"--images are {'x'.join(map(str, shape))} (height x width x "
+                          f"channels); the run's models take {height}x{width}x{channels}")
     images = data.as_images(raw)
-    if images.shape[1] != data.NUM_PIXELS:
-        side = raw.shape[1:3] if raw.ndim >= 3 else (images.shape[1],)
-        raise ConfigError(f"--images are {'x'.join(map(str, side))} ({images.shape[1]} pixels); "
-                          f"the run's models take {data.NUM_PIXELS} (28x28 grayscale)")  # fmt: skip
     prepare_output_dir(output)
     detectors = {m: Detector.load(run, model=m) for m in models}
     scores = {m: d.score(images) for m, d in detectors.items()}

@@ -132,7 +132,8 @@ class Board:
         rated = len({r.get("learning_rate") for r in rows} - {None}) > 1
         for row in rows:
             w = self.writer(run_name(base, row, smoothed, rated), base.epochs)
-            metrics = {f"final/{t}": float(row[t]) for t in FINAL_TAGS}
+            # Without test images (a folder without test/) only what the held-out normals give.
+            metrics = {f"final/{t}": float(row[t]) for t in FINAL_TAGS if row[t] is not None}
             for tag, value in metrics.items():
                 w.add_scalar(tag, value, base.epochs)
             values = {

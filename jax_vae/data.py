@@ -11,10 +11,12 @@ import concurrent.futures
 import contextlib
 import gzip
 import hashlib
+import math
 import os
 import socket
 import struct
 import threading
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, NamedTuple
@@ -65,12 +67,24 @@ DataError = errors.DataError
 
 
 class Dataset(NamedTuple):
-    """Raw images (uint8, [N, 28, 28]) and digit labels (uint8, [N])."""
+    """Raw images (uint8 or floats in [0, 1]; [N, H, W] or [N, H, W, C]) and labels ([N]).
+
+    MNIST-style datasets: 28x28 uint8 digits, labels their classes 0-9. A user's images
+    (:func:`load_folder`, :func:`load_arrays`): training labels 0 (all normal), test labels
+    0 for normal images and ``k`` for the k-th kind of anomaly, ``class_names`` naming them.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    class_names: tuple[str, ...] = ()  # Of the test labels; () for the named datasets.
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the images."""
+        shape = self.train_images.shape[1:]
+        return (*shape[:2], shape[2] if len(shape) == 3 else 1)
 
 
 class OneClassSplit(NamedTuple):
@@ -340,7 +354,8 @@ def _resolve(source: str, dataset: str, data_dir: str | None) -> tuple[str, str 
 
 
 def load_dataset(
-    source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None
+    source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None,
+    channels: int = 0, image_size: tuple[int, int] | None = None,
 ) -> Dataset:
     """Loads raw images and labels from one of the supported sources.
 
@@ -350,7 +365,10 @@ def load_dataset(
         ``tfds`` (tensorflow-datasets) or ``idx`` (a folder of IDX files).
       dataset: The dataset name. ``bundled`` only has ``mnist``; ``idx`` checks
         the official MD5s of ``mnist`` and ``fashion_mnist``.
-      data_dir: The tfds data dir (``tfds``) or the IDX folder (``idx``).
+      data_dir: The tfds data dir (``tfds``) or the IDX folder (``idx``); for a user's
+        own images (``dataset`` ``folder`` or ``arrays``), the folder or the array file.
+      channels, image_size: A folder's images converted to this many channels (0: as the
+        files are) and resized to (height, width) (None: as the files are).
 
     Returns:
       The raw dataset.
@@ -358,6 +376,10 @@ def load_dataset(
     Raises:
       DataError: Any problem with the source or its files.
     """
+    if dataset == "folder":
+        return load_folder(data_dir or "", channels=channels, size=image_size)
+    if dataset == "arrays":
+        return load_arrays(data_dir or "")
     source, data_dir = _resolve(source, dataset, data_dir)
     if source == "bundled":
         if dataset != "mnist":
@@ -375,7 +397,8 @@ def load_dataset(
 
 
 def load_dataset_early(
-    source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None
+    source: str = "auto", *, dataset: str = "mnist", data_dir: str | None = None,
+    **options: Any,
 ) -> Callable[[], Dataset]:
     """Starts :func:`load_dataset` in a background thread; call the result to get it.
 
@@ -383,8 +406,10 @@ def load_dataset_early(
     load overlaps a program's other start-up work (importing JAX and the
     rest). The returned function waits for the load and returns the dataset,
     or raises its error then (never earlier). The tfds source, which imports
-    TensorFlow, loads when called instead.
+    TensorFlow, loads when called instead. ``options``: as :func:`load_dataset`.
     """
+    if dataset in rules.LOCAL_DATASETS:
+        source = "local"
     try:
         source, data_dir = _resolve(source, dataset, data_dir)
     except DataError:  # No copy found: load_dataset says so, when asked.
@@ -395,7 +420,8 @@ def load_dataset_early(
 
     def load() -> None:
         try:
-            future.set_result(load_dataset(source, dataset=dataset, data_dir=data_dir))
+            future.set_result(load_dataset(source, dataset=dataset, data_dir=data_dir,
+                                           **options))
         except BaseException as e:  # Handed to the caller by result().
             future.set_exception(e)
 
@@ -403,19 +429,151 @@ def load_dataset_early(
     return future.result
 
 
-# ------------------------------------------------------------------ images to score
+# ------------------------------------------------------------------ image files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy", ".npz")
+NORMAL_FOLDERS = ("good", "normal")  # MVTec AD's and anomalib's names for normal images.
+_DECODE_CHUNK = 256  # Files per task of the decoding pool: few tasks, little overhead.
 
 
-def read_images(source: str) -> tuple[list[str], np.ndarray]:
+def image_files(folder: str) -> list[str]:
+    """The image files (PNG, JPEG, BMP, TIFF) directly in ``folder``, sorted by name."""
+    try:
+        names = os.listdir(folder)
+    except OSError as e:
+        raise DataError(f"cannot read {folder}: {e.strerror or e}") from None
+    return sorted(os.path.join(folder, n) for n in names
+                  if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("."))  # fmt: skip
+
+
+def _file_channels(mode: str) -> int:
+    """Channels of a Pillow mode as the models see it: 1 (gray) or 3 (colour; alpha dropped)."""
+    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+
+
+def decode_images(
+    paths: list[str], *, channels: int = 0, size: tuple[int, int] | None = None,
+    warn: bool = False,
+) -> np.ndarray:
+    """Decodes image files into one uint8 array: ``[N, H, W]`` (gray) or ``[N, H, W, 3]``.
+
+    Files are decoded in parallel (threads: Pillow decodes without the GIL) straight into
+    the preallocated result, so the encoded files are never all in memory. Each file's
+    header is read before its pixels: sizes and channels are checked without decoding.
+
+    Args:
+      paths: The files.
+      channels: 1 (grayscale), 3 (RGB), or 0: as the files are (they must agree).
+      size: ``(height, width)`` to resize every image to (bilinear, antialiased); None: the
+        files' common size (they must agree, and be at most 512x512x4 values).
+      warn: Log a warning saying how many images were resized or converted (else INFO).
+
+    Raises:
+      DataError: A missing, corrupt or non-image file; mixed sizes or channels; an image
+        too large to take without ``size``. Each names the file(s).
+    """
+    from PIL import Image  # noqa: PLC0415  (only for image files)
+
+    if not paths:
+        raise DataError("no image files to read")
+    # Pillow warns on stderr above 89 million pixels (and refuses twice that): what it
+    # decodes is resized at once, so a large image costs its size once per thread.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_images(paths, channels=channels, size=size, warn=warn)
+
+
+def _decode_images(paths, *, channels, size, warn) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    unreadable = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
+    try:
+        with Image.open(paths[0]) as image:
+            first = (image.size[1], image.size[0], _file_channels(image.mode))
+    except unreadable as e:
+        raise DataError(f"{paths[0]}: not a readable image ({e})") from None
+    shape = (*(size or first[:2]), channels or first[2])
+    if min(shape[:2]) < 2:
+        raise DataError(f"{paths[0]} is {first[1]}x{first[0]}: the models need images of at "
+                        "least 2x2 pixels")  # fmt: skip
+    if math.prod(shape) > rules.MAX_IMAGE_VALUES:
+        raise DataError(
+            f"{paths[0]} is {first[1]}x{first[0]} with {first[2]} channel(s): too large for "
+            f"the models (at most {rules.MAX_IMAGE_VALUES:,} values, e.g. 512x512x4); "
+            "downscale with --image_size=H,W (image_size=(H, W))"
+        ) from None
+    mode = "L" if shape[2] == 1 else "RGB"
+    changed: list[str] = []  # Files resized or converted (list.append is thread-safe).
+    out = np.empty((len(paths), *shape[:2], *((3,) if shape[2] == 3 else ())), np.uint8)
+
+    def decode(start: int) -> None:
+        for i in range(start, min(start + _DECODE_CHUNK, len(paths))):
+            path = paths[i]
+            try:
+                with Image.open(path) as image:
+                    height, width = image.size[1], image.size[0]
+                    if size is None and (height, width) != first[:2]:
+                        raise DataError(
+                            f"{paths[0]} is {first[1]}x{first[0]} but {path} is "
+                            f"{width}x{height}; give images of one size or resize them all "
+                            "with --image_size=H,W (image_size=(H, W))"
+                        )
+                    if not channels and _file_channels(image.mode) != first[2]:
+                        raise DataError(
+                            f"{paths[0]} has {first[2]} channel(s) but {path} has "
+                            f"{_file_channels(image.mode)}; convert them all with "
+                            "--channels=1 or 3 (channels=1 or 3)"
+                        )
+                    if (width, height) != (shape[1], shape[0]) or \
+                            _file_channels(image.mode) != shape[2]:  # fmt: skip
+                        changed.append(f"{os.path.basename(path)} ({width}x{height}x"
+                                       f"{_file_channels(image.mode)})")  # fmt: skip
+                    if size is not None:
+                        image.draft(mode, (size[1], size[0]))  # JPEG: decode at a lower scale.
+                    image = image.convert(mode)
+                    if image.size != (shape[1], shape[0]):
+                        image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR,
+                                             reducing_gap=2.0)  # fmt: skip
+                    out[i] = np.asarray(image)
+            except unreadable as e:
+                raise DataError(f"{path}: not a readable image ({e})") from None
+
+    with concurrent.futures.ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
+        tasks = [pool.submit(decode, s) for s in range(0, len(paths), _DECODE_CHUNK)]
+        for task in tasks:
+            task.result()  # The first error in file order is the one raised.
+    if changed:
+        logging.log(logging.WARNING if warn else logging.INFO,
+                    "%d of %d images resized or converted to %s (e.g. %s)", len(changed),
+                    len(paths), "x".join(map(str, shape)), changed[0])  # fmt: skip
+    return out
+
+
+def _read_array_file(path: str, key: str | None = None) -> np.ndarray:
+    """A ``.npy`` file's array, or a ``.npz`` file's ``key`` (None: ``images``, else its
+    first); pickled objects are refused."""
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        if isinstance(arrays, np.lib.npyio.NpzFile):
+            with arrays:
+                key = key or ("images" if "images" in arrays.files else arrays.files[0])
+                return arrays[key]
+        return arrays
+    except (OSError, ValueError, IndexError, KeyError) as e:
+        raise DataError(f"{path}: not a readable array file ({e})") from None
+
+
+def read_images(
+    source: str, *, channels: int = 0, size: tuple[int, int] | None = None, warn: bool = False
+) -> tuple[list[str], np.ndarray]:
     """Images to score, with a name each: a folder of image files (PNG, JPEG, BMP, TIFF;
     sorted by name), image files given as a comma list, or an array file (``.npy``, or
     ``.npz``: its ``images`` array, else its first), as stored (uint8 or float).
 
-    Image files are read as grayscale and must all have one size; RGB ones are refused (the
-    models take one channel), as are corrupt and non-image files, each named.
+    Args:
+      source: The folder, files or array file.
+      channels, size, warn: As :func:`decode_images` (image files only).
 
     Raises:
       DataError: A missing, empty, corrupt or mixed source, naming the file.
@@ -423,39 +581,133 @@ def read_images(source: str) -> tuple[list[str], np.ndarray]:
     paths = [p.strip() for p in source.split(",") if p.strip()]
     if len(paths) == 1 and os.path.isdir(paths[0]):
         folder = paths[0]
-        paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                       if n.lower().endswith(IMAGE_SUFFIXES))  # fmt: skip
+        paths = image_files(folder)
         if not paths:
             raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    if not paths:
+        raise DataError("no images given")
     for path in paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
     if len(paths) == 1 and paths[0].lower().endswith(ARRAY_SUFFIXES):
-        try:
-            arrays = np.load(paths[0], allow_pickle=False)
-            if isinstance(arrays, np.lib.npyio.NpzFile):
-                arrays = arrays["images"] if "images" in arrays.files else arrays[arrays.files[0]]
-        except (OSError, ValueError, IndexError) as e:
-            raise DataError(f"{paths[0]}: not a readable array file ({e})") from None
+        arrays = _read_array_file(paths[0])
         name = os.path.basename(paths[0])
-        return [f"{name}[{i}]" for i in range(len(arrays))], np.asarray(arrays)
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (only for image files)
+        return [f"{name}[{i}]" for i in range(len(arrays))], arrays
+    images = decode_images(paths, channels=channels, size=size, warn=warn)
+    return [os.path.basename(p) for p in paths], images
 
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                if image.mode not in ("L", "1"):
-                    raise DataError(f"{path} is {image.mode} ({len(image.getbands())} "
-                                    "channels); the models take grayscale images")  # fmt: skip
-                images.append(np.asarray(image.convert("L")))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: not a readable image ({e})") from None
-        if images[-1].shape != images[0].shape:
-            raise DataError(f"{paths[0]} is {images[0].shape[1]}x{images[0].shape[0]} but "
-                            f"{path} is {images[-1].shape[1]}x{images[-1].shape[0]}; "
-                            "give images of one size")  # fmt: skip
-    return [os.path.basename(p) for p in paths], np.stack(images)
+
+def load_folder(
+    directory: str, *, channels: int = 0, size: tuple[int, int] | None = None
+) -> Dataset:
+    """A user's images in the layout of MVTec AD and anomalib's ``Folder``.
+
+    ``directory/train/`` holds normal images (directly, or in ``train/good/``);
+    ``directory/test/`` is optional: ``test/good/`` (or ``normal/``) holds normal images
+    and every other subfolder one kind of anomaly. The test labels are 0 for normal images
+    and ``k`` for the k-th kind (by name); ``class_names`` names them.
+
+    Args:
+      directory: The dataset folder.
+      channels, size: As :func:`decode_images`.
+
+    Returns:
+      The raw dataset; all training labels 0 (normal); no test images without ``test/``.
+
+    Raises:
+      DataError: No ``train/`` images; a ``test/`` without normal images or without anomaly
+        kinds (AUROC needs both); any error of :func:`decode_images`.
+    """
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory} is not a folder")
+    train_dir = os.path.join(directory, "train")
+    train = image_files(train_dir) if os.path.isdir(train_dir) else []
+    for normal in NORMAL_FOLDERS:
+        if os.path.isdir(os.path.join(train_dir, normal)):
+            train += image_files(os.path.join(train_dir, normal))
+    if not train:
+        raise DataError(f"{train_dir} holds no normal training images (put them in train/ or "
+                        f"train/good/; {', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
+    test_dir, tests, names = os.path.join(directory, "test"), [], ["normal"]
+    if os.path.isdir(test_dir):
+        kinds = sorted(k for k in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, k))
+                       and image_files(os.path.join(test_dir, k)))  # fmt: skip
+        normal = [k for k in kinds if k.lower() in NORMAL_FOLDERS]
+        anomalies = [k for k in kinds if k.lower() not in NORMAL_FOLDERS]
+        if len(normal) != 1 or not anomalies:
+            raise DataError(
+                f"{test_dir} needs one folder of normal images (good/ or normal/) and at least "
+                f"one of anomalies (any other name): AUROC needs both; it has "
+                f"{', '.join(k + '/' for k in kinds) or 'no image folders'}; or leave test/ "
+                "out to train and set the threshold only"
+            )
+        names = [normal[0], *anomalies]
+        tests = [(label, p) for label, kind in enumerate(names)
+                 for p in image_files(os.path.join(test_dir, kind))]  # fmt: skip
+    images = decode_images(train + [p for _, p in tests], channels=channels, size=size)
+    logging.info("%s: %d training images, %d test images (%s), each %s", directory, len(train),
+                 len(tests), ", ".join(names), "x".join(map(str, images.shape[1:])))  # fmt: skip
+    return Dataset(
+        train_images=images[: len(train)], train_labels=np.zeros(len(train), np.uint8),
+        test_images=images[len(train):],
+        test_labels=np.array([label for label, _ in tests], np.uint8).reshape(-1),
+        class_names=tuple(names),
+    )  # fmt: skip
+
+
+def load_arrays(path: str) -> Dataset:
+    """A user's images as arrays: a ``.npy`` file of normal training images, or a ``.npz``
+    file with ``train_images`` and optionally ``test_images`` and ``test_labels`` (0: normal,
+    ``k`` > 0: the k-th kind of anomaly; names in an optional ``kinds`` array). Images are
+    ``[N, H, W]`` or ``[N, H, W, C]``, uint8 (0-255) or floats in [0, 1].
+
+    Raises:
+      DataError: A missing or unreadable file, missing arrays, or mismatched shapes.
+      InvalidArgument: Images of another dtype, shape or range (:func:`as_images`).
+    """
+    if not os.path.isfile(path) or not path.lower().endswith(ARRAY_SUFFIXES):
+        raise DataError(f"{path} is not a .npy or .npz file")
+    if path.lower().endswith(".npy"):
+        train, test, labels, kinds = _read_array_file(path), None, None, None
+    else:
+        with np.load(path, allow_pickle=False) as arrays:
+            files = set(arrays.files)
+            if "train_images" not in files:
+                raise DataError(f"{path} has no train_images array (it has {sorted(files)})")
+            train = arrays["train_images"]
+            test = arrays["test_images"] if "test_images" in files else None
+            labels = arrays["test_labels"] if "test_labels" in files else None
+            kinds = [str(k) for k in arrays["kinds"]] if "kinds" in files else None
+        if (test is None) != (labels is None):
+            raise DataError(f"{path}: give test_images and test_labels together")
+    for name, images in (("train_images", train), ("test_images", test)):
+        if images is None:
+            continue
+        if images.ndim not in (3, 4):
+            raise DataError(f"{path}: {name} must be [N, H, W] or [N, H, W, C], got "
+                            f"{list(images.shape)}")  # fmt: skip
+        try:  # The dtype, and the range of floats (uint8 is converted only when used).
+            as_images(images if images.dtype != np.uint8 else images[:1], name=name)
+        except rules.InvalidArgument as e:
+            raise DataError(f"{path}: {e}") from None
+    if test is None:
+        test, labels = train[:0], np.zeros(0, np.uint8)
+    if test.shape[1:] != train.shape[1:] or labels.shape != test.shape[:1]:
+        raise DataError(f"{path}: test_images {list(test.shape)} and test_labels "
+                        f"{list(labels.shape)} do not match train_images {list(train.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise DataError(f"{path}: test_labels must be integers, 0 for normal images")
+    count = int(labels.max()) if labels.size else 0
+    if labels.size and (count == 0 or not (labels == 0).any()):
+        raise DataError(f"{path}: test_labels need normal (0) and anomalous (> 0) images: "
+                        "AUROC needs both")  # fmt: skip
+    names = ["normal", *(kinds or [f"anomaly {k}" for k in range(1, count + 1)])]
+    if len(names) <= count:
+        raise DataError(f"{path}: kinds names {len(names) - 1} kinds, test_labels go to {count}")
+    if train.ndim == 4 and train.shape[3] == 1:  # One channel: kept as [N, H, W].
+        train, test = train[..., 0], test[..., 0]
+    return Dataset(train, np.zeros(len(train), np.uint8), test, labels.astype(np.int64),
+                   class_names=tuple(names))  # fmt: skip
 
 
 # -------------------------------------------------------------------------- split
@@ -505,7 +757,7 @@ def as_images(images: Any, *, name: str = "images") -> Any:
         raise rules.InvalidArgument(
             f"{name} must be uint8 (0-255) or floats in [0, 1], got {x.dtype}"
         )
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on no images.
 
 
 class SplitIndices(NamedTuple):
@@ -617,40 +869,48 @@ def take_split(dataset: Dataset, idx: SplitIndices, normal_class: int) -> OneCla
     )
 
 
-def synthetic_anomalies(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
+def synthetic_anomalies(
+    images: np.ndarray, *, seed: int = 0, image_shape: tuple[int, int, int] = (28, 28, 1)
+) -> np.ndarray:
     """Stroke-scale corruptions of normal images: anomalies made from normal data only.
 
-    Even-indexed images get a random stroke added (a segment 8-14 px long and
-    about 2 px wide, anywhere in the central 16x16 region); odd-indexed ones
-    get a 9x9 patch erased around a random ink pixel. Both are the size of
-    what tells digits apart, so how well a model separates validation normals
-    from their corrupted copies is a model-selection signal that never looks
-    at real anomalies (see the README's preset section).
+    Even-indexed images get a random stroke added (on 28x28: a segment 8-14 px long and
+    about 2 px wide, anywhere in the central 16x16 region); odd-indexed ones get a 9x9
+    patch erased around a random bright pixel. Both are the size of what tells digits
+    apart, so how well a model separates validation normals from their corrupted copies is
+    a model-selection signal that never looks at real anomalies (see the README's preset
+    section). Other sizes scale the stroke, its region and the patch with the image; a
+    stroke is white and a patch black in every channel.
 
     Args:
-      images: Normal images [N, 784], float in [0, 1].
+      images: Normal images [N, H * W * C], float in [0, 1].
       seed: Seed of the corruptions.
+      image_shape: (height, width, channels) of the flattened images.
 
     Returns:
-      The corrupted copies [N, 784], float32 in [0, 1].
+      The corrupted copies [N, H * W * C], float32 in [0, 1].
     """
     n = images.shape[0]
-    side = IMAGE_SHAPE[0]
+    height, width, channels = image_shape
+    scale = np.float32(min(height, width) / 28)  # 1 on 28x28: the drawing as it always was.
     rng = np.random.default_rng(seed)
-    out = np.array(images, np.float32).reshape(n, side, side)
-    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32)
+    out = np.array(images, np.float32).reshape(n, height, width, channels)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
 
     stroke = np.arange(0, n, 2)  # Add a stroke: distance of each pixel to a segment.
     cy, cx = rng.uniform(6, 22, size=(2, stroke.size, 1, 1)).astype(np.float32)
+    cy, cx = cy * np.float32(height / 28), cx * np.float32(width / 28)
     angle = rng.uniform(0, np.pi, size=(stroke.size, 1, 1)).astype(np.float32)
-    half = rng.uniform(4, 7, size=(stroke.size, 1, 1)).astype(np.float32)
+    half = rng.uniform(4, 7, size=(stroke.size, 1, 1)).astype(np.float32) * scale
     dy, dx = np.sin(angle), np.cos(angle)
     t = np.clip((ys - cy) * dy + (xs - cx) * dx, -half, half)
     dist = np.hypot(ys - (cy + t * dy), xs - (cx + t * dx))
-    out[stroke] = np.maximum(out[stroke], np.clip(1.5 - dist, 0, 1))
+    ink = np.clip(np.float32(1.5) * scale - dist, 0, 1)[..., None]
+    out[stroke] = np.maximum(out[stroke], ink)
 
-    for i in range(1, n, 2):  # Erase a patch centred on an ink pixel.
-        ink = np.argwhere(out[i] > 0.5)
-        y, x = ink[rng.integers(len(ink))] if len(ink) else (side // 2, side // 2)
-        out[i, max(y - 4, 0) : y + 5, max(x - 4, 0) : x + 5] = 0
-    return out.reshape(n, side * side)
+    r = max(int(round(4 * scale)), 1)  # The patch's half-width: 4 (a 9x9 patch) on 28x28.
+    for i in range(1, n, 2):  # Erase a patch centred on a bright pixel.
+        bright = np.argwhere(out[i].mean(axis=-1) > 0.5)
+        y, x = bright[rng.integers(len(bright))] if len(bright) else (height // 2, width // 2)
+        out[i, max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1] = 0
+    return out.reshape(n, height * width * channels)

@@ -114,8 +114,12 @@ def evaluate(
     corruptions (:func:`separation_auroc`, normal data only).
 
     Returns:
-      ``auroc, auprc, f1, precision, recall, fpr, threshold, synthetic_auroc``.
+      ``auroc, auprc, f1, precision, recall, fpr, threshold, synthetic_auroc``; without
+      test images (``labels`` empty: a folder without ``test/``) the test metrics are None.
     """
     threshold = threshold_from_normals(val_scores, percentile=percentile)
-    metrics = detection_metrics(labels, test_scores, threshold=threshold)
-    return {**metrics._asdict(), "synthetic_auroc": separation_auroc(val_scores, synthetic_scores)}
+    if np.size(labels):
+        test = detection_metrics(labels, test_scores, threshold=threshold)._asdict()
+    else:
+        test = {**dict.fromkeys(DetectionMetrics._fields), "threshold": float(threshold)}
+    return {**test, "synthetic_auroc": separation_auroc(val_scores, synthetic_scores)}

@@ -19,7 +19,10 @@ VAE_SCORES = ("mean", "mc", "elbo", "iwae")
 LIKELIHOODS = ("gaussian", "bernoulli")
 SOURCES = ("auto", "bundled", "tfds", "idx")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
+# A user's own images (jax_vae.data.load_folder, load_arrays): one normal class, index 0.
+LOCAL_DATASETS = ("folder", "arrays")
 CLASS_NAMES = {
+    **{name: ("normal",) for name in LOCAL_DATASETS},
     "mnist": tuple("0123456789"),
     "fashion_mnist": (
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -130,7 +133,7 @@ def class_index(name: str, value: str | int, dataset: str) -> int:
     Raises:
       InvalidArgument: No class, or several, of ``dataset`` match.
     """
-    choice("dataset", dataset, DATASETS)
+    choice("dataset", dataset, DATASETS + LOCAL_DATASETS)
     names = CLASS_NAMES[dataset]
     text = str(value).strip()
     if text.isdigit():
@@ -147,14 +150,17 @@ def class_index(name: str, value: str | int, dataset: str) -> int:
 
 
 def class_label(dataset: str, index: int) -> str:
-    """How tables, plots and logs name a class: ``digit 3``, ``Sandal``."""
+    """How tables, plots and logs name a class: ``digit 3``, ``Sandal``, ``normal``."""
     return f"digit {index}" if dataset == "mnist" else CLASS_NAMES[dataset][index]
 
 
 def class_slug(dataset: str, index: int) -> str:
-    """A class in folder names: ``digit3``, ``fashion_mnist-sandal``, ``...-t-shirt-top``."""
+    """A class in folder names: ``digit3``, ``fashion_mnist-sandal``, ``...-t-shirt-top``,
+    ``folder`` (a user's own images have one normal class)."""
     if dataset == "mnist":
         return f"digit{index}"
+    if dataset in LOCAL_DATASETS:
+        return dataset
     words = "".join(c if c.isalnum() else " " for c in CLASS_NAMES[dataset][index].lower())
     return f"{dataset}-{'-'.join(words.split())}"
 
@@ -222,6 +228,24 @@ def image_shape(name: str, value: Any) -> None:
         )
 
 
+def image_size(name: str, value: Any, channels: int = 1) -> None:
+    """A size to resize images to: (height, width) within :func:`image_shape`'s bounds."""
+    if len(value) != 2:
+        raise InvalidArgument(f"{name} must be H,W (two integers), got {list(value)}")
+    try:
+        image_shape(name, (*value, channels))
+    except InvalidArgument as e:  # Named as the user wrote it: H,W.
+        raise InvalidArgument(str(e).replace(f"{name} must be (height, width, channels)",
+                                             f"{name} must be H,W")) from None
+
+
+def channels(name: str, value: Any) -> None:
+    """Channels to convert images to: 0 (as the files are), 1 (grayscale) or 3 (RGB)."""
+    if isinstance(value, bool) or value not in (0, 1, 3):
+        raise InvalidArgument(f"{name} must be 1 (grayscale), 3 (RGB) or 0 (as the files "
+                              f"are), got {value!r}")
+
+
 def widths(name: str, value: Any) -> None:
     """A non-empty sequence of positive layer widths."""
     if not value or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
@@ -248,6 +272,11 @@ def held_out(name: str, value: float, num_normal: int, what: str = "the normal c
         the message names the smallest (or largest) share that works.
     """
     held = int(round(value * num_normal))
+    if value > 0 and num_normal < 2:
+        raise InvalidArgument(
+            f"{name}: {what} has {num_normal} training image(s); at least 2 are needed (one "
+            "to train on, one held out to set the threshold)"
+        )
     if value > 0 and held == 0:
         smallest = math.ceil(1e4 / num_normal) / 1e4  # Rounded up: round(it * n) >= 1.
         raise InvalidArgument(

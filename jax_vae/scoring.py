@@ -272,13 +272,11 @@ def map_chunked(
       NumPy arrays.
 
     Raises:
-      InvalidArgument: No images, a bad chunk size, or parameters stacked for
+      InvalidArgument: A bad chunk size, or parameters stacked for
         K models without ``stacked=True``.
     """
     images = data.as_images(images)  # uint8 scaled, floats checked, [N, H, W] flattened.
     n = images.shape[0]
-    if n == 0:
-        raise rules.InvalidArgument("map_chunked needs at least one image")
     rules.at_least("chunk_size", chunk_size, 1)
     models = jax.tree.leaves(params)[0].shape[0] if stacked else 1
     if key is None:
@@ -286,6 +284,12 @@ def map_chunked(
         if stacked:
             key = jnp.stack([key] * models)
     key = keys_lib.as_typed(jnp.asarray(key))
+    if n == 0:  # E.g. a folder without test images: empty outputs, shaped as for one image.
+        one = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
+        one_step = functools.partial(_map, fn, batch_size=1, stacked=stacked)
+        shapes = jax.eval_shape(one_step, params, one, key)
+        return jax.tree.map(lambda s: np.zeros((*s.shape[:stacked], 0, *s.shape[stacked + 1:]),
+                                               s.dtype), shapes)  # fmt: skip
     batch_size = min(n, max(1, chunk_size // models))
     try:
         out = _map(fn, params, jnp.asarray(images), key, batch_size=batch_size, stacked=stacked)

@@ -85,11 +85,23 @@ def test_score_command_on_a_folder_of_pngs(run, mnist, tmp_path):
         np.testing.assert_allclose(scores, library, rtol=1e-5)
         assert (out / f"map_{name}_001.png").stat().st_size > 0
         assert (out / f"map_{name}_002.png").exists() and not (out / f"map_{name}_003.png").exists()
-    # What the run cannot take is one line, and nothing is written.
-    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(folder / "rgb.png")
-    line = one_line_error(cli("score", f"--run={run}", f"--images={folder / 'rgb.png'}",
+    # An image file of another size or colour is converted to the run's 28x28 grayscale, with
+    # a warning; it scores as the converted image does.
+    Image.fromarray(np.stack([images[0]] * 3, -1)).resize((56, 56)).save(folder / "rgb.png")
+    proc = cli("score", f"--run={run}", f"--images={folder / 'rgb.png'}",
+               f"--output_dir={tmp_path / 'rgb'}")  # fmt: skip
+    assert proc.returncode == 0 and "1 of 1 images resized or converted" in proc.stderr
+    converted = np.asarray(Image.open(folder / "rgb.png").convert("L").resize(
+        (28, 28), Image.Resampling.BILINEAR))
+    with open(tmp_path / "rgb" / "scores.csv") as f:
+        score = float(next(csv.DictReader(f))["ae_score"])
+    np.testing.assert_allclose(score, detector.Detector.load(str(run), model="ae").score(
+        converted[None])[0], rtol=1e-5)  # fmt: skip
+    # An array of another shape is one line, and nothing is written.
+    np.save(tmp_path / "big.npy", np.zeros((2, 32, 32), np.uint8))
+    line = one_line_error(cli("score", f"--run={run}", f"--images={tmp_path / 'big.npy'}",
                               f"--output_dir={tmp_path / 'no'}"))  # fmt: skip
-    assert "rgb.png is RGB" in line and not (tmp_path / "no").exists()
+    assert "32x32x1" in line and "28x28x1" in line and not (tmp_path / "no").exists()
 
 
 def test_image_sources_and_their_errors(tmp_path, mnist):
