@@ -213,7 +213,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--data_dir {c.data_dir} is not a directory")
     rules.choice("--vae_score", c.vae_score, rules.VAE_SCORES)
     rules.at_least("--mc_samples", c.mc_samples, 1)
-    rules.smoothing("--score_smoothing", c.score_smoothing)
+    rules.smoothing("--score_smoothing", c.score_smoothing, image_side(c))
     if "vae" in c.models:
         rules.smoothing_needs_reconstruction("--score_smoothing", c.score_smoothing, c.vae_score)
     rules.at_least("--chunk_size", c.chunk_size, 1)
@@ -228,6 +228,14 @@ def validate(config: ExperimentConfig) -> None:
     rules.at_least("--num_devices", c.num_devices, 0, " (0 = all)")
     if c.output_dir is not None:
         check_output_dir(c.output_dir)
+
+
+def image_side(c: ExperimentConfig) -> int | None:
+    """The images' shorter side where the flags tell it: 28 for the named datasets, the
+    --image_size of a folder; None for a user's images of their own size (read later)."""
+    if c.dataset not in rules.LOCAL_DATASETS:
+        return 28
+    return min(c.image_size) if c.image_size else None
 
 
 def data_options(c: ExperimentConfig) -> dict[str, Any]:
@@ -268,7 +276,8 @@ def validate_sweep(config: SweepConfig) -> None:
         ("--learning_rates", config.rates, rules.learning_rate),
         ("--seeds", config.seeds, rules.seed),
         ("--classes", config.classes, rules.normal_class),
-        ("--score_smoothing", config.smoothings, rules.smoothing),
+        ("--score_smoothing", config.smoothings,
+         lambda flag, v: rules.smoothing(flag, v, image_side(config.base))),
     ):
         if not values:
             raise ConfigError(f"{flag} needs at least one value")

@@ -166,9 +166,11 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]
         rules.image_shape("the images' (height, width, channels)", dataset.image_shape)
     except rules.InvalidArgument as e:
         raise ConfigError(f"{base.data_dir or base.dataset}: {e}") from None
-    if base.architecture == "conv":
-        with as_flags():
+    with as_flags():
+        if base.architecture == "conv":
             rules.conv_depth("hidden_dims", base.hidden_dims, *dataset.image_shape[:2])
+        for smoothing in grid.smoothings:  # A folder's image size is known only now.
+            rules.smoothing("score_smoothing", smoothing, min(dataset.image_shape[:2]))
     for normal in grid.classes:
         with as_flags():
             idx = data.split_indices(

@@ -1,4 +1,5 @@
-"""Score new images with a finished run: each model's score and flag, one row per image.
+"""Score new images with a finished run (or a saved detector): each model's score and flag,
+one row per image.
 
   python -m experiments.score --run=runs/<run> --images=new_images/          # a folder
   python -m experiments.score --run=runs/<run> --images=a.png,b.png --maps=2 # + anomaly maps
@@ -31,7 +32,8 @@ from experiments.config import ConfigError, check_output_dir
 from experiments.files import atomic_write_bytes, new_run_dir, prepare_output_dir
 from jax_vae import rules
 
-flags.DEFINE_string("run", None, "The finished run (experiments.main) whose models score.")
+flags.DEFINE_string("run", None, "The finished run (experiments.main) whose models score, or "
+                    "a saved detector (jax_vae.detector.Detector.save).")
 flags.DEFINE_string("images", None, "A folder of images, image files (a,b.png), or .npy/.npz.")
 flags.DEFINE_list("models", None, "Models of the run to score with (default: all of them).")
 flags.DEFINE_integer("maps", 0, "Anomaly maps of each model's N highest-scoring images.")
@@ -41,15 +43,18 @@ FLAGS = flags.FLAGS
 
 
 def _run_models(run: str) -> list[str]:
-    """The run's trained models; the flag checks, before JAX starts."""
+    """The trained models of a run (or of a saved ``Detector``); the flag checks, before JAX
+    starts."""
     try:
         with open(os.path.join(run, "config.json")) as f:
             config = json.load(f)
+        if "detector" in config:  # Detector.save: its one model, its threshold inside.
+            return [config["detector"]["model"]]
         with open(os.path.join(run, "metrics.json")) as f:
             json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"--run {run}: not a finished run of experiments.main (it needs "
-                          "config.json and metrics.json)") from None  # fmt: skip
+                          "config.json and metrics.json) or a saved detector") from None
     if "betas" in config:
         raise ConfigError(f"--run {run} holds a sweep or baselines run; give a single run")
     return [m for m in config.get("models", ()) if m not in rules.BASELINES]

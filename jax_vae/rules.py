@@ -33,7 +33,8 @@ CLASS_NAMES = {
 LAYOUTS = ("data", "models")
 BASELINES = ("pca", "knn", "ocsvm", "iforest")
 NUM_CLASSES = 10
-MAX_SMOOTHING = 10.0  # Pixels; a blur wider than a 28x28 digit says nothing.
+MAX_SMOOTHING = 10.0  # Pixels on a 28x28 image (scaled with the image's shorter side): a
+# blur wider than that says nothing about where the image differs.
 SEED_LIMIT = 2**32
 
 
@@ -185,9 +186,12 @@ def percentile(name: str, value: Any) -> None:
     number(name, value, low=0, high=100, low_open=True)
 
 
-def smoothing(name: str, value: Any) -> None:
-    """A Gaussian sigma in pixels; 0 means none."""
-    number(name, value, low=0, high=MAX_SMOOTHING, note=" pixels")
+def smoothing(name: str, value: Any, side: int | None = 28) -> None:
+    """A Gaussian sigma in pixels; 0 means none; at most ``MAX_SMOOTHING`` per 28 pixels of
+    the image's shorter ``side`` (None: not known yet, no upper bound)."""
+    high = None if side is None else MAX_SMOOTHING * side / 28
+    where = f" ({side}-pixel images)" if side not in (None, 28) else ""
+    number(name, value, low=0, high=high, note=f" pixels{where}")
 
 
 def smoothing_needs_reconstruction(name: str, value: float, vae_score: str) -> None:

@@ -79,7 +79,7 @@ def make_residual_error(
     Returns:
       ``error(x, x_hat) -> scalar`` for flattened images.
     """
-    rules.smoothing("smoothing", smoothing)
+    rules.smoothing("smoothing", smoothing, min(image_shape[:2]) if image_shape else 28)
     if smoothing == 0:
         return mean_squared_error
     blur = _residual_blur(smoothing, image_shape)
@@ -95,7 +95,7 @@ def anomaly_map(
     Returns:
       ``anomaly_map(x, x_hat) -> [height, width, channels]`` for flattened images.
     """
-    rules.smoothing("smoothing", smoothing)
+    rules.smoothing("smoothing", smoothing, min(image_shape[:2]))
     blur = _residual_blur(smoothing, image_shape) if smoothing else (lambda r: r)
     return lambda x, x_hat: jnp.square(blur(x - x_hat)).reshape(image_shape)
 

@@ -10,11 +10,11 @@ import os
 import jax
 import numpy as np
 import pytest
-from helpers import cli, one_line_error, run_single
+from helpers import run_single
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from experiments.config import ExperimentConfig
+from experiments.config import ConfigError, ExperimentConfig
 from jax_vae import data, detector
 
 TINY = dict(hidden_dims=(32,), latent_dim=4, epochs=2)
@@ -62,46 +62,48 @@ def test_a_command_line_run_loads_as_a_detector(run):
     assert detector.Detector.load(str(run)).model.name == "ae"  # The run's first model.
 
 
-def test_score_command_on_a_folder_of_pngs(run, mnist, tmp_path):
+def test_score_command_on_files_arrays_and_a_saved_detector(run, mnist, tmp_path, capsys):
+    """experiments.score's work in-process (its command line: tests/test_own_images.py)."""
+    from experiments.score import score  # noqa: PLC0415
+
     folder = tmp_path / "new"
     folder.mkdir()
     images = mnist.test_images[:30]
     for i, image in enumerate(images):
         Image.fromarray(image).save(folder / f"img{i:02d}.png")
-    out = tmp_path / "scored"
-    proc = cli("score", f"--run={run}", f"--images={folder}", "--maps=2", f"--output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with open(out / "scores.csv") as f:
+    summary = score(str(run), str(folder), ("ae", "vae"), str(tmp_path / "scored"), maps=1)
+    with open(tmp_path / "scored" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["file"] for r in rows] == [f"img{i:02d}.png" for i in range(30)]
-    record = json.loads((run / "metrics.json").read_text())
+    printed = capsys.readouterr().out
     for name in ("ae", "vae"):
-        threshold = record["models"][name]["threshold"]
+        d = detector.Detector.load(str(run), model=name)
         scores = np.array([float(r[f"{name}_score"]) for r in rows])
-        flagged = np.array([int(r[f"{name}_flagged"]) for r in rows])
-        np.testing.assert_array_equal(flagged, scores > threshold)
-        assert f"{name}: {flagged.sum()} of 30 images flagged" in proc.stdout
-        library = detector.Detector.load(str(run), model=name).score(images)
-        np.testing.assert_allclose(scores, library, rtol=1e-5)
-        assert (out / f"map_{name}_001.png").stat().st_size > 0
-        assert (out / f"map_{name}_002.png").exists() and not (out / f"map_{name}_003.png").exists()
-    # An image file of another size or colour is converted to the run's 28x28 grayscale, with
-    # a warning; it scores as the converted image does.
+        np.testing.assert_allclose(scores, d.score(images), rtol=1e-5)
+        flagged = int((scores > d.threshold).sum())
+        assert summary[name]["flagged"] == flagged
+        assert f"{name}: {flagged} of 30 images flagged" in printed
+    # An image file of another size or colour is converted to the run's 28x28 grayscale (with
+    # a warning); it scores as Pillow's bilinear resize of its grayscale version does.
     Image.fromarray(np.stack([images[0]] * 3, -1)).resize((56, 56)).save(folder / "rgb.png")
-    proc = cli("score", f"--run={run}", f"--images={folder / 'rgb.png'}",
-               f"--output_dir={tmp_path / 'rgb'}")  # fmt: skip
-    assert proc.returncode == 0 and "1 of 1 images resized or converted" in proc.stderr
+    score(str(run), str(folder / "rgb.png"), ("ae",), str(tmp_path / "rgb"))
     converted = np.asarray(Image.open(folder / "rgb.png").convert("L").resize(
         (28, 28), Image.Resampling.BILINEAR))
     with open(tmp_path / "rgb" / "scores.csv") as f:
-        score = float(next(csv.DictReader(f))["ae_score"])
-    np.testing.assert_allclose(score, detector.Detector.load(str(run), model="ae").score(
-        converted[None])[0], rtol=1e-5)  # fmt: skip
-    # An array of another shape is one line, and nothing is written.
+        scored = float(next(csv.DictReader(f))["ae_score"])
+    ae = detector.Detector.load(str(run), model="ae")
+    np.testing.assert_allclose(scored, ae.score(converted[None])[0], rtol=1e-5)
+    # An array of another shape is refused, and nothing is written.
     np.save(tmp_path / "big.npy", np.zeros((2, 32, 32), np.uint8))
-    line = one_line_error(cli("score", f"--run={run}", f"--images={tmp_path / 'big.npy'}",
-                              f"--output_dir={tmp_path / 'no'}"))  # fmt: skip
-    assert "32x32x1" in line and "28x28x1" in line and not (tmp_path / "no").exists()
+    with pytest.raises(ConfigError, match="32x32x1.*28x28x1"):
+        score(str(run), str(tmp_path / "big.npy"), ("ae",), str(tmp_path / "no"))
+    assert not (tmp_path / "no").exists()
+    # A saved detector scores like the run it came from.
+    ae.save(str(tmp_path / "saved"))
+    score(str(tmp_path / "saved"), str(folder), ("ae",), str(tmp_path / "from_saved"))
+    with open(tmp_path / "from_saved" / "scores.csv") as f:
+        again = [float(r["ae_score"]) for r in csv.DictReader(f)]
+    np.testing.assert_allclose(again[:30], [float(r["ae_score"]) for r in rows], rtol=1e-6)
 
 
 def test_image_sources_and_their_errors(tmp_path, mnist):

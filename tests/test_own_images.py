@@ -214,3 +214,13 @@ def test_a_bad_folder_is_one_line_and_leaves_nothing(tmp_path):
     line = one_line_error(cli("main", "--dataset=folder", f"--data_dir={tmp_path / 'f'}",
                               f"--output_dir={tmp_path / 'out'}"))  # fmt: skip
     assert "holds no normal training images" in line and not (tmp_path / "out").exists()
+
+
+def test_the_smoothing_bound_scales_with_the_image(tmp_path):
+    # 10 pixels on 28x28 images; 20 on 56x56 (a folder's size known from --image_size).
+    folder = dict(dataset="folder", data_dir=str(tmp_path))
+    validate(ExperimentConfig(**folder, image_size=(56, 60), score_smoothing=20.0))
+    with pytest.raises(ConfigError, match="--score_smoothing must be in \\[0, 10\\] pixels"):
+        validate(ExperimentConfig(score_smoothing=12.0))
+    with pytest.raises(ConfigError, match="--score_smoothing must be in \\[0, 20\\]"):
+        validate(ExperimentConfig(**folder, image_size=(56, 60), score_smoothing=21.0))
