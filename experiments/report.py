@@ -79,7 +79,7 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
                 csv_text = rows_to_csv(result.rows).encode()
                 atomic_write_bytes(os.path.join(path, f"{result.kind}.csv"), csv_text)
                 atomic_write_bytes(os.path.join(path, "summary.txt"), table.encode())
-            if result.kind == "sweep":
+            if result.kind == "sweep" and all(r["auroc"] is not None for r in result.rows):
                 from experiments import plots  # noqa: PLC0415  (matplotlib: only for plots)
 
                 labels = _labels(result.grid.base.dataset)
@@ -145,7 +145,7 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
 
 
 def _labels(dataset: str) -> tuple[str, ...]:
-    return tuple(rules.class_label(dataset, i) for i in range(rules.NUM_CLASSES))
+    return tuple(rules.class_label(dataset, i) for i in range(len(rules.CLASS_NAMES[dataset])))
 
 
 def _kinds_table(models: dict[str, dict[str, Any]]) -> str:
@@ -231,6 +231,10 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
     for label, entry in configs.items():
         values = entry.pop("values")
         classes = sorted(values)
+        if any(v is None for d in classes for v in values[d].values()):  # No test images.
+            summary[label] = {**entry, "classes": {d: (None, None) for d in classes},
+                              "mean": (None, None)}  # fmt: skip
+            continue
         seeds = sorted(set.intersection(*(set(values[d]) for d in classes)))
         seed_means = [np.mean([values[d][s] for d in classes]) for s in seeds]
         summary[label] = {
@@ -271,7 +275,8 @@ def select_by_synthetic_auroc(rows: list[dict[str, Any]]) -> str:
 
 def best(summary: dict[str, dict[str, Any]]) -> str:
     """The configuration with the highest mean over classes (the first of a tie)."""
-    return max(summary, key=lambda label: summary[label]["mean"][0])
+    return max(summary, key=lambda label: -np.inf if summary[label]["mean"][0] is None
+               else summary[label]["mean"][0])  # fmt: skip
 
 
 def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names) -> str:
@@ -282,16 +287,16 @@ def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names) -
             f"{format_summary(synthetic_summary, metric='synth AUROC', names=names)}")
     if not select:
         return text
-    chosen = best(synthetic_summary)
+    chosen, test = best(synthetic_summary), summary[best(synthetic_summary)]["mean"][0]
     return (
         f"{text}\nselected by synthetic AUROC (normal data only): {chosen} "
-        f"(synth AUROC {synthetic_summary[chosen]['mean'][0]:.4f}, "
-        f"test AUROC {summary[chosen]['mean'][0]:.4f})\n"
+        f"(synth AUROC {synthetic_summary[chosen]['mean'][0]:.4f}"
+        + ("" if test is None else f", test AUROC {test:.4f}") + ")\n"
     )
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4f}+-{std:.4f}"
+def _pm(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.4f}+-{std:.4f}"
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:

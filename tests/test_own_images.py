@@ -9,11 +9,11 @@ import os
 
 import numpy as np
 import pytest
-from helpers import cli, fashion_mnist_dir, one_line_error, run_single
+from helpers import cli, fashion_mnist_dir, one_line_error, run_grid, run_single
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from experiments.config import ConfigError, ExperimentConfig, validate
+from experiments.config import ConfigError, ExperimentConfig, SweepConfig, validate
 from jax_vae import data, detector, rules
 
 TINY = dict(hidden_dims=(32,), latent_dim=4, epochs=2, batch_size=32)
@@ -105,6 +105,13 @@ def test_a_folder_without_test_images_sets_the_threshold_and_says_why(parts, tmp
     assert 0 <= ae["synthetic_auroc"] <= 1
     assert "no test images" in (run / "results.txt").read_text()
     assert json.loads((run / "config.json").read_text())["image_shape"] == [20, 24, 1]
+    # A grid of them: the synthetic AUROC selects, no test AUROC to summarize.
+    grid = SweepConfig(betas=(1.0,), seeds=(0, 1), classes=(0,), base=ExperimentConfig(
+        dataset="folder", data_dir=str(tmp_path / "only"), models=("ae",), checkpoint_every=0,
+        output_dir=str(tmp_path / "grid"), tensorboard=False, **TINY))  # fmt: skip
+    sweep = run_grid(grid, kind="sweep")
+    assert [r["auroc"] for r in sweep["rows"]] == [None, None]
+    assert "selected by synthetic AUROC" in (tmp_path / "grid" / "summary.txt").read_text()
 
 
 def test_a_folder_gives_the_auroc_of_the_same_class_as_idx_files(fashion, tmp_path):
