@@ -32,14 +32,21 @@ from experiments.config import ConfigError, check_output_dir
 from experiments.files import atomic_write_bytes, new_run_dir, prepare_output_dir
 from jax_vae import rules
 
-flags.DEFINE_string("run", None, "The finished run (experiments.main) whose models score, or "
-                    "a saved detector (jax_vae.detector.Detector.save).")
-flags.DEFINE_string("images", None, "A folder of images, image files (a,b.png), or .npy/.npz.")
-flags.DEFINE_list("models", None, "Models of the run to score with (default: all of them).")
-flags.DEFINE_integer("maps", 0, "Anomaly maps of each model's N highest-scoring images.")
-flags.DEFINE_string("output_dir", None, "New folder for the results (default: <run>/score_*).")
-flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags; defined when it runs, so that :func:`score` imports without them
+    (another command's ``--models`` may be defined in the same process)."""
+    flags.DEFINE_string("run", None, "The finished run (experiments.main) whose models score, "
+                        "or a saved detector (jax_vae.detector.Detector.save).")  # fmt: skip
+    flags.DEFINE_string("images", None, "A folder of images, image files (a,b.png), or "
+                        ".npy/.npz.")  # fmt: skip
+    flags.DEFINE_list("models", None, "Models of the run to score with (default: all of them).")
+    flags.DEFINE_integer("maps", 0, "Anomaly maps of each model's N highest-scoring images.")
+    flags.DEFINE_string("output_dir", None, "New folder for the results (default: "
+                        "<run>/score_*).")  # fmt: skip
+    flags.adopt_module_key_flags(cli)
 
 
 def _run_models(run: str) -> list[str]:
@@ -136,4 +143,5 @@ def _maps(detector, images: np.ndarray, names: list[str], scores: np.ndarray, n:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.command(body)
