@@ -4,9 +4,10 @@
       --mnist=experiments/results/selection_e30,experiments/results/selection_e60 \
       --fashion_mnist=experiments/results/fmnist_selection_e30,experiments/results/fmnist_selection_e60
 
-For each dataset: the candidate each rule of ``experiments.config.CANDIDATES``'s
-protocol picks and its mean test AUROC there (mean +- std over seeds, and class
-0): ``synthetic`` (its own synthetic AUROC, normal data only), ``transfer``
+For each dataset: the candidate each rule of the protocol (``experiments.config.CANDIDATES``,
+and the second family ``FUSION_CANDIDATES``: give both families' sweep folders; the rules
+pool every candidate they hold) picks and its mean test AUROC there (mean +- std over
+seeds, and class 0): ``synthetic`` (its own synthetic AUROC, normal data only), ``transfer``
 (the best mean test AUROC on the other dataset), and ``oracle`` (its own test
 AUROC: an upper bound, not a result). Then the pick for any other dataset (the
 best mean test AUROC over both).
