@@ -74,6 +74,7 @@ class ExperimentConfig:
     vae_score: str = _flag("mean", f"VAE anomaly score: {', '.join(rules.VAE_SCORES)}.")
     mc_samples: int = _flag(10, "Draws for --vae_score=mc, elbo or iwae.")
     score_smoothing: float = _flag(0.0, "Gaussian sigma (pixels) blurring the residual; 0: MSE.")
+    score: str = _flag("residual", f"Anomaly score: {', '.join(rules.SCORES)} (docs/usage.md).")
     chunk_size: int = _flag(2048, "Images per compiled scoring call (bounds memory).")
     num_devices: int = _flag(0, "Devices to use (0: all; several: data parallel).")
     checkpoint_every: int = _flag(5, "Epochs between checkpoints (and the last); 0: none.")
@@ -152,6 +153,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     classes: tuple[int, ...] = tuple(range(10))
     smoothings: tuple[float, ...] = (0.0,)
+    scores: tuple[str, ...] = ("residual",)  # Each trained model is scored every way.
     learning_rates: tuple[float, ...] = ()  # Empty: the base's learning rate.
     group_size: int | None = None  # Models vmapped together; None: backend default.
     mesh_layout: str = "models"  # With several devices: spread models, or split batches.
@@ -162,7 +164,8 @@ class SweepConfig:
         """The grid of one run: its beta, seed, class and smoothing; data parallel."""
         return cls(
             betas=(config.beta,), seeds=(config.seed,), classes=(config.normal_class,),
-            smoothings=(config.score_smoothing,), mesh_layout="data", base=config,
+            smoothings=(config.score_smoothing,), scores=(config.score,), mesh_layout="data",
+            base=config,
         )  # fmt: skip
 
     @property
@@ -236,8 +239,10 @@ def validate(config: ExperimentConfig) -> None:
     rules.choice("--vae_score", c.vae_score, rules.VAE_SCORES)
     rules.at_least("--mc_samples", c.mc_samples, 1)
     rules.smoothing("--score_smoothing", c.score_smoothing, image_side(c))
+    rules.choice("--score", c.score, rules.SCORES)
     if "vae" in c.models:
         rules.smoothing_needs_reconstruction("--score_smoothing", c.score_smoothing, c.vae_score)
+        rules.score_needs_reconstruction("--score", c.score, c.vae_score)
     rules.at_least("--chunk_size", c.chunk_size, 1)
     rules.choice("--likelihood", c.likelihood, rules.LIKELIHOODS)
     rules.choice("--architecture", c.architecture, rules.ARCHITECTURES)
@@ -308,12 +313,15 @@ def validate_sweep(config: SweepConfig) -> None:
     if config.group_size is not None:
         rules.at_least("--group_size", config.group_size, 0)
     rules.choice("--mesh_layout", config.mesh_layout, rules.LAYOUTS)
+    rules.choices("--score", config.scores, rules.SCORES)
     validate(config.base)
     if "vae" in config.base.models:
         for smoothing in config.smoothings:
             rules.smoothing_needs_reconstruction(
                 "--score_smoothing", smoothing, config.base.vae_score
             )
+        for score in config.scores:
+            rules.score_needs_reconstruction("--score", score, config.base.vae_score)
 
 
 def parse_list(text: str, *, name: str, item: Callable[[str], Any] = int) -> tuple:

@@ -262,7 +262,8 @@ def run(
             **({} if kind == "run" else {
                 k: v for k, v in dataclasses.asdict(grid).items() if k != "base"}),
             **{k: v for k, v in dataclasses.asdict(base).items()
-               if kind == "run" or k not in ("beta", "seed", "normal_class", "score_smoothing")},
+               if kind == "run" or k not in ("beta", "seed", "normal_class", "score_smoothing",
+                                             "score")},
             "output_dir": output_dir, **({"evaluated_run": run_dir} if eval_only else {}),
             **environment_record(), "splits": splits,
             "image_shape": list(dataset.image_shape),
@@ -317,7 +318,8 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                     grid, normal, model, split, mesh=mesh, checkpointer=checkpointer,
                     board=board, timings=timings)  # fmt: skip
                 with timings.phase("scoring"):
-                    group = _score(group, grid, images, keep_params=kind == "run")
+                    group = _score(group, grid, images, split.train_images,
+                                   keep_params=kind == "run")  # fmt: skip
             result.groups.append(group)
             with timings.phase("metrics"):
                 result.rows.extend(_rows(group, grid, split, timing, dataset.class_names))
@@ -371,13 +373,18 @@ def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group],
                     labels_)
 
 
+def variants(grid: SweepConfig) -> list[tuple[str, float]]:
+    """The (score, smoothing) pairs every trained model is scored with, in column order."""
+    return [(score, smoothing) for score in grid.scores for smoothing in grid.smoothings]
+
+
 def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: dict,
           kinds: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
-    """One record per (point, smoothing): identity, metrics (with ``kinds``, the names of a
-    folder's test labels, the AUROC of each kind of anomaly), timing, history."""
-    smoothings = grid.smoothings if group.history is not None else (None,)
+    """One record per (point, score, smoothing): identity, metrics (with ``kinds``, the names
+    of a folder's test labels, the AUROC of each kind of anomaly), timing, history."""
+    columns = variants(grid) if group.history is not None else [(None, None)]
     rows, labels = [], split.test_labels
-    for s, smoothing in enumerate(smoothings):
+    for s, (score_name, smoothing) in enumerate(columns):
         for p, point in enumerate(group.points):
             scores = [part[p, :, s] for part in group.scores]
             per_kind = {kind: separation_auroc(scores[1][split.test_classes == 0],
@@ -385,7 +392,7 @@ def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: di
                         for k, kind in enumerate(kinds) if k and labels.size}  # fmt: skip
             rows.append({
                 "model": group.name, **point, "normal_class": group.normal,
-                "smoothing": smoothing,
+                "smoothing": smoothing, "score": score_name,
                 **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
                 **({"kinds": per_kind} if per_kind else {}),
                 **timing,
@@ -473,9 +480,9 @@ def _train(grid, normal, model, split, *, mesh, checkpointer, board, timings):
     logging.info("%s: training %d %s model%s together (%d epochs, %d images)", _name(base, normal),
                  k, name, "" if k == 1 else "s", base.epochs, len(split.train_images))  # fmt: skip
     last = [0]  # The last finished epoch, for the message on Ctrl-C.
-    runs = [[run_name(base, {"normal_class": normal, "model": name, **p, "smoothing": sm},
-                      len(grid.smoothings) > 1, len(grid.rates) > 1)
-             for sm in grid.smoothings] for p in points]  # fmt: skip
+    runs = [[run_name(base, {"normal_class": normal, "model": name, **p, "smoothing": sm,
+                             "score": sc}, len(grid.smoothings) > 1, len(grid.rates) > 1)
+             for sc, sm in variants(grid)] for p in points]  # fmt: skip
     curves = board.epoch_hook(runs, members=base.ensemble_size, images=len(split.train_images),
                               betas=[p["beta"] for p in points], warmup=base.kl_warmup_epochs)
     try:
@@ -504,8 +511,10 @@ def _train(grid, normal, model, split, *, mesh, checkpointer, board, timings):
     return Group(normal, name, points, None, trained.history, trained.params, model), timing
 
 
-def _score(group: Group, grid: SweepConfig, images: scoring.Parts, *, keep_params: bool) -> Group:
-    """Scores every trained model of a group at every smoothing; averages ensemble members."""
+def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images: np.ndarray, *,
+           keep_params: bool) -> Group:  # fmt: skip
+    """Scores every trained model of a group every way of the grid (:func:`variants`);
+    averages ensemble members."""
     base, points, members = grid.base, group.points, grid.base.ensemble_size
     k = len(points) * members
     params, history = sharding.on_one_device((group.params, group.history))  # One device.
@@ -514,22 +523,78 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, *, keep_param
     params = jax.tree.map(lambda a: a[:k], params)  # Drop the mesh padding.
     history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
                for f, h in history.items()}  # fmt: skip
-    score_fn = scoring.stack_scores(tuple(
-        group.model.score(vae_score=base.vae_score, mc_samples=base.mc_samples,
-                          likelihood=base.likelihood, smoothing=s)
-        for s in grid.smoothings
-    ))  # fmt: skip
+    one = params if k > 1 else jax.tree.map(lambda a: a[0], params)
+    score_fn, scored, fuse = _score_components(group.model, grid, one, train_images, k)
     score_keys = _keys(grid, group.name, points).score
     scores = scoring.score_parts(
-        params if k > 1 else jax.tree.map(lambda a: a[0], params), images, score_fn=score_fn,
-        key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
+        scored, images, score_fn=score_fn, key=score_keys if k > 1 else score_keys[0],
+        chunk_size=base.chunk_size, stacked=k > 1,
     )  # fmt: skip
-    # [points * members, N, S] -> the members' mean score [points, N, S].
+    # Each model's columns, then [points * members, N, V] -> the members' mean [points, N, V].
     scores = scoring.Parts(*(
-        np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1) for s in scores
+        np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1)
+        for s in fuse(scores)
     ))  # fmt: skip
     first = jax.tree.map(lambda a: a[0], params) if keep_params else None
     return dataclasses.replace(group, scores=scores, history=history, params=first)
+
+
+def _score_components(model: registry.Model, grid: SweepConfig, params, train_images, k: int):
+    """The per-example function giving a model's score components, what it takes as
+    parameters, and how the components become the grid's columns (:func:`variants`).
+
+    Components: the residual score at each smoothing; with a ``shift`` score, the shift
+    score at each smoothing; with a k-NN score, the distance to the training images' codes
+    (``latent``) or pixels (``pixel``). A fused score is the sum of its two components
+    standardized on the held-out normals (``scoring.standardized``), per model.
+    """
+    base, smoothings = grid.base, grid.smoothings
+    fns = [model.score(vae_score=base.vae_score, mc_samples=base.mc_samples,
+                       likelihood=base.likelihood, smoothing=s) for s in smoothings]  # fmt: skip
+    kinds = [rules.score_parts(name) for name in grid.scores]
+    if any(kind == "shift" for kind, _ in kinds):
+        fns += [scoring.shift_score(model.reconstruct(), smoothing=s, shifts=scoring.SHIFTS,
+                                    image_shape=model.module.image_shape) for s in smoothings]
+    spaces = sorted({space for _, space in kinds if space})
+    if not spaces:  # The plain residual: as it always was (its numbers bit for bit).
+        score_fn, scored = scoring.stack_scores(tuple(fns)), params
+    else:
+        if "latent" in spaces and model.spec.encode is None:
+            raise ConfigError(f"--score latent_knn needs a model with a latent code; "
+                              f"{model.name} has none")  # fmt: skip
+        encode = model.spec.encode(model.module) if model.spec.encode else None
+        banks = {}
+        if "latent" in spaces:
+            banks["latent"] = jnp.asarray(scoring.map_chunked(
+                lambda p, x, _: encode(p, x), params, train_images,
+                chunk_size=base.chunk_size, stacked=k > 1))  # fmt: skip
+        if "pixel" in spaces:  # The same images for every model (a copy each, to vmap).
+            pixels = jnp.asarray(data.as_images(train_images))
+            banks["pixel"] = jnp.broadcast_to(pixels, (k, *pixels.shape)) if k > 1 else pixels
+
+        def score_fn(p, x, key):
+            own = [f(p["model"], x, key) for f in fns]
+            near = [scoring.knn_distance(encode(p["model"], x) if space == "latent" else x,
+                                         p[space], scoring.NEIGHBOURS) for space in spaces]
+            return jnp.stack(own + near)
+
+        scored = {"model": params, **banks}
+    n = len(smoothings)
+
+    def fuse(parts: scoring.Parts) -> list[np.ndarray]:
+        columns = []  # Per variant, its scores in each part (val first: it standardizes).
+        for kind, space in kinds:
+            for j in range(n):
+                own = [a[..., j + (n if kind == "shift" else 0)] for a in parts]
+                if space is not None:
+                    near = [a[..., len(fns) + spaces.index(space)] for a in parts]
+                    own = [a + b for a, b in zip(scoring.standardized(own[0], *own),
+                                                 scoring.standardized(near[0], *near),
+                                                 strict=True)]  # fmt: skip
+                columns.append(own)
+        return [np.stack([c[i] for c in columns], axis=-1) for i in range(len(parts))]
+
+    return score_fn, scored, fuse
 
 
 def _label(grid: SweepConfig, normal: int, name: str) -> str:

@@ -23,7 +23,8 @@ from experiments.tensorboard import Board
 from jax_vae import registry, rules, sharding
 
 CSV_FIELDS = (
-    "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "auroc", "auprc", "f1",
+    "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "score", "auroc",
+    "auprc", "f1",
     "precision", "recall", "fpr", "threshold", "synthetic_auroc",
 )  # fmt: skip
 TABLE_COLUMNS = (
@@ -37,7 +38,7 @@ TABLE_COLUMNS = (
     ("synth AUROC", "synthetic_auroc", ".4f"),
     ("train s", "train_seconds", ".2f"),
 )
-IDENTITY = ("model", "beta", "learning_rate", "seed", "normal_class", "smoothing")
+IDENTITY = ("model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "score")
 
 
 def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
@@ -204,6 +205,8 @@ def _label(row: dict[str, Any], smoothed: bool, rated: bool = False) -> str:
         label += f" lr={row['learning_rate']:g}"
     if smoothed and row.get("smoothing") is not None:
         label += f" s={row['smoothing']:g}"
+    if row.get("score") not in (None, "residual"):
+        label += f" {row['score']}"
     return label
 
 
@@ -225,7 +228,7 @@ def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str,
     for r in rows:
         entry = configs.setdefault(_label(r, smoothed, rated), {
             "model": r["model"], "beta": r["beta"], "learning_rate": r.get("learning_rate"),
-            "smoothing": r.get("smoothing"), "values": {}})  # fmt: skip
+            "smoothing": r.get("smoothing"), "score": r.get("score"), "values": {}})  # fmt: skip
         entry["values"].setdefault(r["normal_class"], {})[r["seed"]] = r[metric]
     summary = {}
     for label, entry in configs.items():

@@ -28,7 +28,7 @@ from experiments.config import (
     validate_sweep,
 )
 
-cli.define_experiment_flags(exclude=("beta", "normal_class", "seed", "score_smoothing"))
+cli.define_experiment_flags(exclude=("beta", "normal_class", "seed", "score_smoothing", "score"))
 _S = SweepConfig()
 flags.DEFINE_string("betas", ",".join(f"{b:g}" for b in _S.betas), "KL weights of the beta-VAEs.")
 flags.DEFINE_string(
@@ -44,6 +44,8 @@ flags.DEFINE_string(
     ",".join(f"{s:g}" for s in _S.smoothings),
     "Residual blurs (pixels) to score every trained model with, e.g. 0,1,2 (no retraining).",
 )
+flags.DEFINE_string("score", ",".join(_S.scores), "Scores to score every trained model with, "
+                    "e.g. residual,shift,latent_knn (no retraining; docs/usage.md).")  # fmt: skip
 flags.DEFINE_integer(
     "group_size", None, "Models vmapped together (0: all); default: all on GPU/TPU, 2 on CPU."
 )
@@ -55,7 +57,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("resume", None, "Continue the interrupted sweep in this folder.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
-GRID_FLAGS = ("betas", "seeds", "classes", "digits", "score_smoothing", "group_size",
+GRID_FLAGS = ("betas", "seeds", "classes", "digits", "score_smoothing", "score", "group_size",
               "mesh_layout", "learning_rates")  # fmt: skip
 
 
@@ -68,13 +70,14 @@ def body():
         validate_sweep(dataclasses.replace(
             config, base=dataclasses.replace(config.base, output_dir=None)))  # fmt: skip
     else:
-        base = cli.experiment_config_from_flags(score_smoothing=0.0)  # Swept instead.
+        base = cli.experiment_config_from_flags(score_smoothing=0.0, score="residual")  # Axes.
         # A preset's beta and smoothing become the axes, unless the axes are given.
         preset = preset_values(base.preset, base.dataset)
         betas = FLAGS.betas if FLAGS["betas"].present or "beta" not in preset else \
             f"{preset['beta']}"  # fmt: skip
         smoothings = FLAGS.score_smoothing if FLAGS["score_smoothing"].present else \
             f"{preset.get('score_smoothing', FLAGS.score_smoothing)}"  # fmt: skip
+        scores = FLAGS.score if FLAGS["score"].present else preset.get("score", FLAGS.score)
         if FLAGS.learning_rates is not None and FLAGS["learning_rate"].present:
             raise ConfigError("--learning_rates and --learning_rate: give one")
         config = SweepConfig(
@@ -84,6 +87,7 @@ def body():
             seeds=parse_list(FLAGS.seeds, name="seeds"),
             classes=cli.classes_from_flags(base.dataset),
             smoothings=parse_list(smoothings, name="score_smoothing", item=float),
+            scores=parse_list(scores, name="score", item=str),
             group_size=FLAGS.group_size,
             mesh_layout=FLAGS.mesh_layout,
             base=base,

@@ -42,6 +42,8 @@ def run_name(base, row: dict[str, Any], smoothed: bool, rated: bool = False) -> 
     name += f"_seed{row['seed']}"
     if smoothed and row.get("smoothing") is not None:
         name += f"_smooth{row['smoothing']:g}"
+    if row.get("score") not in (None, "residual"):
+        name += f"_{row['score']}"
     return name
 
 

@@ -173,6 +173,9 @@ class Detector:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{directory}: no readable config.json ({e})") from None
         saved = config.get("detector")
+        if config.get("score", "residual") != "residual":  # Fused scores need the run's banks.
+            raise CheckpointError(f"{directory} scores with --score={config['score']}; a "
+                                  "detector scores the residual (--score=residual) only")
         names = [m for m in config.get("models", ()) if m not in rules.BASELINES]
         name = model or (saved["model"] if saved else (names or [None])[0])
         if name not in names:

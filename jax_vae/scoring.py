@@ -26,6 +26,8 @@ from jax_vae.rules import VAE_SCORES
 from jax_vae.sharding import local_copy
 
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+SHIFTS = 1  # The shift score: images shifted by up to one pixel each way (9 copies).
+NEIGHBOURS = 5  # The k-NN scores: the mean distance to the 5 nearest training images' codes.
 
 
 class Parts(NamedTuple):
@@ -160,6 +162,57 @@ def reconstruction_score(
         return error(x, reconstruct(params, x))
 
     return score
+
+
+def shifted_images(x: jax.Array, image_shape: tuple[int, int, int], shifts: int = 1) -> jax.Array:
+    """The ``(2 * shifts + 1) ** 2`` copies of one flat image shifted by up to ``shifts``
+    pixels in each direction (itself included); pixels shifted in repeat the edge."""
+    height, width, _ = image_shape
+    padded = jnp.pad(x.reshape(image_shape), ((shifts, shifts), (shifts, shifts), (0, 0)),
+                     mode="edge")  # fmt: skip
+    offsets = range(2 * shifts + 1)
+    return jnp.stack([padded[dy : dy + height, dx : dx + width].reshape(-1)
+                      for dy in offsets for dx in offsets])  # fmt: skip
+
+
+def shift_score(
+    reconstruct: Callable[[Any, jax.Array], jax.Array],
+    *,
+    smoothing: float = 0.0,
+    image_shape: tuple[int, int, int],
+    shifts: int = 1,
+) -> ScoreFn:
+    """The minimum, over the image's shifts by up to ``shifts`` pixels, of the shifted image's
+    reconstruction error (:func:`make_residual_error`): an image that is normal but for its
+    position scores as if centred.
+
+    Returns:
+      ``score(params, x, key) -> scalar``; the key is unused (deterministic).
+    """
+    rules.at_least("shifts", shifts, 1)
+    error = make_residual_error(smoothing, image_shape)
+
+    def score(params, x, key):
+        del key  # Deterministic.
+        copies = shifted_images(x, image_shape, shifts)
+        return jnp.min(jax.vmap(lambda v: error(v, reconstruct(params, v)))(copies))
+
+    return score
+
+
+def knn_distance(point: jax.Array, bank: jax.Array, k: int) -> jax.Array:
+    """The mean squared Euclidean distance of ``point`` [D] to its ``k`` nearest rows of
+    ``bank`` [N, D] (as ``|a|^2 - 2 a.b + |b|^2``: one matrix product for a batch)."""
+    squared = jnp.sum(jnp.square(bank), axis=1) - 2 * bank @ point + jnp.sum(jnp.square(point))
+    return -jnp.mean(jax.lax.top_k(-jnp.maximum(squared, 0.0), k)[0])
+
+
+def standardized(val: np.ndarray, *scores: np.ndarray) -> list[np.ndarray]:
+    """``scores`` standardized by the mean and standard deviation of ``val`` over its images
+    (axis -1; per model where there is a leading model axis)."""
+    mean = np.mean(val, axis=-1, keepdims=True)
+    std = np.std(val, axis=-1, keepdims=True)
+    return [(s - mean) / np.where(std > 0, std, 1.0) for s in scores]
 
 
 def vae_score_fn(

@@ -145,3 +145,41 @@ def test_runner_with_extensions(tmp_path):
         result["models"]["vae"]["auroc"], abs=1e-6
     )
 
+
+
+def test_fused_scores_are_standardized_sums_of_the_residual_and_the_neighbour_distance(tmp_path):
+    """The second family's scores through the pipeline, against NumPy and scikit-learn: the
+    residual at smoothing 1 and the 5-NN distance (pixels, and the AE's codes), each
+    standardized on the held-out normals, summed."""
+    from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415
+
+    from experiments import pipeline  # noqa: PLC0415
+    from experiments.config import SweepConfig  # noqa: PLC0415
+
+    config = ExperimentConfig(models=("ae",), normal_class=1, anomaly_fraction=0.1, epochs=1,
+                              hidden_dims=(32,), latent_dim=4, score_smoothing=1.0,
+                              checkpoint_every=0, tensorboard=False)  # fmt: skip
+    grid = dataclasses.replace(SweepConfig.single(config),
+                               scores=("residual", "pixel_knn", "latent_knn"))  # fmt: skip
+    result = pipeline.run(dataclasses.replace(
+        grid, base=dataclasses.replace(config, output_dir=str(tmp_path / "r"))))  # fmt: skip
+    (group,) = result.groups
+    split = result.splits[1]
+    val, test = group.scores.val[0], group.scores.test[0]  # [images, variants]
+
+    def z(v, t):  # NumPy's standardization by the held-out scores.
+        return (t - v.mean()) / v.std()
+
+    encode = group.model.spec.encode(group.model.module)
+    codes = {
+        "pixel": (split.train_images, split.val_images, split.test_images),
+        "latent": tuple(np.asarray(jax.vmap(lambda x: encode(group.params, x))(part))
+                        for part in (split.train_images, split.val_images, split.test_images)),
+    }  # fmt: skip
+    for column, space in ((1, "pixel"), (2, "latent")):
+        bank, v_points, t_points = codes[space]
+        knn = NearestNeighbors(n_neighbors=5).fit(bank)
+        v_knn, t_knn = (np.mean(knn.kneighbors(p)[0] ** 2, axis=1) for p in (v_points, t_points))
+        expected = z(val[:, 0], test[:, 0]) + z(v_knn, t_knn)
+        np.testing.assert_allclose(test[:, column], expected, rtol=2e-3, atol=2e-3)
+    assert [r["score"] for r in result.rows] == ["residual", "pixel_knn", "latent_knn"]

@@ -194,3 +194,38 @@ def test_anomaly_map_is_the_per_pixel_score(smoothing):
     # Its mean is the score that uses the same blur.
     np.testing.assert_allclose(float(jnp.mean(heat)),
                                float(scoring.make_residual_error(smoothing)(x, x_hat)), rtol=1e-6)
+
+
+def test_shift_score_is_the_minimum_over_edge_padded_shifts():
+    model, params = _model_and_params("ae")
+    x = np.random.default_rng(0).uniform(size=(3, 784)).astype(np.float32)
+    got = scoring.score(params, x, score_fn=scoring.shift_score(
+        model.reconstruct(), smoothing=0.0, image_shape=(28, 28, 1)))  # fmt: skip
+    for image, value in zip(x, got, strict=True):
+        padded = np.pad(image.reshape(28, 28), 1, mode="edge")  # NumPy's edge padding.
+        errors = []
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                shifted = padded[dy : dy + 28, dx : dx + 28].reshape(784)
+                recon = np.asarray(model.reconstruct()(params, jnp.asarray(shifted)))
+                errors.append(np.mean((shifted - recon) ** 2))
+        np.testing.assert_allclose(value, min(errors), rtol=1e-5)
+    assert scoring.shifted_images(jnp.asarray(x[0]), (28, 28, 1)).shape == (9, 784)
+
+
+def test_knn_distance_equals_scikit_learn_neighbours():
+    from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    bank, points = rng.normal(size=(200, 6)), rng.normal(size=(7, 6))
+    distances, _ = NearestNeighbors(n_neighbors=5).fit(bank).kneighbors(points)
+    got = jax.vmap(lambda p: scoring.knn_distance(p, jnp.asarray(bank, jnp.float32), 5))(
+        jnp.asarray(points, jnp.float32))  # fmt: skip
+    np.testing.assert_allclose(got, np.mean(distances**2, axis=1), rtol=1e-4)
+
+
+def test_standardized_uses_the_held_out_scores():
+    val, test = np.array([[1.0, 3.0], [2.0, 2.0]]), np.array([[5.0], [4.0]])
+    z_val, z_test = scoring.standardized(val, val, test)
+    np.testing.assert_allclose(z_test, [[3.0], [2.0]])  # (5 - 2) / 1; (4 - 2) / 1 (std 0 -> 1).
+    np.testing.assert_allclose(z_val.mean(axis=-1), 0.0)
