@@ -176,8 +176,9 @@ def _run_header(base) -> str:
         return ""
     beta = f", beta {base.beta:g}" if any(registry.reads(m, "beta") for m in base.models
                                          if m not in rules.BASELINES) else ""  # fmt: skip
+    score = f", score {base.score}" if base.score != "residual" else ""
     return (f"preset {base.preset} on {base.dataset}: {', '.join(base.models)}{beta}, "
-            f"{base.epochs} epochs, score smoothing {base.score_smoothing:g}\n\n")
+            f"{base.epochs} epochs, score smoothing {base.score_smoothing:g}{score}\n\n")
 
 
 def format_table(model_results: dict[str, dict[str, Any]]) -> str:

@@ -183,3 +183,14 @@ def test_fused_scores_are_standardized_sums_of_the_residual_and_the_neighbour_di
         expected = z(val[:, 0], test[:, 0]) + z(v_knn, t_knn)
         np.testing.assert_allclose(test[:, column], expected, rtol=2e-3, atol=2e-3)
     assert [r["score"] for r in result.rows] == ["residual", "pixel_knn", "latent_knn"]
+
+
+def test_score_rules():
+    from experiments.config import ConfigError, SweepConfig, validate_sweep  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="--score must be one of residual, shift"):
+        validate_sweep(SweepConfig(scores=("shift", "bogus")))
+    with pytest.raises(ConfigError, match="--score=shift needs vae_score=mean"):
+        validate_sweep(SweepConfig(scores=("shift",), base=ExperimentConfig(vae_score="mc")))
+    validate_sweep(SweepConfig(scores=("shift",), base=ExperimentConfig(vae_score="mc",
+                                                                        models=("ae",))))
