@@ -247,6 +247,7 @@ def test_sweep_preset_reproduces_the_headline_row(tmp_path):
     preset = preset_values("best", "mnist")
     assert config["models"] == list(preset["models"]) and config["epochs"] == 1  # Flag wins.
     assert config["smoothings"] == [preset["score_smoothing"]]
+    assert config["scores"] == [preset.get("score", "residual")]
 
 
 def _snapshot(folder):
