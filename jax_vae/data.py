@@ -84,8 +84,26 @@ class Dataset(NamedTuple):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(height, width, channels) of the images."""
-        shape = self.train_images.shape[1:]
-        return (*shape[:2], shape[2] if len(shape) == 3 else 1)
+        return image_shape_of(self.train_images)
+
+
+def image_shape_of(images: Any, given: tuple | None = None) -> tuple[int, int, int]:
+    """(height, width, channels) of ``[N, H, W(, C)]`` images, or of flat ``[N, pixels]``
+    ones: ``given``, else a square grayscale image."""
+    shape = np.shape(images)
+    if len(shape) == 4:
+        return tuple(shape[1:4])
+    if len(shape) == 3:
+        return (shape[1], shape[2], 1)
+    if given is not None:
+        return tuple(given)
+    side = int(round(np.sqrt(shape[-1]))) if len(shape) == 2 else 0
+    if len(shape) != 2 or side * side != shape[-1]:
+        raise rules.InvalidArgument(
+            f"images of shape {list(shape)}: give them as [N, H, W(, C)], or pass "
+            "image_shape=(H, W, C) for flat ones"
+        )
+    return (side, side, 1)
 
 
 class OneClassSplit(NamedTuple):
@@ -476,8 +494,19 @@ def decode_images(
       DataError: A missing, corrupt or non-image file; mixed sizes or channels; an image
         too large to take without ``size``. Each names the file(s).
     """
+    from PIL import Image  # noqa: PLC0415  (only for image files)
+
     if not paths:
         raise DataError("no image files to read")
+    # Pillow warns on stderr above 89 million pixels (and refuses twice that); what is
+    # decoded here is resized at once, so a large image costs its size once per thread.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_images(paths, channels=channels, size=size, warn=warn)
+
+
+def _decode_images(paths: list[str], *, channels: int, size: tuple[int, int] | None,
+                   warn: bool) -> np.ndarray:  # fmt: skip
     first = _header(paths[0])
     shape = (*(size or first[:2]), channels or first[2])
     if min(shape[:2]) < 2:
@@ -516,9 +545,6 @@ def _open(path: str):
     """``PIL.Image.open`` (lazy: the header only); unreadable files raise DataError."""
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (only for image files)
 
-    # Pillow warns on stderr above 89 million pixels (and refuses twice that); what is
-    # decoded here is resized at once, so a large image costs its size once per worker.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         return Image.open(path)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:

@@ -31,25 +31,6 @@ SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs",
             "score_smoothing", "image_shape")  # fmt: skip
 
 
-def image_shape_of(images: Any, given: tuple | None = None) -> tuple[int, int, int]:
-    """(height, width, channels) of ``[N, H, W(, C)]`` images, or of flat ``[N, pixels]``
-    ones: ``given``, else a square grayscale image."""
-    shape = np.shape(images)
-    if len(shape) == 4:
-        return tuple(shape[1:4])
-    if len(shape) == 3:
-        return (shape[1], shape[2], 1)
-    if given is not None:
-        return tuple(given)
-    side = int(round(np.sqrt(shape[-1]))) if len(shape) == 2 else 0
-    if len(shape) != 2 or side * side != shape[-1]:
-        raise rules.InvalidArgument(
-            f"images of shape {list(shape)}: give them as [N, H, W(, C)], or pass "
-            "image_shape=(H, W, C) for flat ones"
-        )
-    return (side, side, 1)
-
-
 class Detector:
     """One model trained on normal images; its threshold the percentile of held-out scores.
 
@@ -101,7 +82,7 @@ class Detector:
                 f"normal_images must hold at least 2 images (one to train on, one held out "
                 f"for the threshold), got shape {list(np.shape(normal_images))}"
             )
-        image_shape = image_shape_of(normal_images, self.settings["image_shape"])
+        image_shape = data.image_shape_of(normal_images, self.settings["image_shape"])
         self.settings["image_shape"] = image_shape
         self._build(image_shape)  # Any size and channel count: the model takes this one.
         images = data.as_images(normal_images, name="normal_images")
