@@ -569,7 +569,7 @@ def _score_components(model: registry.Model, grid: SweepConfig, params, train_im
                 lambda p, x, _: encode(p, x), params, train_images,
                 chunk_size=base.chunk_size, stacked=k > 1))  # fmt: skip
         if "pixel" in spaces:  # The same images for every model (a copy each, to vmap).
-            pixels = jnp.asarray(data.as_images(train_images))
+            pixels = jnp.asarray(train_images)  # Already the split's float images.
             banks["pixel"] = jnp.broadcast_to(pixels, (k, *pixels.shape)) if k > 1 else pixels
 
         def score_fn(p, x, key):
