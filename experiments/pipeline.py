@@ -295,6 +295,14 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     grid, kind, timings, output_dir = result.grid, result.kind, result.timings, result.output_dir
     base = grid.base
     checkpointers: list[Checkpointer] = []  # Closed at the end, with their time.
+    # Several classes: each training set padded (masked) to one size, so that one compiled
+    # epoch per model kind trains them all, with the numbers each trains to alone.
+    sizes = [indices[normal].train.size for normal in grid.classes]
+    pad_to = train.padded_sizes(sizes) if len(sizes) > 1 else {}
+    # One model and optimizer object per kind, for every class: the epoch program is reused.
+    models = {name: config_model(base, name, dataset.image_shape) for name in base.models
+              if name not in rules.BASELINES}  # fmt: skip
+    tx = _optimizer(grid)
     for normal in grid.classes:
         with timings.phase("data"):
             split = data.take_split(dataset, indices[normal], normal)
@@ -306,7 +314,7 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                 with timings.phase("baselines"):
                     group, timing = _fit_baselines(grid, normal, name, split, images)
             else:
-                model = config_model(base, name, dataset.image_shape)
+                model = models[name]
                 checkpointer = None
                 if base.checkpoint_every or eval_only:
                     slug = f"{rules.class_slug(base.dataset, normal)}_{name}"
@@ -315,8 +323,9 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                         every=max(base.checkpoint_every, 1))  # fmt: skip
                     checkpointers.append(checkpointer)
                 group, timing = (_restore if eval_only else _train)(
-                    grid, normal, model, split, mesh=mesh, checkpointer=checkpointer,
-                    board=board, timings=timings)  # fmt: skip
+                    grid, normal, model, split, tx=tx, mesh=mesh, checkpointer=checkpointer,
+                    board=board, timings=timings, pad_to=pad_to.get(len(split.train_images)),
+                )  # fmt: skip
                 with timings.phase("scoring"):
                     group = _score(group, grid, images, split.train_images,
                                    keep_params=kind == "run")  # fmt: skip
@@ -425,9 +434,17 @@ def _keys(grid: SweepConfig, name: str, points: list[dict]) -> keys.ModelKeys:
     return keys.ModelKeys(*(jnp.concatenate(k) for k in zip(*members, strict=True)))
 
 
+def _optimizer(grid: SweepConfig) -> optax.GradientTransformation:
+    """Adam. One learning rate: as a constant, as the seed spec (bit for bit as it always
+    was). Several: injected, so that each model reads its own (a vmapped axis)."""
+    if len(grid.rates) > 1:
+        return optax.inject_hyperparams(optax.adam)(learning_rate=grid.rates[0])
+    return optax.adam(grid.rates[0])
+
+
 def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh) -> tuple:
-    """The optimizer and the per-model hyperparameters [points * members (+ mesh padding)]
-    of one model kind's points, and their training keys (one key, scalars for one model)."""
+    """The per-model hyperparameters [points * members (+ mesh padding)] of one model
+    kind's points, and their training keys (one key, scalars for one model)."""
     base, members = grid.base, grid.base.ensemble_size
     train_keys = _keys(grid, model.name, points).train
     # Per model, the hyperparameters its loss reads: beta per point, the warm-up.
@@ -436,11 +453,7 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh)
         hparams["beta"] = np.array([p["beta"] for p in points], np.float32)
     if "kl_warmup_epochs" in hparams:
         hparams["kl_warmup_epochs"][:] = base.kl_warmup_epochs
-    # One learning rate: Adam with it as a constant, as the seed spec (bit for bit as it
-    # always was). Several: injected, so that each model reads its own (a vmapped axis).
-    tx = optax.adam(grid.rates[0])
-    if len(grid.rates) > 1:
-        tx = optax.inject_hyperparams(optax.adam)(learning_rate=grid.rates[0])
+    if len(grid.rates) > 1:  # Injected into the optimizer (see _optimizer).
         hparams["learning_rate"] = np.array([p["learning_rate"] for p in points], np.float32)
     hparams = {h: np.repeat(v, members) for h, v in hparams.items()}
     if mesh is not None and grid.mesh_layout == sharding.MODELS:
@@ -449,10 +462,10 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh)
         hparams = {h: np.concatenate([v, np.repeat(v[-1:], pad)]) for h, v in hparams.items()}
     if train_keys.shape[0] == 1:  # One model: trained unbatched, exactly as the library does.
         train_keys, hparams = train_keys[0], {h: v[0] for h, v in hparams.items()}
-    return tx, train_keys, hparams
+    return train_keys, hparams
 
 
-def _restore(grid, normal, model, split, *, mesh, checkpointer, **_) -> tuple[Group, dict]:
+def _restore(grid, normal, model, split, *, tx, mesh, checkpointer, **_) -> tuple[Group, dict]:
     """``--eval_only``: every point of one model kind from its final checkpoint."""
     base, points = grid.base, points_of(grid, model.name)
     latest = checkpointer.latest_epoch()
@@ -462,7 +475,7 @@ def _restore(grid, normal, model, split, *, mesh, checkpointer, **_) -> tuple[Gr
             f"{checkpointer.directory} (latest: epoch {latest} of {base.epochs}); finish it "
             "with --resume first"
         )
-    tx, train_keys, hparams = _hparams(grid, model, points, mesh)
+    train_keys, hparams = _hparams(grid, model, points, mesh)
     init = train.make_train(model, tx=tx, batch_size=base.batch_size, epochs=base.epochs).init
     if jnp.ndim(train_keys):
         init = jax.vmap(init, in_axes=(0, None, 0))
@@ -472,10 +485,11 @@ def _restore(grid, normal, model, split, *, mesh, checkpointer, **_) -> tuple[Gr
                  model), {}  # fmt: skip
 
 
-def _train(grid, normal, model, split, *, mesh, checkpointer, board, timings):
-    """Trains every point of one model kind (times the ensemble members) together."""
+def _train(grid, normal, model, split, *, tx, mesh, checkpointer, board, timings, pad_to):
+    """Trains every point of one model kind (times the ensemble members) together (padded
+    to ``pad_to`` images: see :func:`jax_vae.train.train`)."""
     base, points, name = grid.base, points_of(grid, model.name), model.name
-    tx, train_keys, hparams = _hparams(grid, model, points, mesh)
+    train_keys, hparams = _hparams(grid, model, points, mesh)
     k, label = len(points) * base.ensemble_size, _label(grid, normal, name)
     logging.info("%s: training %d %s model%s together (%d epochs, %d images)", _name(base, normal),
                  k, name, "" if k == 1 else "s", base.epochs, len(split.train_images))  # fmt: skip
@@ -490,7 +504,7 @@ def _train(grid, normal, model, split, *, mesh, checkpointer, board, timings):
             train_keys, split.train_images, hparams, model=model, tx=tx, epochs=base.epochs,
             batch_size=base.batch_size, name=label, group_size=grid.group_size, mesh=mesh,
             hooks=(train.log_progress, lambda e: last.__setitem__(0, e.epoch), curves),
-            checkpointer=checkpointer,
+            checkpointer=checkpointer, pad_to=pad_to,
         )  # fmt: skip
     except KeyboardInterrupt:
         # Ctrl-C may land inside a save: what is complete on disk is what resumes.

@@ -24,6 +24,7 @@ INFO; in a plain script call ``absl.logging.set_verbosity("info")`` to see it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -150,21 +151,46 @@ class Trainer:
         return TrainState(params, opt_state, epoch_key, jnp.zeros((), jnp.int32))
 
     def epoch(
-        self, state: TrainState, images: jax.Array, hparams: Mapping[str, Any]
-    ) -> tuple[TrainState, Terms]:
+        self, state: TrainState, images: jax.Array, hparams: Mapping[str, Any],
+        count: jax.Array | None = None,
+    ) -> tuple[TrainState, Terms]:  # fmt: skip
+        """One pass over every training image: :meth:`epoch_sums`, and the mean loss terms.
+
+        With ``count``, the means can differ from those of ``images[:n]`` in the
+        last bit (a longer sum); :func:`train` sums only the real steps instead.
+        """
+        state, sums = self.epoch_sums(state, images, hparams, count)
+        n = images.shape[0] if count is None else count
+        return state, {name: jnp.sum(s) / n for name, s in sums.items()}
+
+    def epoch_sums(
+        self, state: TrainState, images: jax.Array, hparams: Mapping[str, Any],
+        count: jax.Array | None = None,
+    ) -> tuple[TrainState, Terms]:  # fmt: skip
         """One pass over every training image, in a fresh random order.
 
         The permutation is padded to whole batches; padded rows carry weight 0,
         so each real image counts once and the partial last batch averages only
         over its real images. Each step gathers its batch from ``images``.
 
+        Args:
+          state: The state after the previous epoch.
+          images: Training images [N, features].
+          hparams: The hyperparameters the loss and optimizer read.
+          count: None: all N images are real. A traced int n <= N: only the
+            first n are, the rest pad (``pad_to`` of :func:`train`); the state
+            is what ``images[:n]`` trains to, bit for bit, while one compiled
+            program serves every n that pads to N (:func:`check_padding`).
+
         Returns:
-          The new state and the epoch's mean loss terms over the N images.
+          The new state and each loss term summed over each step's real images
+          ([steps]; 0 in steps of padding only).
         """
-        n, batch_size = images.shape[0], self.batch_size
-        steps = num_batches(n, batch_size)
+        size, batch_size = images.shape[0], self.batch_size
+        steps = num_batches(size, batch_size)
         key, perm_key, step_key = keys_lib.epoch_keys(state.key)
-        order = jnp.pad(jax.random.permutation(perm_key, n), (0, steps * batch_size - n))
+        n = size if count is None else count
+        order = jnp.pad(permutation(perm_key, n, size), (0, steps * batch_size - size))
         weights = (jnp.arange(steps * batch_size) < n).astype(images.dtype)
         # The loss sees the 1-based epoch, for schedules such as the KL warm-up.
         hparams = {**hparams, "epoch": state.epoch + 1}
@@ -185,25 +211,82 @@ class Trainer:
             updates, opt_state = self.tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), sums
 
+        def padded_step(carry, batch):  # Steps past the real images (padding only): skipped.
+            zeros = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype),
+                                 jax.eval_shape(step, carry, batch)[1])  # fmt: skip
+            return jax.lax.cond(batch[1][0] > 0, step, lambda c, _: (c, zeros), carry, batch)
+
         (params, opt_state), sums = jax.lax.scan(
-            step,
+            step if count is None else padded_step,
             (state.params, state.opt_state),
             (order.reshape(steps, batch_size), weights.reshape(steps, batch_size),
              jax.random.split(step_key, steps)),
         )  # fmt: skip
-        means = {name: jnp.sum(s) / n for name, s in sums.items()}
         return state.replace(params=params, opt_state=opt_state, key=key,
-                             epoch=state.epoch + 1), means  # fmt: skip
+                             epoch=state.epoch + 1), sums  # fmt: skip
 
     def __call__(
-        self, key: jax.Array, images: jax.Array, hparams: Mapping[str, Any] | None = None
+        self, key: jax.Array, images: jax.Array, hparams: Mapping[str, Any] | None = None,
+        count: jax.Array | None = None,
     ) -> tuple[TrainState, Terms]:
-        """All epochs as one pure function: the final state and the history [epochs]."""
+        """All epochs as one pure function: the final state and the history [epochs].
+
+        ``count``: as in :meth:`epoch_sums` (images padded to one size, e.g. to
+        vmap over classes, with the number of real ones per class).
+        """
         hparams = {**self.model.hparams, **(hparams or {})}
         images = _as_images(images)
         state = self.init(key, images, hparams)
-        return jax.lax.scan(lambda s, _: self.epoch(s, images, hparams), state,
+        return jax.lax.scan(lambda s, _: self.epoch(s, images, hparams, count), state,
                             length=self.epochs)  # fmt: skip
+
+
+def sort_rounds(n: int) -> int:
+    """The sorting rounds of ``jax.random.permutation`` for n items (its own static rule)."""
+    return int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+
+
+def check_padding(n: int, pad_to: int) -> None:
+    """Whether ``n`` training images can be padded to ``pad_to`` rows (:meth:`Trainer.epoch_sums`).
+
+    Raises:
+      ValueError: ``pad_to`` is below n, or needs another number of sorting
+        rounds than n (:func:`sort_rounds`; :func:`padded_sizes` avoids both).
+    """
+    if pad_to < n or sort_rounds(pad_to) != sort_rounds(n):
+        raise ValueError(f"pad_to={pad_to} cannot pad {n} training images (it must be at least "
+                         "n and within the same sort_rounds)")
+
+
+def padded_sizes(sizes: Sequence[int]) -> dict[int, int]:
+    """Training-set sizes -> the size each pads to, so that one compiled epoch serves them all:
+    the largest size of those with the same :func:`sort_rounds` (one group for any sizes
+    between 1,626 and 2.7 million, e.g. every class of MNIST)."""
+    largest: dict[int, int] = {}
+    for n in sizes:
+        largest[sort_rounds(n)] = max(largest.get(sort_rounds(n), 0), n)
+    return {n: largest[sort_rounds(n)] for n in sizes}
+
+
+def permutation(key: jax.Array, n: int | jax.Array, size: int) -> jax.Array:
+    """``jax.random.permutation(key, n)`` in the first n of ``size`` entries.
+
+    With a traced ``n`` the shape is ``size`` whatever n is, so one program
+    serves every n; the first n entries equal ``jax.random.permutation(key, n)``
+    bit for bit (JAX's sort-based shuffle, with the padding sorted last) when n
+    needs as many sorting rounds as ``size`` (:func:`sort_rounds`; true for any
+    n between 1,626 and 2.7 million). The other entries are the padding n..size-1,
+    in some order.
+    """
+    if isinstance(n, int) and n == size:
+        return jax.random.permutation(key, n)
+    x = jnp.arange(size)
+    pad = x >= n
+    for _ in range(sort_rounds(size)):
+        key, sub = jax.random.split(key)
+        bits = jax.random.bits(sub, (size,), jnp.uint32)
+        pad, _, x = jax.lax.sort((pad, bits, x), num_keys=2, is_stable=True)
+    return x
 
 
 def make_train(
@@ -260,7 +343,7 @@ def default_group_size(backend: str | None = None) -> int | None:
 
 
 def vmap_models(epoch_fn: Callable, *, group_size: int | None = None) -> Callable:
-    """Lifts ``epoch(state, images, hparams)`` to K stacked states and hparams.
+    """Lifts ``epoch(state, images, hparams, count)`` to K stacked states and hparams.
 
     Args:
       epoch_fn: The single-model epoch function (:meth:`Trainer.epoch`).
@@ -268,19 +351,18 @@ def vmap_models(epoch_fn: Callable, *, group_size: int | None = None) -> Callabl
         sequence); None picks :func:`default_group_size`, 0 vmaps all.
 
     Returns:
-      ``epoch(states[K], images, hparams[K]) -> (states[K], terms[K])``.
+      ``epoch(states[K], images, hparams[K], count=None) -> (states[K], terms[K])``.
     """
-    vmapped = jax.vmap(epoch_fn, in_axes=(0, None, 0))
+    vmapped = jax.vmap(epoch_fn, in_axes=(0, None, 0, None))
     group_size = default_group_size() if group_size is None else group_size
     if not group_size:
         return vmapped
 
-    def grouped(states, images, hparams):
+    def grouped(states, images, hparams, count=None):
         if group_size >= states.epoch.shape[0]:
-            return vmapped(states, images, hparams)
-        return jax.lax.map(
-            lambda sh: epoch_fn(sh[0], images, sh[1]), (states, hparams), batch_size=group_size
-        )
+            return vmapped(states, images, hparams, count)
+        return jax.lax.map(lambda sh: epoch_fn(sh[0], images, sh[1], count), (states, hparams),
+                           batch_size=group_size)  # fmt: skip
 
     return grouped
 
@@ -345,6 +427,29 @@ def _place(mesh, key, hparams, images, batch_size, group_size):
     return key, hparams, images, state_sharding, batches, group_size
 
 
+@functools.lru_cache(maxsize=32)
+def _epoch_program(model, tx, batch_size, batch_sharding, stacked, group_size, padded):
+    """The jitted epoch of :func:`train`, one per (model, optimizer, layout): calls with the
+    same objects and shapes, e.g. every class of a grid padded to one size, reuse its
+    compiled program. Padded, it returns each step's sums (see :func:`_real_means`)."""
+    trainer = make_train(model, tx=tx, batch_size=batch_size, batch_sharding=batch_sharding)
+    epoch_fn = trainer.epoch_sums if padded else trainer.epoch
+    if stacked:
+        epoch_fn = vmap_models(epoch_fn, group_size=group_size)
+
+    def train_epoch(state, images, hparams, count):  # The name XLA's compile events carry.
+        return epoch_fn(state, images, hparams, count)
+
+    return jax.jit(train_epoch, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _real_means(sums: Terms, steps: int, n: int) -> Terms:
+    """The mean loss terms of a padded epoch: a sum over its real steps only, as long as
+    the unpadded epoch's (so the history is the same bit for bit)."""
+    return {k: jnp.sum(s[..., :steps], axis=-1) / n for k, s in sums.items()}
+
+
 def train(
     key: jax.Array,
     images: jax.Array | np.ndarray,
@@ -359,6 +464,7 @@ def train(
     group_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpointer: Checkpointer | None = None,
+    pad_to: int | None = None,
 ) -> TrainResult:
     """Trains a model (or K models), one compiled epoch of :func:`make_train` per loop step.
 
@@ -390,6 +496,10 @@ def train(
         (written in the background while training goes on; all on disk when
         this returns); when it holds a checkpoint, training resumes from the
         latest one and ends exactly where an uninterrupted run would.
+      pad_to: Train on the images padded to this many rows, masked
+        (:meth:`Trainer.epoch_sums`): the same result bit for bit, from a
+        program that serves every training-set size padding to ``pad_to``
+        (compiled once for all the classes of a grid; :func:`padded_sizes`).
 
     Returns:
       Parameters, history [([K,] epochs)] per loss term, final state, training
@@ -400,7 +510,12 @@ def train(
       NonFiniteLossError: A loss became NaN or infinite; names the epoch.
     """
     images = _as_images(images)
-    check_args(images.shape[0], batch_size=batch_size, epochs=epochs)
+    n = images.shape[0]
+    check_args(n, batch_size=batch_size, epochs=epochs)
+    count = None
+    if pad_to is not None:  # Padded (even to n itself): the one program of every such size.
+        check_padding(n, pad_to)
+        images, count = jnp.pad(images, ((0, pad_to - n), (0, 0))), jnp.asarray(n, jnp.int32)
     key = keys_lib.as_typed(jnp.asarray(key))
     if key.ndim > 1:
         raise rules.InvalidArgument(f"key must be one key or [K] keys, got {list(key.shape)}")
@@ -418,14 +533,16 @@ def train(
     key, hparams, images, state_sharding, batches, group_size = _place(
         mesh, key, hparams, images, batch_size, group_size
     )
-    trainer = make_train(model, tx=tx, epochs=epochs, batch_size=batch_size,
-                         batch_sharding=batches)  # fmt: skip
-    init, epoch_fn = trainer.init, trainer.epoch
+    tx = tx or optax.adam(1e-3)
+    init = make_train(model, tx=tx, epochs=epochs, batch_size=batch_size).init
     if key.ndim:
         init = jax.vmap(init, in_axes=(0, None, 0))
-        epoch_fn = vmap_models(epoch_fn, group_size=group_size)
     state = jax.jit(init, out_shardings=state_sharding)(key, images, hparams)
-    compiled = jax.jit(epoch_fn, donate_argnums=0).lower(state, images, hparams).compile()
+    if count is not None and mesh is not None:
+        count = sharding.put(count, sharding.replicated(mesh))
+    epoch_fn = _epoch_program(model, tx, batch_size, batches, bool(key.ndim), group_size,
+                              count is not None)  # fmt: skip
+    compiled = epoch_fn.lower(state, images, hparams, count).compile()
     compile_seconds = time.perf_counter() - t0
 
     history: list[Terms] = []
@@ -442,8 +559,9 @@ def train(
     first_epoch, train_seconds = len(history) + 1, 0.0
     for epoch in range(first_epoch, epochs + 1):
         t = time.perf_counter()
-        state, means = compiled(state, images, hparams)
-        means = sharding.local_copy(means)  # Waits for the epoch to finish.
+        state, means = compiled(state, images, hparams, count)
+        means = sharding.local_copy(means if count is None else _real_means(
+            means, num_batches(n, batch_size), n))  # fmt: skip  # Waits for the epoch to finish.
         seconds = time.perf_counter() - t
         train_seconds += seconds
         history.append(means)

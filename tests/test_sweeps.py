@@ -217,6 +217,28 @@ def test_interrupted_sweep_resumes_to_the_same_rows(tmp_path):
         run_grid(load_config(str(out), flag="resume"), kind="sweep", resume=True)
 
 
+def test_a_grid_of_classes_compiles_one_epoch_per_model_kind_and_each_class_trains_as_alone(
+    tmp_path,
+):
+    from benchmarks.accelerator import counting_compiles  # noqa: PLC0415
+
+    base = ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(16,), latent_dim=2,
+                            anomaly_fraction=0.1, checkpoint_every=0, tensorboard=False)
+    grid = SweepConfig(betas=(1.0,), seeds=(0, 1, 2), classes=(1, 7),
+                       base=dataclasses.replace(base, output_dir=str(tmp_path / "both")))
+    with counting_compiles() as built:
+        both = run_grid(grid, kind="sweep")["rows"]
+    # Digit 7 padded to digit 1's size: per model kind one program, built (compiled, or
+    # loaded from the tests' shared cache) for digit 1 and reused for digit 7.
+    assert len([how for name, how in built if name == "jit(train_epoch)"]) == 2, built
+    alone = run_grid(dataclasses.replace(
+        grid, classes=(7,), base=dataclasses.replace(base, output_dir=str(tmp_path / "7"))),
+        kind="sweep")["rows"]  # fmt: skip
+    strip = ("train_seconds", "compile_seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in alone] == [
+        {k: v for k, v in r.items() if k not in strip} for r in both if r["normal_class"] == 7]
+
+
 def test_selection_rules_across_datasets():
     from experiments import select  # noqa: PLC0415
 
