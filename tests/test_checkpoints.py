@@ -21,8 +21,8 @@ from experiments.config import ConfigError, ExperimentConfig, load_run_config
 from jax_vae import checkpoints, registry, train
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold")
-SMALL_RUN = ("--epochs=6", "--checkpoint_every=1", "--normal_class=1", "--hidden_dims=64",
-             "--latent_dim=8", "--anomaly_fraction=0.1")  # fmt: skip
+SMALL_RUN = ("--epochs=3", "--checkpoint_every=1", "--normal_class=1", "--hidden_dims=32",
+             "--latent_dim=4", "--anomaly_fraction=0.1")  # fmt: skip
 
 
 def _main(*args, timeout=300):
@@ -141,7 +141,7 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     (run / "metrics.json").unlink()  # Pretend it was interrupted after training.
-    for root, _, files in os.walk(run / "checkpoints" / "digit1_ae" / "6"):
+    for root, _, files in os.walk(run / "checkpoints" / "digit1_ae" / "3"):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
@@ -157,7 +157,7 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_
     ]
     changed = _main(f"--resume={run}", "--latent_dim=10")
     assert changed.returncode == 1
-    assert "--latent_dim=10 differs from the run's latent_dim=8" in changed.stderr
+    assert "--latent_dim=10 differs from the run's latent_dim=4" in changed.stderr
 
 
 def test_run_config_from_before_a_field_existed_gets_its_default(tmp_path):
@@ -201,7 +201,8 @@ def test_ctrl_c_is_one_line_exit_130_and_resumable(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         cli_argv("main", "--models=ae", "--epochs=60", "--checkpoint_every=2",
-                 "--normal_class=1", "--hidden_dims=32", f"--output_dir={out}"),
+                 "--normal_class=1", "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1",
+                 f"--output_dir={out}"),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     second = out / "checkpoints" / "digit1_ae" / "2"

@@ -133,7 +133,7 @@ def test_runner_with_extensions(tmp_path):
     config = ExperimentConfig(
         epochs=2, normal_class=1, ensemble_size=2, likelihood="bernoulli", kl_warmup_epochs=2,
         models=("vae",),
-        hidden_dims=(64,), latent_dim=8, anomaly_fraction=0.1,
+        hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1,
         vae_score="iwae", mc_samples=3, output_dir=str(tmp_path / "r"),
     )  # fmt: skip
     result = run_single(config)

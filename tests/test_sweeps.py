@@ -32,7 +32,7 @@ def sweep(tmp_path_factory):
         seeds=(0, 1),
         classes=(0,),
         smoothings=(0.0, 1.5),
-        base=ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(64,), latent_dim=8,
+        base=ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(32,), latent_dim=4,
                               output_dir=str(out)),
     )
     return config, out, run_grid(config, kind="sweep")
@@ -42,7 +42,7 @@ def test_sweep_equals_models_trained_one_by_one(sweep, split0):
     config, _, result = sweep
     vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
     assert len(vae_rows) == 8  # 2 betas x 2 seeds x 2 smoothings.
-    model = registry.build("vae", hidden_dims=(64,), latent_dim=8)
+    model = registry.build("vae", hidden_dims=(32,), latent_dim=4)
     synthetic = data.synthetic_anomalies(split0.val_images, seed=0)
     for (beta, seed), rows in itertools.groupby(
         sorted(vae_rows, key=lambda r: (r["beta"], r["seed"])), key=lambda r: (r["beta"], r["seed"])
@@ -222,9 +222,9 @@ def test_a_grid_of_classes_compiles_one_epoch_per_model_kind_and_each_class_trai
 ):
     from benchmarks.accelerator import counting_compiles  # noqa: PLC0415
 
-    base = ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(16,), latent_dim=2,
+    base = ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(32,), latent_dim=4,
                             anomaly_fraction=0.1, checkpoint_every=0, tensorboard=False)
-    grid = SweepConfig(betas=(1.0,), seeds=(0, 1, 2), classes=(1, 7),
+    grid = SweepConfig(betas=(1.0,), seeds=(0,), classes=(1, 7),
                        base=dataclasses.replace(base, output_dir=str(tmp_path / "both")))
     with counting_compiles() as built:
         both = run_grid(grid, kind="sweep")["rows"]
@@ -279,7 +279,7 @@ def _snapshot(folder):
 
 def test_resuming_a_run_as_a_sweep_or_a_sweep_as_a_run_is_refused(sweep, tmp_path):
     run = tmp_path / "run"
-    run_single(ExperimentConfig(epochs=1, models=("ae",), hidden_dims=(16,), latent_dim=2,
+    run_single(ExperimentConfig(epochs=1, models=("ae",), hidden_dims=(32,), latent_dim=4,
                                 anomaly_fraction=0.1, normal_class=1, output_dir=str(run)))
     before = _snapshot(run)
     line = one_line_error(cli("sweep", f"--resume={run}"))
@@ -300,8 +300,9 @@ def test_one_class_sweep_plots_keep_every_label_and_title_inside_the_image(sweep
         renderer, box = figure.canvas.get_renderer(), figure.bbox
         texts = [t for t in figure.findobj(plots.plt.Text) if t.get_visible() and t.get_text()]
         assert len(texts) > 5
-        for text in texts:
-            extent = text.get_window_extent(renderer)
-            assert (extent.x0 >= box.x0 - 0.5 and extent.x1 <= box.x1 + 0.5 and
-                    extent.y0 >= box.y0 - 0.5 and extent.y1 <= box.y1 + 0.5), text.get_text()
+        # Everything drawn (titles, labels, legends, the tick labels of ticks in view; not
+        # the labels matplotlib keeps for ticks outside the limits) lies inside the image.
+        drawn = figure.get_tightbbox(renderer).transformed(figure.dpi_scale_trans)
+        assert (drawn.x0 >= box.x0 - 0.5 and drawn.x1 <= box.x1 + 0.5 and
+                drawn.y0 >= box.y0 - 0.5 and drawn.y1 <= box.y1 + 0.5), drawn
         plots.plt.close(figure)
