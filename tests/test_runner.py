@@ -282,7 +282,8 @@ def test_flagfile_run_writes_results(tmp_path):
     flagfile = tmp_path / "ae.flags"
     out = tmp_path / "run"
     flagfile.write_text(f"--models=ae\n--epochs=1\n--normal_class=1\n--hidden_dims=32\n"
-                        f"--latent_dim=4\n--anomaly_fraction=0.1\n--output_dir={out}\n")  # fmt: skip
+                        f"--latent_dim=4\n--anomaly_fraction=0.1\n"
+                        f"--output_dir={out}\n")  # fmt: skip
     proc = cli("main", f"--flagfile={flagfile}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "AUROC" in proc.stdout.upper() and "AE" in proc.stdout
@@ -314,7 +315,8 @@ def test_library_info_filter_hides_only_library_info():
 
 def test_verbosity_flag_shows_library_info(tmp_path):
     proc = cli("main", "--models=ae", "--epochs=1", "--normal_class=1", "--verbosity=0",
-               "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1", f"--output_dir={tmp_path / 'run'}")
+               "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1",
+               f"--output_dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "orbax" in proc.stderr and "ae epoch 1/1" in proc.stderr
 

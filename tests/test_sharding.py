@@ -9,7 +9,9 @@ import subprocess
 import sys
 import textwrap
 
-from helpers import ROOT, cli, cli_argv
+from helpers import ROOT, cli_argv, run_single
+
+from experiments.config import ExperimentConfig
 
 # The tests' own XLA flags (conftest), without any device count, then the one wanted.
 _FLAGS = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
@@ -68,7 +70,7 @@ grid = SweepConfig(betas=(1.0, 2.0), seeds=(0,), classes=(1,), base=ExperimentCo
 rows = {}
 for n in (1, 4):
     g = replace(grid, base=replace(grid.base, num_devices=n, output_dir=f"{out}/sweep{n}"))
-    rows[n] = report.write(pipeline.run(g, kind="sweep"), out=open(os.devnull, "w"))["rows"]
+    rows[n] = pipeline.run(g, kind="sweep").rows  # The rows, without the sweep's plots.
 assert len(rows[1]) == len(rows[4]) == 3  # 1 AE (padded to 4 models) + 2 VAEs.
 for r1, r4 in zip(rows[1], rows[4], strict=True):
     assert abs(r1["auroc"] - r4["auroc"]) < 1e-3 and abs(r1["f1"] - r4["f1"]) < 1e-2
@@ -112,7 +114,7 @@ def test_two_processes_train_together_and_process_0_writes(tmp_path):
     assert "process 1 of 2" in outputs[1][1]
     multi = json.loads((tmp_path / "mh" / "metrics.json").read_text())
     assert len(multi["config"]["devices"]) == 2  # One CPU device per process.
-    single = cli("main", *common, f"--output_dir={tmp_path / 'one'}", env=env)
-    assert single.returncode == 0, single.stderr[-2000:]
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    one = run_single(ExperimentConfig(epochs=1, models=("ae",), normal_class=1, checkpoint_every=0,
+                                      hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1,
+                                      output_dir=str(tmp_path / "one")))  # One device, here.
     assert abs(multi["models"]["ae"]["auroc"] - one["models"]["ae"]["auroc"]) < 1e-3
