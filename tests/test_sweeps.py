@@ -30,32 +30,33 @@ def sweep(tmp_path_factory):
     config = SweepConfig(
         betas=(1.0, 4.0),
         seeds=(0, 1),
-        classes=(0,),
+        classes=(1,),
         smoothings=(0.0, 1.5),
         base=ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(32,), latent_dim=4,
-                              output_dir=str(out)),
+                              anomaly_fraction=0.1, output_dir=str(out)),
     )
     return config, out, run_grid(config, kind="sweep")
 
 
-def test_sweep_equals_models_trained_one_by_one(sweep, split0):
+def test_sweep_equals_models_trained_one_by_one(sweep, mnist):
     config, _, result = sweep
+    split = data.one_class_split(mnist, normal_class=1, anomaly_fraction=0.1)
     vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
     assert len(vae_rows) == 8  # 2 betas x 2 seeds x 2 smoothings.
     model = registry.build("vae", hidden_dims=(32,), latent_dim=4)
-    synthetic = data.synthetic_anomalies(split0.val_images, seed=0)
+    synthetic = data.synthetic_anomalies(split.val_images, seed=0)
     for (beta, seed), rows in itertools.groupby(
         sorted(vae_rows, key=lambda r: (r["beta"], r["seed"])), key=lambda r: (r["beta"], r["seed"])
     ):
         train_key, _ = keys.model_keys(seed, "vae")
-        single = train.train(train_key, split0.train_images, {"beta": beta}, model=model,
+        single = train.train(train_key, split.train_images, {"beta": beta}, model=model,
                              epochs=1)  # fmt: skip
         for row in rows:  # Each smoothing scores the same trained model.
             score_fn = model.score(smoothing=row["smoothing"])
-            val = scoring.score(single.params, split0.val_images, score_fn=score_fn)
-            test = scoring.score(single.params, split0.test_images, score_fn=score_fn)
+            val = scoring.score(single.params, split.val_images, score_fn=score_fn)
+            test = scoring.score(single.params, split.test_images, score_fn=score_fn)
             threshold = metrics.threshold_from_normals(val, percentile=95)
-            m = metrics.detection_metrics(split0.test_labels, test, threshold=threshold)
+            m = metrics.detection_metrics(split.test_labels, test, threshold=threshold)
             assert row["auroc"] == pytest.approx(m.auroc, abs=1e-4)
             assert row["threshold"] == pytest.approx(m.threshold, rel=1e-3)
             synthetic_scores = scoring.score(single.params, synthetic, score_fn=score_fn)
@@ -71,7 +72,8 @@ def test_every_sweep_row_equals_the_single_run_with_the_same_flags(sweep, tmp_pa
     # `seed` is the training seed in both commands; the split has its own split_seed.
     config, _, result = sweep
     single = run_single(dataclasses.replace(
-        config.base, beta=4.0, seed=seed, score_smoothing=1.5, output_dir=str(tmp_path / "r")))
+        config.base, beta=4.0, seed=seed, score_smoothing=1.5, normal_class=1,
+        output_dir=str(tmp_path / "r")))
     for name, beta in (("ae", None), ("vae", 4.0)):
         row = next(
             r
@@ -136,7 +138,7 @@ def test_csv_json_and_summary_agree(sweep):
         mean, std = record["summary"][f"VAE b=1 s={smoothing:g}"]["mean"]
         assert mean == pytest.approx(np.mean(vae1)) and std == pytest.approx(np.std(vae1))
     summary_text = (out / "summary.txt").read_text()
-    assert summary_text.split()[:4] == ["AUROC", "mean+-std", "digit", "0"]  # Named columns.
+    assert summary_text.split()[:4] == ["AUROC", "mean+-std", "digit", "1"]  # Named columns.
     assert "VAE b=4 s=1.5" in summary_text and "synth AUROC" in summary_text
     synthetic = report.summarize(record["rows"], metric="synthetic_auroc")
     chosen = max(synthetic, key=lambda label: synthetic[label]["mean"][0])
