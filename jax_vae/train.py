@@ -42,6 +42,9 @@ from jax_vae import keys as keys_lib
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 Terms = dict[str, Any]
+# The seed spec's optimizer, the default everywhere: one object (optax transformations are
+# pure), so that trainings with the default reuse one compiled program.
+ADAM = optax.adam(1e-3)
 
 
 class TrainState(struct.PyTreeNode):
@@ -313,7 +316,7 @@ def make_train(
       ``(state, history)``, with ``history`` the per-epoch mean of each loss
       term; ``hparams`` missing a model hyperparameter take its default.
     """
-    return Trainer(model, tx or optax.adam(1e-3), epochs, batch_size, batch_sharding)
+    return Trainer(model, tx or ADAM, epochs, batch_size, batch_sharding)
 
 
 def stack_history(history: list[Terms]) -> Terms:
@@ -428,19 +431,22 @@ def _place(mesh, key, hparams, images, batch_size, group_size):
 
 
 @functools.lru_cache(maxsize=32)
-def _epoch_program(model, tx, batch_size, batch_sharding, stacked, group_size, padded):
-    """The jitted epoch of :func:`train`, one per (model, optimizer, layout): calls with the
-    same objects and shapes, e.g. every class of a grid padded to one size, reuse its
-    compiled program. Padded, it returns each step's sums (see :func:`_real_means`)."""
+def _programs(model, tx, batch_size, batch_sharding, state_sharding, stacked, group_size,
+              padded):  # fmt: skip
+    """The jitted init and epoch of :func:`train`, one pair per (model, optimizer, layout):
+    calls with the same objects and shapes, e.g. every class of a grid padded to one size,
+    reuse their compiled programs. Padded, the epoch returns each step's sums (see
+    :func:`_real_means`)."""
     trainer = make_train(model, tx=tx, batch_size=batch_size, batch_sharding=batch_sharding)
-    epoch_fn = trainer.epoch_sums if padded else trainer.epoch
+    init, epoch_fn = trainer.init, trainer.epoch_sums if padded else trainer.epoch
     if stacked:
+        init = jax.vmap(init, in_axes=(0, None, 0))
         epoch_fn = vmap_models(epoch_fn, group_size=group_size)
 
     def train_epoch(state, images, hparams, count):  # The name XLA's compile events carry.
         return epoch_fn(state, images, hparams, count)
 
-    return jax.jit(train_epoch, donate_argnums=0)
+    return jax.jit(init, out_shardings=state_sharding), jax.jit(train_epoch, donate_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -533,15 +539,11 @@ def train(
     key, hparams, images, state_sharding, batches, group_size = _place(
         mesh, key, hparams, images, batch_size, group_size
     )
-    tx = tx or optax.adam(1e-3)
-    init = make_train(model, tx=tx, epochs=epochs, batch_size=batch_size).init
-    if key.ndim:
-        init = jax.vmap(init, in_axes=(0, None, 0))
-    state = jax.jit(init, out_shardings=state_sharding)(key, images, hparams)
+    init, epoch_fn = _programs(model, tx or ADAM, batch_size, batches, state_sharding,
+                               bool(key.ndim), group_size, count is not None)  # fmt: skip
+    state = init(key, images, hparams)
     if count is not None and mesh is not None:
         count = sharding.put(count, sharding.replicated(mesh))
-    epoch_fn = _epoch_program(model, tx, batch_size, batches, bool(key.ndim), group_size,
-                              count is not None)  # fmt: skip
     compiled = epoch_fn.lower(state, images, hparams, count).compile()
     compile_seconds = time.perf_counter() - t0
 
