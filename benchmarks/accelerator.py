@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import resource
 import subprocess
@@ -86,26 +87,30 @@ def counting_compiles() -> Iterator[list[tuple[str, str]]]:
 
 
 _TRAIN_K = """
-import resource, sys, jax, numpy as np
+import json, resource, sys, jax, numpy as np
 from jax_vae import data, registry, train
-k, epochs = int(sys.argv[1]), int(sys.argv[2])
+k, epochs, small = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 split = data.one_class_split(data.load_dataset(), normal_class=0)
+model = registry.build("vae", **{n: tuple(v) if isinstance(v, list) else v
+                                 for n, v in small.items()})
 train.train(jax.random.split(jax.random.key(0), k), split.train_images,
-            {"beta": np.linspace(0.5, 2.0, k)}, model=registry.build("vae"), epochs=epochs,
+            {"beta": np.linspace(0.5, 2.0, k)}, model=model, epochs=epochs,
             hooks=(), group_size=0)  # All K vmapped together, as on an accelerator.
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def host_peak_mb(sizes: tuple[int, ...], epochs: int) -> dict[int, float]:
-    """Peak host RSS (MB) of a fresh process that trains K VAEs together on digit 0, all
-    vmapped at once (the accelerator's layout). Before the batches were gathered inside the
-    scan step, each model built a permuted copy of the training set every epoch: on the CPU,
-    K = 64 peaked at 3,210 MB instead of 1,375 MB (K = 1: 649 and 622 MB). One process per
-    K, all at once (each measures only itself)."""
+def host_peak_mb(sizes: tuple[int, ...], epochs: int, small: dict | None = None
+                 ) -> dict[int, float]:
+    """Peak host RSS (MB) of a fresh process that trains K VAEs (of the ``small`` sizes, if
+    given) together on digit 0, all vmapped at once (the accelerator's layout). Before the
+    batches were gathered inside the scan step, each model built a permuted copy of the
+    training set every epoch: on the CPU, K = 64 peaked at 3,210 MB instead of 1,375 MB
+    (K = 1: 649 and 622 MB). One process per K, all at once (each measures only itself)."""
     # Sharing one accelerator: neither process may take most of its memory up front.
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    procs = {k: subprocess.Popen([sys.executable, "-c", _TRAIN_K, str(k), str(epochs)], env=env,
+    args = (str(epochs), json.dumps(small or {}))
+    procs = {k: subprocess.Popen([sys.executable, "-c", _TRAIN_K, str(k), *args], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k in sizes}  # fmt: skip
     peaks = {}
@@ -123,8 +128,9 @@ def accelerator(*, reduced: bool = False) -> dict:
     Full size: 30 epochs; K = 1, 16, 64, 256; the grid of AE and beta-VAE at
     beta 0.5/1/2, seeds 0-2, digits 0-9 (the AE has no beta: 30 AEs and 90
     VAEs). ``reduced``: 1 epoch, K = 1 and 2, and a grid of digits 0 and 1 (one seed and
-    beta) of small models (32 hidden units, latent 4) with 10% anomalies.
+    beta) with 10% anomalies, all of small models (32 hidden units, latent 4).
     """
+    small = {"hidden_dims": (32,), "latent_dim": 4} if reduced else {}
     epochs = 1 if reduced else 30
     ep = f"{epochs} epoch{'s' * (epochs != 1)}"  # In the printed lines.
     sizes = (1, 2) if reduced else (1, 16, 64, 256)
@@ -137,7 +143,7 @@ def accelerator(*, reduced: bool = False) -> dict:
               f"{n} training images, {ep}{' (reduced)' if reduced else ''}\n\n")
     models, params = {}, {}
     for name in ("ae", "vae"):
-        model = make_model(name)
+        model = make_model(name, **small)
         r = train(keys.member_keys(0, name, 1).train[0], images, model=model, epochs=epochs,
                   hooks=())  # fmt: skip
         params[name] = (model, r.params)
@@ -155,7 +161,7 @@ def accelerator(*, reduced: bool = False) -> dict:
         else:
             r = train(jax.random.split(jax.random.key(1), k), images,
                       {"beta": jnp.linspace(0.5, 2.0, k)},
-                      model=make_model("vae"), epochs=epochs, hooks=(), group_size=0)
+                      model=params["vae"][0], epochs=epochs, hooks=(), group_size=0)
             seconds = r.train_seconds
         one = models["vae"]["train_seconds"]
         vmapped.append({"k": k, "seconds": seconds, "per_one": seconds / one,
@@ -186,7 +192,7 @@ def accelerator(*, reduced: bool = False) -> dict:
               f"{g['training_epochs_compiled'] + g['training_epochs_cached']} for "
               f"{len(g['classes'])} classes and {g['model_kinds']} model kinds (each class "
               "padded to one size)\n")
-    peaks = host_peak_mb((1, 2) if reduced else (1, 64), 1)
+    peaks = host_peak_mb((1, 2) if reduced else (1, 64), 1, small)
     record["host_peak_mb_by_k"] = peaks
     out.write("peak host memory of a fresh process training K VAEs (1 epoch): " + ", ".join(
         f"K={k} {mb:.0f} MB" for k, mb in peaks.items()) + "\n")

@@ -33,7 +33,8 @@ PHASES = ("startup", "backend", "imports", "data", "compile", "train", "checkpoi
 TOTALS = (("wall", "wall_seconds", ".2f"), ("training", "train_seconds", ".2f"),
           ("wall/training", "ratio", ".2f"), ("peak RSS MB", "peak_rss_mb", ".0f"))  # fmt: skip
 DEFAULT_RUN = ("--beta=2",)
-REDUCED_RUN = ("--models=ae", "--epochs=1", "--hidden_dims=32", "--latent_dim=4")
+REDUCED_RUN = ("--models=ae", "--epochs=1", "--hidden_dims=32", "--latent_dim=4",
+               "--normal_class=1", "--anomaly_fraction=0.1")
 
 
 def timed_run(args: tuple[str, ...], output_dir: str, cache: str) -> dict:

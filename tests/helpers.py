@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_grid(grid, **kwargs):
-    """The pipeline and its writer, as a command runs them (tables to /dev/null)."""
+def _close(figure, path):
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    plt.close(figure)
+
+
+def run_grid(grid, *, plots: bool = False, **kwargs):
+    """The pipeline and its writer, as a command runs them (tables to /dev/null).
+
+    The figures are built but, unless ``plots``, not drawn nor written: drawing is about
+    half of a small run's time, and only the tests about plots read them.
+    """
     from experiments import pipeline, report  # noqa: PLC0415
 
-    with open(os.devnull, "w") as devnull:
+    skip = contextlib.nullcontext() if plots else mock.patch("experiments.plots.save", _close)
+    with open(os.devnull, "w") as devnull, skip:
         return report.write(pipeline.run(grid, **kwargs), out=devnull)
 
 

@@ -58,20 +58,27 @@ def test_profile_epoch_splits_the_epoch():
 
 
 def test_bad_flags_fail_before_the_peak_probe():
+    from absl import flags  # noqa: PLC0415
     from helpers import cli, one_line_error  # noqa: PLC0415
 
-    for args, needle in ((["--models=vea"], "--models must be one of ae, vae, got 'vea'"),
-                         (["--epochs=0"], "--epochs must be >= 1"),
+    from experiments.config import ConfigError  # noqa: PLC0415
+
+    for args, needle in ((["--epochs=0"], "--epochs must be >= 1"),
                          (["--sweep_sizes=a"], "--sweep_sizes must be integers")):  # fmt: skip
-        assert needle in one_line_error(cli("benchmarks.throughput", *args, timeout=30))
+        flags.FLAGS(["throughput", *args])
+        with pytest.raises(ConfigError, match=needle):
+            throughput.body()
+    # As the command: one line, exit 1.
+    line = one_line_error(cli("benchmarks.throughput", "--models=vea", timeout=30))
+    assert "--models must be one of ae, vae, got 'vea'" in line
 
 
 def test_a_disturbed_peak_probe_is_flagged(monkeypatch, caplog, capsys):
     from absl import flags  # noqa: PLC0415
 
-    flags.FLAGS(["throughput", "--epochs=1", "--sweep_sizes="])
+    flags.FLAGS(["throughput", "--epochs=1", "--sweep_sizes=", "--hidden_dims=32", "--models=ae"])
     monkeypatch.setattr(throughput, "matmul_peak_gflops", lambda size: 0.001)  # "Disturbed".
-    throughput.benchmark(("ae",), ())
+    throughput.body()(None)  # As the command runs it, after its checks.
     assert "AE" in capsys.readouterr().out
     assert "not trustworthy" in caplog.text
 

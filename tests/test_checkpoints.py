@@ -87,9 +87,10 @@ def test_changed_model_shape_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """SMALL_RUN in-process (the command's numbers: the same flags, devices and XLA)."""
     out = tmp_path_factory.mktemp("full") / "run"
-    proc = _main(*SMALL_RUN, f"--output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_single(ExperimentConfig(epochs=3, checkpoint_every=1, normal_class=1, hidden_dims=(32,),
+                                latent_dim=4, anomaly_fraction=0.1, output_dir=str(out)))
     return out
 
 
@@ -129,10 +130,12 @@ def test_eval_only_reproduces_and_writes_beside(uninterrupted):
     assert os.path.basename(smoothed["output_dir"]).endswith("eval_p95_af0.1_s1.5")
     assert smoothed["models"]["ae"]["auroc"] != stored["models"]["ae"]["auroc"]
     assert smoothed["models"]["ae"]["history"] == stored["models"]["ae"]["history"]
-    # Another threshold: a new folder, other F1, same AUROC.
-    other = _main(f"--eval_only={uninterrupted}", "--threshold_percentile=99")
-    assert other.returncode == 0, other.stderr[-2000:]
-    assert "AUROC" in other.stdout
+    # Another threshold: a new folder, a higher threshold, the same AUROC.
+    other = run_single(dataclasses.replace(config, threshold_percentile=99.0), eval_only=True)
+    assert "_eval_p99" in os.path.basename(other["output_dir"])
+    for name in ("ae", "vae"):
+        assert other["models"][name]["auroc"] == stored["models"][name]["auroc"]
+        assert other["models"][name]["threshold"] > stored["models"][name]["threshold"]
 
 
 def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_path):

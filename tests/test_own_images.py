@@ -54,7 +54,7 @@ def parts(fashion, tmp_path_factory):
 def test_a_folder_trains_scores_and_loads_as_a_detector(parts, tmp_path):
     run = tmp_path / "run"
     run_single(ExperimentConfig(dataset="folder", data_dir=str(parts), output_dir=str(run),
-                                checkpoint_every=2, **TINY))  # fmt: skip
+                                checkpoint_every=2, **TINY), plots=True)  # fmt: skip
     config = json.loads((run / "config.json").read_text())
     assert config["image_shape"] == [32, 32, 3]
     assert config["test_kinds"] == ["good", "bag", "sandal"]
@@ -114,25 +114,26 @@ def test_a_folder_without_test_images_sets_the_threshold_and_says_why(parts, tmp
     assert "selected by synthetic AUROC" in (tmp_path / "grid" / "summary.txt").read_text()
 
 
-def test_a_folder_gives_the_auroc_of_the_same_class_as_idx_files(fashion, tmp_path):
+def test_a_folder_holds_the_split_of_the_same_class_as_idx_files(fashion, tmp_path):
     """The Sandal class written as 28x28 grayscale PNGs (train/, test/good/, one folder per
-    other class) and read back as a folder: the same images, split and AUROC as
-    --dataset=fashion_mnist (the issue asks for within 0.01; docs/benchmarks.md at 30 epochs)."""
+    other class) and read back as a folder: the same training and held-out images (the split's
+    fingerprint) and the same test images and labels as --dataset=fashion_mnist, so the same
+    models and AUROC (docs/benchmarks.md: equal at 30 epochs; the issue asked within 0.01)."""
     f = fashion
     write_pngs(tmp_path / "sandal" / "train", f.train_images[f.train_labels == SANDAL])
-    for label in range(10):
-        kind = "good" if label == SANDAL else f"class{label}"
+    kinds = {"good": SANDAL, **{f"class{label}": label for label in range(10) if label != SANDAL}}
+    for kind, label in kinds.items():
         write_pngs(tmp_path / "sandal" / "test" / kind, f.test_images[f.test_labels == label])
-    settings = dict(models=("ae",), checkpoint_every=0, tensorboard=False, epochs=1,
-                    hidden_dims=(32,), latent_dim=4)  # fmt: skip
-    folder = run_single(ExperimentConfig(dataset="folder", data_dir=str(tmp_path / "sandal"),
-                                         output_dir=str(tmp_path / "a"), **settings))
-    idx = run_single(ExperimentConfig(dataset="fashion_mnist", data_source="idx",
-                                      data_dir=fashion_mnist_dir(), normal_class=SANDAL,
-                                      output_dir=str(tmp_path / "b"), **settings))  # fmt: skip
-    assert folder["config"]["splits"]["0"]["fingerprint"] == \
-        idx["config"]["splits"][str(SANDAL)]["fingerprint"]  # fmt: skip
-    assert abs(folder["models"]["ae"]["auroc"] - idx["models"]["ae"]["auroc"]) < 0.01
+    folder = data.one_class_split(data.load_folder(str(tmp_path / "sandal")), normal_class=0)
+    idx = data.one_class_split(f, normal_class=SANDAL)
+    assert folder.fingerprint == idx.fingerprint
+    np.testing.assert_array_equal(folder.train_images, idx.train_images)
+    np.testing.assert_array_equal(folder.val_images, idx.val_images)
+    # The folder's test images come kind by kind (good/ first, then by name).
+    order = np.concatenate([np.flatnonzero(f.test_labels == kinds[k])
+                            for k in ["good", *sorted(set(kinds) - {"good"})]])  # fmt: skip
+    np.testing.assert_array_equal(folder.test_images, idx.test_images[order])
+    np.testing.assert_array_equal(folder.test_labels, idx.test_labels[order])
 
 
 def test_arrays_as_a_dataset(tmp_path):

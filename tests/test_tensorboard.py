@@ -38,7 +38,7 @@ def _steps(events, tag):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tb") / "run"
-    run_single(ExperimentConfig(epochs=3, beta=2.0, output_dir=str(out), **TINY))
+    run_single(ExperimentConfig(epochs=3, beta=2.0, output_dir=str(out), **TINY), plots=True)
     return out
 
 
