@@ -268,15 +268,6 @@ def format_summary(
     return "\n".join(lines) + "\n"
 
 
-def select_by_synthetic_auroc(rows: list[dict[str, Any]]) -> str:
-    """The configuration label with the highest mean synthetic AUROC over classes and seeds.
-
-    The selection rule of the ``best`` preset: it uses normal data only (held-out
-    normals and corruptions of them), never test labels.
-    """
-    return best(summarize(rows, metric="synthetic_auroc"))
-
-
 def best(summary: dict[str, dict[str, Any]]) -> str:
     """The configuration with the highest mean over classes (the first of a tie)."""
     return max(summary, key=lambda label: -np.inf if summary[label]["mean"][0] is None

@@ -142,7 +142,6 @@ def test_csv_json_and_summary_agree(sweep):
     assert "VAE b=4 s=1.5" in summary_text and "synth AUROC" in summary_text
     synthetic = report.summarize(record["rows"], metric="synthetic_auroc")
     chosen = max(synthetic, key=lambda label: synthetic[label]["mean"][0])
-    assert report.select_by_synthetic_auroc(record["rows"]) == chosen
     assert f"selected by synthetic AUROC (normal data only): {chosen} " in summary_text
 
 
