@@ -95,11 +95,13 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    """Killed (its flags from a flagfile) once a checkpoint is on disk, then resumed: the
+    uninterrupted run's numbers, and the command's outputs and logs."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cli_argv("main", *SMALL_RUN, f"--output_dir={out}"),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    flagfile = tmp_path / "small.flags"
+    flagfile.write_text("\n".join([*SMALL_RUN, f"--output_dir={out}"]) + "\n")
+    proc = subprocess.Popen(cli_argv("main", f"--flagfile={flagfile}"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     first = out / "checkpoints" / "digit1_ae" / "2"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -111,6 +113,13 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from the checkpoint of epoch" in resumed.stderr
     assert _metrics(out) == _metrics(uninterrupted)
+    assert "AUROC" in resumed.stdout.upper() and "VAE" in resumed.stdout
+    assert "vae epoch 3/3" in resumed.stderr  # Per-epoch progress is logged...
+    assert "orbax" not in resumed.stderr  # ...but not Orbax's checkpoint bookkeeping.
+    assert "3" in os.listdir(out / "checkpoints" / "digit1_vae")  # Which did happen.
+    # A command's timings start with the process: start-up and imports are phases too.
+    timings = json.loads((out / "metrics.json").read_text())["timings"]
+    assert {"startup", "backend", "imports", "train"} <= set(timings)
 
 
 def test_eval_only_reproduces_and_writes_beside(uninterrupted):

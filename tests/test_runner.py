@@ -275,24 +275,6 @@ def test_help_lists_the_commands_own_flags():
     assert "  --beta:" not in sweep_help
 
 
-def test_flagfile_run_writes_results(tmp_path):
-    flagfile = tmp_path / "ae.flags"
-    out = tmp_path / "run"
-    flagfile.write_text(f"--models=ae\n--epochs=1\n--normal_class=1\n--hidden_dims=32\n"
-                        f"--latent_dim=4\n--anomaly_fraction=0.1\n"
-                        f"--output_dir={out}\n")  # fmt: skip
-    proc = cli("main", f"--flagfile={flagfile}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "AUROC" in proc.stdout.upper() and "AE" in proc.stdout
-    assert "ae epoch 1/1" in proc.stderr  # Per-epoch progress is logged...
-    assert "orbax" not in proc.stderr  # ...but not Orbax's checkpoint bookkeeping.
-    assert os.listdir(out / "checkpoints" / "digit1_ae") == ["1"]  # Which did happen.
-    record = json.loads((out / "metrics.json").read_text())
-    assert set(record["models"]) == {"ae"} and record["config"]["epochs"] == 1
-    # A command's timings start with the process: start-up and imports are phases too.
-    assert {"startup", "backend", "imports", "train"} <= set(record["timings"])
-
-
 def test_library_info_filter_hides_only_library_info():
     import logging as std_logging  # noqa: PLC0415
 
