@@ -31,6 +31,8 @@ def test_every_python_block_runs_as_written_with_fewer_epochs(tmp_path):
                               text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, f"{os.path.relpath(path, ROOT)}:\n{proc.stderr[-3000:]}"
         assert "'total'" in proc.stdout or "auroc" in proc.stdout, proc.stdout[-2000:]
+        if 'logging.set_verbosity("info")' in code:  # The documented switch works.
+            assert "epoch 1/1" in proc.stderr, proc.stderr[-2000:]
 
 
 # Lines a user runs, and the module whose flags they take.

@@ -88,17 +88,12 @@ def test_numpy_images_and_legacy_keys_are_accepted(split0):
         trainer(jnp.zeros(3), images)
 
 
-def test_package_exports_its_modules_and_progress_has_a_switch():
-    code = (
-        "import sys, jax_vae, jax\n"
-        "assert 'sklearn' not in sys.modules and 'orbax' not in sys.modules\n"
-        "from absl import logging\n"
-        "logging.set_verbosity('info')  # The documented switch: per-epoch lines in a script.\n"
-        "m = jax_vae.registry.build('ae', hidden_dims=(8,), latent_dim=2)\n"
-        "x = jax.random.uniform(jax.random.key(0), (20, 784))\n"
-        "jax_vae.train.train(jax.random.key(0), x, model=m, epochs=2, batch_size=10)\n"
-    )
+def test_the_package_exports_its_modules_and_imports_lightly():
+    # Importing jax_vae leaves scikit-learn and Orbax unimported until a module needs them;
+    # its modules are attributes. (The documented progress switch: tests/test_docs.py.)
+    code = ("import sys, jax_vae\n"
+            "assert 'sklearn' not in sys.modules and 'orbax' not in sys.modules\n"
+            "assert callable(jax_vae.train.make_train) and 'ae' in jax_vae.registry.names()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "model epoch 2/2" in proc.stderr
