@@ -148,7 +148,9 @@ def _name(base, index: int) -> str:
     return rules.class_label(base.dataset, index)
 
 
-def _default_dir(kind: str, grid: SweepConfig) -> str:
+def default_output_dir(kind: str, grid: SweepConfig) -> str:
+    """A path under ``runs/`` not yet taken, named after the time and what the grid runs (the
+    documented default of ``--output_dir``: ``<time>_digit3_beta2``, ``..._preset-best``)."""
     base = grid.base
     if kind == "run":
         # A preset names itself: --preset=best may train no model that has a beta.
@@ -245,7 +247,7 @@ def run(
             label += f"_s{base.score_smoothing:g}"
         output_dir = new_run_dir(f"eval_{label}", root=run_dir)
     else:
-        output_dir = run_dir or _default_dir(kind, grid)
+        output_dir = run_dir or default_output_dir(kind, grid)
     writer = sharding.is_main_process()  # Multi-host: only process 0 writes files.
     created = writer and not resume and not os.path.exists(output_dir)
     if writer and not resume:

@@ -140,10 +140,10 @@ def test_default_output_dir_is_new(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     grid = pipeline.SweepConfig.single(ExperimentConfig(beta=2.0, normal_class=3))
-    first = pipeline._default_dir("run", grid)
+    first = pipeline.default_output_dir("run", grid)
     assert first.startswith("runs/") and first.endswith("_digit3_beta2")
     os.makedirs(first)
-    assert pipeline._default_dir("run", grid) != first
+    assert pipeline.default_output_dir("run", grid) != first
 
 
 BAD_CONFIGS = [
@@ -320,7 +320,7 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     assert "orbax" in proc.stderr and "epoch 1/1" in proc.stderr  # --verbosity=0: all INFO.
     monkeypatch.chdir(tmp_path)
     grid = SweepConfig.single(ExperimentConfig(preset="best"))
-    folder = pipeline._default_dir("run", grid)
+    folder = pipeline.default_output_dir("run", grid)
     assert folder.endswith("_digit0_preset-best"), folder
     # Each dataset has its own pick (its headline); unknown datasets get the shared one.
     assert preset_values("best", "fashion_mnist") != preset_values("best", "mnist")
@@ -334,7 +334,7 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     assert config["splits"]["9"]["train"] == 5400
     # Without an explicit folder the run is named after its class, not "digit 9".
     grid = SweepConfig.single(ExperimentConfig(dataset="fashion_mnist", normal_class=9))
-    assert pipeline._default_dir("run", grid).endswith("_fashion_mnist-ankle-boot_beta1")
+    assert pipeline.default_output_dir("run", grid).endswith("_fashion_mnist-ankle-boot_beta1")
 
 
 def test_results_table_columns_are_separated_and_aligned():
