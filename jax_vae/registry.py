@@ -22,6 +22,7 @@ JAX until an entry is used, so checking a flag against :func:`names` is cheap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,8 +94,12 @@ class Model:
         return self.spec.init(self.module, key, x)
 
     def score(self, **options: Any) -> Callable[..., Any]:
-        """The per-example score with these options (see :class:`ModelSpec`)."""
-        return self.spec.score(self.module, **options)
+        """The per-example score with these options (see :class:`ModelSpec`): the same
+        function for the same options, so that scoring reuses its compiled programs."""
+        try:
+            return _score(self, tuple(sorted(options.items())))
+        except TypeError:  # An unhashable option: built afresh.
+            return self.spec.score(self.module, **options)
 
     def reconstruct(self) -> Callable[..., Any]:
         """The per-example deterministic reconstruction ``(params, x) -> x_hat``."""
@@ -183,9 +188,25 @@ def build(
     rules.image_shape("image_shape", image_shape)
     if architecture == "conv":
         rules.conv_depth("hidden_dims", tuple(hidden_dims), *image_shape[:2])
-    module = spec.build(hidden_dims=tuple(hidden_dims), latent_dim=latent_dim,
+    return _build(spec, name, tuple(hidden_dims), latent_dim, architecture, likelihood,
+                  image_shape)  # fmt: skip
+
+
+# A model and its score functions are pure, so equal requests share one object: jit's caches
+# are keyed on functions, and a second training or scoring of the same model (a notebook's
+# second run, the next class of a grid, a re-scored run) reuses the compiled programs instead
+# of tracing and compiling them again. A re-registered entry is a new key.
+@functools.lru_cache(maxsize=64)
+def _build(spec: ModelSpec, name: str, hidden_dims: tuple[int, ...], latent_dim: int,
+           architecture: str, likelihood: str, image_shape: tuple[int, int, int]) -> Model:
+    module = spec.build(hidden_dims=hidden_dims, latent_dim=latent_dim,
                         architecture=architecture, image_shape=image_shape)  # fmt: skip
     return Model(name, module, spec, spec.loss(module, likelihood=likelihood))
+
+
+@functools.lru_cache(maxsize=256)
+def _score(model: Model, options: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
+    return model.spec.score(model.module, **dict(options))
 
 
 def _builtins() -> dict[str, ModelSpec]:

@@ -369,11 +369,13 @@ def score(
     return map_chunked(score_fn, params, images, key=key, chunk_size=chunk_size, stacked=stacked)
 
 
+@functools.lru_cache(maxsize=64)
 def stack_scores(score_fns: tuple[ScoreFn, ...]) -> ScoreFn:
     """One per-example function giving every score as an array [S].
 
     Scoring S variants (e.g. smoothings) of the same model in one program lets
-    XLA compute the shared reconstruction once instead of S times.
+    XLA compute the shared reconstruction once instead of S times. The same
+    functions give the same function (its compiled programs are reused).
     """
 
     def stacked(params, x, key):

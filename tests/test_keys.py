@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, run_single
+from helpers import ROOT
 
-from experiments.config import ExperimentConfig
 from jax_vae import keys, registry, train
 
 
@@ -55,26 +54,6 @@ def test_member_zero_is_the_single_model_and_members_are_independent():
         node = jax.random.fold_in(jax.random.key(3), index)
         train_key = keys.model_keys(3, name).train
         assert _data(train_key) == _data(jax.random.fold_in(node, keys.TRAIN))
-
-
-def test_library_reproduces_the_runner_exactly(tmp_path):
-    # The README's functional snippet (with 2 epochs) against experiments.main.
-    from jax_vae import data, metrics, scoring  # noqa: PLC0415
-
-    split = data.one_class_split(data.load_dataset("bundled"), normal_class=0)
-    model = registry.build("vae")
-    train_key, score_key = keys.model_keys(0, "vae")
-    result = train.train(train_key, split.train_images, {"beta": 2.0}, model=model, epochs=2)
-    score_fn = model.score()
-    images = scoring.Parts(
-        split.val_images, split.test_images, data.synthetic_anomalies(split.val_images)
-    )
-    scores = scoring.score_parts(result.params, images, score_fn=score_fn, key=score_key)
-    library = metrics.evaluate(split.test_labels, *scores)
-    runner = run_single(ExperimentConfig(beta=2.0, epochs=2, models=("vae",),
-                                         output_dir=str(tmp_path / "r")))  # fmt: skip
-    for name, value in library.items():
-        assert runner["models"]["vae"][name] == value, name
 
 
 def test_numpy_images_and_legacy_keys_are_accepted(split0):

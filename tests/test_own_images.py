@@ -34,7 +34,8 @@ def write_pngs(folder, images, *, size=None, rgb=False):
     for i, image in enumerate(images):
         picture = Image.fromarray(image)
         picture = picture.resize(size, Image.Resampling.BILINEAR) if size else picture
-        (picture.convert("RGB") if rgb else picture).save(os.path.join(folder, f"{i:05d}.png"))
+        (picture.convert("RGB") if rgb else picture).save(
+            os.path.join(folder, f"{i:05d}.png"), compress_level=0)  # Quick to write.
 
 
 @pytest.fixture(scope="module")
