@@ -148,8 +148,14 @@ class Trainer:
     def init(self, key: jax.Array, images: jax.Array, hparams: Mapping[str, Any]) -> TrainState:
         """The epoch-0 state of one model from its training key (:mod:`jax_vae.keys`)."""
         check_args(images.shape[0], batch_size=self.batch_size, epochs=self.epochs)
+        return self.init_from(key, images[0], hparams)
+
+    def init_from(self, key: jax.Array, example: jax.Array, hparams: Mapping[str, Any]
+                  ) -> TrainState:  # fmt: skip
+        """:meth:`init` from the first training image alone: compiled, one program serves
+        training sets of every size (initializing is slow to compile: random weights)."""
         init_key, epoch_key = keys_lib.init_keys(keys_lib.as_typed(key))
-        params = self.model.init(init_key, images[0])
+        params = self.model.init(init_key, example)
         opt_state = inject(self.tx.init(params), hparams)
         return TrainState(params, opt_state, epoch_key, jnp.zeros((), jnp.int32))
 
@@ -438,7 +444,7 @@ def _programs(model, tx, batch_size, batch_sharding, state_sharding, stacked, gr
     reuse their compiled programs. Padded, the epoch returns each step's sums (see
     :func:`_real_means`)."""
     trainer = make_train(model, tx=tx, batch_size=batch_size, batch_sharding=batch_sharding)
-    init, epoch_fn = trainer.init, trainer.epoch_sums if padded else trainer.epoch
+    init, epoch_fn = trainer.init_from, trainer.epoch_sums if padded else trainer.epoch
     if stacked:
         init = jax.vmap(init, in_axes=(0, None, 0))
         epoch_fn = vmap_models(epoch_fn, group_size=group_size)
@@ -541,7 +547,7 @@ def train(
     )
     init, epoch_fn = _programs(model, tx or ADAM, batch_size, batches, state_sharding,
                                bool(key.ndim), group_size, count is not None)  # fmt: skip
-    state = init(key, images, hparams)
+    state = init(key, images[0], hparams)  # The first image (the same in every layout).
     if count is not None and mesh is not None:
         count = sharding.put(count, sharding.replicated(mesh))
     compiled = epoch_fn.lower(state, images, hparams, count).compile()
