@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from helpers import cli, one_line_error, run_grid, run_single
@@ -207,6 +208,7 @@ def test_a_grid_of_classes_compiles_one_epoch_per_model_kind_and_resumes_to_the_
     base = ExperimentConfig(epochs=2, models=("ae", "vae"), checkpoint_every=1, hidden_dims=(32,),
                             latent_dim=4, anomaly_fraction=0.1, output_dir=str(out))
     config = SweepConfig(betas=(1.0,), seeds=(0,), classes=(1, 7), base=base)
+    jax.clear_caches()  # Programs this worker built before (equal models share them).
     with counting_compiles() as built:
         full = run_grid(config, kind="sweep")["rows"]
     # Digit 7 padded to digit 1's size: per model kind one program, built (compiled, or
