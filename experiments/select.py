@@ -23,7 +23,6 @@ from absl import flags
 
 from experiments import cli
 from experiments.config import ConfigError
-from experiments.report import best, summarize
 
 flags.DEFINE_list("mnist", [], "Sweep folders of the MNIST candidates.")
 flags.DEFINE_list("fashion_mnist", [], "Sweep folders of the Fashion-MNIST candidates.")
@@ -34,6 +33,8 @@ DATASETS = ("mnist", "fashion_mnist")
 def load_candidates(folders: list[str]) -> tuple[dict, dict]:
     """(test AUROC summary, synthetic AUROC summary) of every candidate of the sweeps,
     labelled with their epochs (``VAE b=1 s=1 e60``)."""
+    from experiments.report import summarize  # noqa: PLC0415  (JAX: after the flag checks)
+
     test, synthetic = {}, {}
     for folder in folders:
         try:
@@ -50,6 +51,8 @@ def load_candidates(folders: list[str]) -> tuple[dict, dict]:
 
 def select(candidates: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, str]]:
     """The pick of each rule on each dataset (both datasets' candidates are needed)."""
+    from experiments.report import best  # noqa: PLC0415
+
     (a, b) = DATASETS
     picks = {}
     for dataset, other in ((a, b), (b, a)):
