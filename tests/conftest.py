@@ -55,13 +55,13 @@ def _load_idx_once(directory, *, verify_md5=False):
 data.load_idx = _load_idx_once
 
 
-# The test files, longest first (CPU seconds measured on 2026-12-02: about 50 down to 6), as
+# The test files, longest first (CPU seconds measured on 2026-12-02: about 40 down to 5), as
 # the workers take them (one file at a time): the last files to start are short, so the two
 # workers finish together. (xdist's default order, most tests first, started the 2-test
 # files of 40-50 s last, and one worker idled for 20 s at the end.) Unlisted files go last.
-LONGEST_FIRST = ("sweeps", "benchmark", "checkpoints", "sharding", "runner", "docs",
-                 "own_images", "train", "tensorboard", "models_losses", "extensions",
-                 "detector", "scoring_metrics", "data", "baselines", "registry", "keys")
+LONGEST_FIRST = ("benchmark", "sweeps", "sharding", "checkpoints", "runner", "own_images",
+                 "tensorboard", "docs", "train", "models_losses", "extensions", "detector",
+                 "scoring_metrics", "data", "baselines", "registry", "keys")
 
 
 def pytest_collection_modifyitems(items):
@@ -86,3 +86,22 @@ def pytest_unconfigure(config):
     """The session's compilation cache goes with the session (the main process, last)."""
     if not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The finished small run that several files read (never change): an AE and a beta-VAE
+# (beta 2), 3 epochs, a checkpoint each epoch, TensorBoard events and plots. It is what
+# tests/test_checkpoints.py's SMALL_RUN command gives; one run per worker that needs it.
+SMALL_RUN = dict(epochs=3, beta=2.0, checkpoint_every=1, normal_class=1, hidden_dims=(32,),
+                 latent_dim=4, anomaly_fraction=0.1)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    from helpers import run_single  # noqa: PLC0415
+
+    from experiments.config import ExperimentConfig  # noqa: PLC0415
+
+    out = tmp_path_factory.mktemp("small") / "run"
+    run_single(ExperimentConfig(output_dir=str(out), **SMALL_RUN), plots=True)
+    return out
+

@@ -21,8 +21,9 @@ from experiments.config import ConfigError, ExperimentConfig, load_run_config
 from jax_vae import checkpoints, registry, train
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold")
-SMALL_RUN = ("--epochs=3", "--checkpoint_every=1", "--normal_class=1", "--hidden_dims=32",
-             "--latent_dim=4", "--anomaly_fraction=0.1")  # fmt: skip
+# conftest.SMALL_RUN as flags: the command's run equals the shared small_run.
+SMALL_RUN = ("--epochs=3", "--beta=2", "--checkpoint_every=1", "--normal_class=1",
+             "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1")  # fmt: skip
 
 
 def _main(*args, timeout=300):
@@ -86,12 +87,9 @@ def test_changed_model_shape_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(small_run):
     """SMALL_RUN in-process (the command's numbers: the same flags, devices and XLA)."""
-    out = tmp_path_factory.mktemp("full") / "run"
-    run_single(ExperimentConfig(epochs=3, checkpoint_every=1, normal_class=1, hidden_dims=(32,),
-                                latent_dim=4, anomaly_fraction=0.1, output_dir=str(out)))
-    return out
+    return small_run
 
 
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):

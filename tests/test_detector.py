@@ -10,11 +10,10 @@ import os
 import jax
 import numpy as np
 import pytest
-from helpers import run_single
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from experiments.config import ConfigError, ExperimentConfig
+from experiments.config import ConfigError
 from jax_vae import data, detector
 
 TINY = dict(hidden_dims=(32,), latent_dim=4, epochs=2)
@@ -42,12 +41,8 @@ def test_fit_score_predict_save_load(mnist, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("score") / "run"
-    run_single(ExperimentConfig(models=("ae", "vae"), beta=2.0, normal_class=1,
-                                anomaly_fraction=0.1, checkpoint_every=1, output_dir=str(out),
-                                **TINY))  # fmt: skip
-    return out
+def run(small_run):
+    return small_run  # An AE and a beta-VAE (beta 2) of the command line (conftest).
 
 
 def test_a_command_line_run_loads_as_a_detector(run):

@@ -36,10 +36,8 @@ def _steps(events, tag):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tb") / "run"
-    run_single(ExperimentConfig(epochs=3, beta=2.0, output_dir=str(out), **TINY), plots=True)
-    return out
+def run(small_run):
+    return small_run  # 3 epochs of an AE and a beta-VAE (beta 2), with plots (conftest).
 
 
 def test_run_events_equal_its_metrics_and_history(run):
