@@ -32,12 +32,17 @@ from jax_vae import rules
 BUILTIN_KEY_IDS = {"ae": 0, "vae": 1}
 
 
-def init_module(module: Any, key: Any, x: Any) -> Any:
-    """Initializes a module called as ``module(x)``; compiled, not run op by op (the
-    conv models' forward pass is hundreds of small operations)."""
+def init_module(module: Any, key: Any, x: Any, *extra: Any) -> Any:
+    """Initializes a module called as ``module(x, *extra)``; compiled, not run op by op (the
+    conv models' forward pass is hundreds of small operations), once per module and shapes."""
+    return _jitted_init(module)(key, x, *extra)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(module: Any) -> Callable[..., Any]:
     import jax  # noqa: PLC0415
 
-    return jax.jit(module.init)(key, x)
+    return jax.jit(module.init)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -227,7 +232,7 @@ def _builtins() -> dict[str, ModelSpec]:
         import jax  # noqa: PLC0415
 
         param_key, sample_key = jax.random.split(key)
-        return jax.jit(module.init)(param_key, x, sample_key)
+        return init_module(module, param_key, x, sample_key)
 
     return {
         "ae": ModelSpec(

@@ -14,10 +14,11 @@ import pytest
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # One persistent compilation cache per test session (not the user's), for the commands the
 # tests start and for the tests themselves: many compile the same small programs.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())  # Shared by the workers.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-    tempfile.gettempdir(), f"jax-vae-test-xla-{_RUN}"
+# The main process names it; its workers inherit the name (set before they start).
+_CACHE = os.environ.setdefault(
+    "JAX_VAE_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), f"jax-vae-test-xla-{os.getpid()}")
 )
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # The tests compile about a thousand small programs and run most of them briefly. Without
 # LLVM's optimisation passes, and with XLA:CPU's older elemental emitters in place of its
@@ -85,7 +86,7 @@ def split0(mnist) -> data.OneClassSplit:
 def pytest_unconfigure(config):
     """The session's compilation cache goes with the session (the main process, last)."""
     if not hasattr(config, "workerinput"):
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 # The finished small run that several files read (never change): an AE and a beta-VAE
