@@ -17,7 +17,6 @@ Keys come from :mod:`jax_vae.keys`, so the library alone reproduces each row.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.metadata
 import os
 import platform
@@ -440,16 +439,7 @@ def _keys(grid: SweepConfig, name: str, points: list[dict]) -> keys.ModelKeys:
 def _optimizer(grid: SweepConfig) -> optax.GradientTransformation:
     """Adam. One learning rate: as a constant, as the seed spec (bit for bit as it always
     was). Several: injected, so that each model reads its own (a vmapped axis)."""
-    return _adam(grid.rates[0], injected=len(grid.rates) > 1)
-
-
-@functools.lru_cache(maxsize=16)
-def _adam(rate: float, *, injected: bool) -> optax.GradientTransformation:
-    # One object per setting (and the library's default at 1e-3), so that runs with equal
-    # models and settings reuse one compiled training program (jax_vae.train._programs).
-    if injected:
-        return optax.inject_hyperparams(optax.adam)(learning_rate=rate)
-    return train.ADAM if rate == 1e-3 else optax.adam(rate)
+    return train.adam(grid.rates[0], injected=len(grid.rates) > 1)
 
 
 def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh) -> tuple:

@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jax_vae import data, keys, metrics, registry, rules, scoring, train
 from jax_vae.checkpoints import Checkpointer, CheckpointError
@@ -92,7 +91,7 @@ class Detector:
         val, fit = images[np.sort(order[:held])], images[np.sort(order[held:])]
         result = train.train(
             jax.random.fold_in(key, keys.TRAIN), fit, self.hparams, model=self.model,
-            tx=optax.adam(self.settings["learning_rate"]), epochs=self.settings["epochs"],
+            tx=train.adam(self.settings["learning_rate"]), epochs=self.settings["epochs"],
             batch_size=min(self.settings["batch_size"], fit.shape[0]), hooks=(),
         )  # fmt: skip
         self.params, self.history, self._state = result.params, result.history, result.state
@@ -181,7 +180,7 @@ class Detector:
         # The restore template: one model's state, as training initializes it.
         example = jnp.zeros((1, math.prod(detector.model.module.image_shape)), jnp.float32)
         params = detector.model.init(jax.random.key(0), example[0])
-        tx = optax.adam(detector.settings["learning_rate"])
+        tx = train.adam(detector.settings["learning_rate"])
         template = train.TrainState(params, tx.init(params),
                                     jax.random.key(0), jnp.zeros((), jnp.int32))  # fmt: skip
         checkpointer = Checkpointer(folder)

@@ -101,10 +101,12 @@ class Model:
     def score(self, **options: Any) -> Callable[..., Any]:
         """The per-example score with these options (see :class:`ModelSpec`): the same
         function for the same options, so that scoring reuses its compiled programs."""
+        key = tuple(sorted(options.items()))
         try:
-            return _score(self, tuple(sorted(options.items())))
+            hash(key)
         except TypeError:  # An unhashable option: built afresh.
             return self.spec.score(self.module, **options)
+        return _score(self, key)
 
     def reconstruct(self) -> Callable[..., Any]:
         """The per-example deterministic reconstruction ``(params, x) -> x_hat``."""

@@ -42,9 +42,19 @@ from jax_vae import keys as keys_lib
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 Terms = dict[str, Any]
-# The seed spec's optimizer, the default everywhere: one object (optax transformations are
-# pure), so that trainings with the default reuse one compiled program.
-ADAM = optax.adam(1e-3)
+
+
+@functools.lru_cache(maxsize=16)
+def adam(learning_rate: float, *, injected: bool = False) -> optax.GradientTransformation:
+    """Adam, one object per setting (optax transformations are pure), so that trainings
+    with equal models and settings reuse one compiled program. ``injected``: the rate is
+    read from the hyperparameters (``optax.inject_hyperparams``), a vmapped axis."""
+    if injected:
+        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    return optax.adam(learning_rate)
+
+
+ADAM = adam(1e-3)  # The seed spec's optimizer, the default everywhere.
 
 
 class TrainState(struct.PyTreeNode):

@@ -205,3 +205,25 @@ def test_uint8_and_image_shaped_arrays_train_as_their_scaled_flat_floats(mnist):
         run(raw.astype(np.float32))
     with pytest.raises(ValueError, match="uint8 .* or floats"):
         run(raw.astype(np.int64))
+
+
+def test_an_equal_model_reuses_its_compiled_programs():
+    # Equal requests give one model, one score function and one optimizer, so a second
+    # training builds no program; the init program does not depend on the set's size.
+    from benchmarks.accelerator import counting_compiles  # noqa: PLC0415
+
+    def model():
+        return registry.build("vae", hidden_dims=(16,), latent_dim=3)
+
+    assert model() is model() and model().score(smoothing=1.0) is model().score(smoothing=1.0)
+    assert train.adam(1e-2) is train.adam(1e-2) and train.adam(1e-3) is train.ADAM
+    images = _images(300)
+    run = functools.partial(train.train, jax.random.key(0), model=model(), tx=train.adam(1e-2),
+                            epochs=1, batch_size=64, hooks=())  # fmt: skip
+    run(images)
+    with counting_compiles() as again:
+        run(images)
+    assert [name for name, _ in again if "train_epoch" in name or "init" in name] == []
+    with counting_compiles() as smaller:
+        run(images[:250])  # Another size: its own epoch, the same init.
+    assert [name for name, _ in smaller if "init" in name] == []
