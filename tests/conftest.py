@@ -89,20 +89,14 @@ def pytest_unconfigure(config):
         shutil.rmtree(_CACHE, ignore_errors=True)
 
 
-# The finished small run that several files read (never change): an AE and a beta-VAE
-# (beta 2), 3 epochs, a checkpoint each epoch, TensorBoard events and plots. It is what
-# tests/test_checkpoints.py's SMALL_RUN command gives; one run per worker that needs it.
-SMALL_RUN = dict(epochs=3, beta=2.0, checkpoint_every=1, normal_class=1, hidden_dims=(32,),
-                 latent_dim=4, anomaly_fraction=0.1)
-
-
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
-    from helpers import run_single  # noqa: PLC0415
+    """helpers.SMALL_RUN, finished, with TensorBoard events and plots; tests only read it
+    (one run per worker that needs it)."""
+    from helpers import SMALL_RUN, run_single  # noqa: PLC0415
 
     from experiments.config import ExperimentConfig  # noqa: PLC0415
 
     out = tmp_path_factory.mktemp("small") / "run"
     run_single(ExperimentConfig(output_dir=str(out), **SMALL_RUN), plots=True)
     return out
-

@@ -11,6 +11,19 @@ from unittest import mock
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The finished small run several test files read (conftest.small_run), and the command
+# tests/test_checkpoints.py kills and resumes to equal it: an AE and a beta-VAE (beta 2),
+# 3 epochs, a checkpoint each epoch.
+SMALL_RUN = dict(epochs=3, beta=2.0, checkpoint_every=1, normal_class=1, hidden_dims=(32,),
+                 latent_dim=4, anomaly_fraction=0.1)
+
+
+def command_flags(settings: dict) -> tuple[str, ...]:
+    """Settings as the command's flags (tuples comma-separated)."""
+    return tuple(f"--{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                 for name, v in settings.items())  # fmt: skip
+
+
 def _close(figure, path):
     import matplotlib.pyplot as plt  # noqa: PLC0415
 

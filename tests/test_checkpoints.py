@@ -15,15 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, cli, cli_argv, run_single
+from helpers import ROOT, SMALL_RUN, cli, cli_argv, command_flags, run_single
 
 from experiments.config import ConfigError, ExperimentConfig, load_run_config
 from jax_vae import checkpoints, registry, train
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "fpr", "threshold")
-# conftest.SMALL_RUN as flags: the command's run equals the shared small_run.
-SMALL_RUN = ("--epochs=3", "--beta=2", "--checkpoint_every=1", "--normal_class=1",
-             "--hidden_dims=32", "--latent_dim=4", "--anomaly_fraction=0.1")  # fmt: skip
 
 
 def _main(*args, timeout=300):
@@ -97,7 +94,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     uninterrupted run's numbers, and the command's outputs and logs."""
     out = tmp_path / "killed"
     flagfile = tmp_path / "small.flags"
-    flagfile.write_text("\n".join([*SMALL_RUN, f"--output_dir={out}"]) + "\n")
+    flagfile.write_text("\n".join([*command_flags(SMALL_RUN), f"--output_dir={out}"]) + "\n")
     proc = subprocess.Popen(cli_argv("main", f"--flagfile={flagfile}"), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     first = out / "checkpoints" / "digit1_ae" / "2"
