@@ -121,10 +121,18 @@ class Detector:
         return (self.score(images) > self.threshold).astype(np.int32)
 
     def save(self, directory: str) -> None:
-        """Writes ``config.json`` and the final training state (an Orbax checkpoint)."""
+        """Writes ``config.json`` and the final training state (an Orbax checkpoint) into a
+        new folder ``directory``.
+
+        Raises:
+          ValueError: The detector is not fitted.
+          FileExistsError: ``directory`` exists (what is there is left as it is).
+        """
         if self._state is None:
             raise ValueError("only a fitted detector can be saved")
-        os.makedirs(directory, exist_ok=False)
+        if os.path.lexists(directory):
+            raise FileExistsError(f"{directory} exists; save the detector into a new folder")
+        os.makedirs(directory)
         record = {**{k: v for k, v in self.settings.items()}, "models": [self.model.name],
                   "detector": {"model": self.model.name, "threshold": self.threshold,
                                "hparams": {k: float(v) for k, v in self.hparams.items()},

@@ -34,6 +34,11 @@ def test_fit_score_predict_save_load(mnist, tmp_path):
     again = detector.Detector.load(str(tmp_path / "det"))
     assert again.threshold == d.threshold and again.model.name == "vae"
     np.testing.assert_array_equal(again.score(test), scores)
+    # Saving over a folder is refused and leaves what is there as it was.
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "det").rglob("*"))
+    with pytest.raises(FileExistsError):
+        again.save(str(tmp_path / "det"))
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "det").rglob("*")) == files
     with pytest.raises(ValueError, match="not fitted"):
         detector.Detector("ae").score(test)
     with pytest.raises(TypeError, match="unknown settings"):
