@@ -479,7 +479,7 @@ def _restore(grid, normal, model, split, *, tx, mesh, checkpointer, **_) -> tupl
     init = train.make_train(model, tx=tx, batch_size=base.batch_size, epochs=base.epochs).init
     if jnp.ndim(train_keys):
         init = jax.vmap(init, in_axes=(0, None, 0))
-    template = jax.jit(init)(train_keys, jnp.asarray(split.train_images), hparams)
+    template = train.state_template(init, train_keys, split.train_images, hparams)
     state, history = checkpointer.restore(template)
     return Group(normal, model.name, points, None, train.stack_history(history), state.params,
                  model), {}  # fmt: skip

@@ -185,12 +185,12 @@ class Detector:
             hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"]}
         detector = cls(name, **settings)  # A run's images: MNIST's 28x28x1 (the default).
         detector.hparams = {k: v for k, v in hparams.items() if k in detector.model.hparams}
-        # The restore template: one model's state, as training initializes it.
-        example = jnp.zeros((1, math.prod(detector.model.module.image_shape)), jnp.float32)
-        params = detector.model.init(jax.random.key(0), example[0])
+        # The restore template: one model's state, shaped as training initializes it.
+        example = jnp.zeros(math.prod(detector.model.module.image_shape), jnp.float32)
         tx = train.adam(detector.settings["learning_rate"])
-        template = train.TrainState(params, tx.init(params),
-                                    jax.random.key(0), jnp.zeros((), jnp.int32))  # fmt: skip
+        trainer = train.make_train(detector.model, tx=tx)
+        template = train.state_template(trainer.init_from, jax.random.key(0), example,
+                                        detector.hparams)  # fmt: skip
         checkpointer = Checkpointer(folder)
         if checkpointer.latest_epoch() != detector.settings["epochs"]:
             checkpointer.close()

@@ -227,3 +227,22 @@ def test_an_equal_model_reuses_its_compiled_programs():
     with counting_compiles() as smaller:
         run(images[:250])  # Another size: its own epoch, the same init.
     assert [name for name, _ in smaller if "init" in name] == []
+
+
+def test_a_restore_template_is_shaped_as_the_initial_state_without_an_init_program():
+    from benchmarks.accelerator import counting_compiles  # noqa: PLC0415
+
+    trainer = train.make_train(registry.build("vae", hidden_dims=(16,), latent_dim=3),
+                               tx=train.adam(1e-2, injected=True))  # fmt: skip
+    keys, x, hparams = jax.random.split(jax.random.key(0), 2), _images(1)[0], {
+        "beta": jnp.ones(2), "learning_rate": jnp.full(2, 1e-2)}
+    init = jax.vmap(trainer.init_from, in_axes=(0, None, 0))
+    with counting_compiles() as built:
+        template = train.state_template(init, keys, x, hparams)
+    # Zeros only: nothing initializes or draws random numbers, eagerly or compiled.
+    assert not [name for name, _ in built
+                if any(w in name for w in ("init", "normal", "uniform", "threefry"))]  # fmt: skip
+    state = jax.jit(init)(keys, x, hparams)
+    assert jax.tree.structure(template) == jax.tree.structure(state)
+    for got, want in zip(jax.tree.leaves(template), jax.tree.leaves(state), strict=True):
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
