@@ -69,10 +69,13 @@ def test_numpy_images_and_legacy_keys_are_accepted(split0):
 
 def test_the_package_exports_its_modules_and_imports_lightly():
     # Importing jax_vae leaves scikit-learn and Orbax unimported until a module needs them;
-    # its modules are attributes. (The documented progress switch: tests/test_docs.py.)
+    # its modules are attributes. (The documented progress switch: tests/test_docs.py.) The
+    # plots import scikit-learn for the ROC curve only: the score command's maps do without.
     code = ("import sys, jax_vae\n"
             "assert 'sklearn' not in sys.modules and 'orbax' not in sys.modules\n"
-            "assert callable(jax_vae.train.make_train) and 'ae' in jax_vae.registry.names()\n")
+            "assert callable(jax_vae.train.make_train) and 'ae' in jax_vae.registry.names()\n"
+            "import experiments.plots\n"
+            "assert 'sklearn' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
