@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from experiments.config import (
@@ -304,7 +303,9 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     # One model and optimizer object per kind, for every class: the epoch program is reused.
     models = {name: config_model(base, name, dataset.image_shape) for name in base.models
               if name not in rules.BASELINES}  # fmt: skip
-    tx = _optimizer(grid)
+    # Adam. One learning rate: a constant, as the seed spec (bit for bit as it always was).
+    # Several: injected, so that each model reads its own (a vmapped axis; see _hparams).
+    tx = train.adam(grid.rates[0], injected=len(grid.rates) > 1)
     for normal in grid.classes:
         with timings.phase("data"):
             split = data.take_split(dataset, indices[normal], normal)
@@ -436,12 +437,6 @@ def _keys(grid: SweepConfig, name: str, points: list[dict]) -> keys.ModelKeys:
     return keys.ModelKeys(*(jnp.concatenate(k) for k in zip(*members, strict=True)))
 
 
-def _optimizer(grid: SweepConfig) -> optax.GradientTransformation:
-    """Adam. One learning rate: as a constant, as the seed spec (bit for bit as it always
-    was). Several: injected, so that each model reads its own (a vmapped axis)."""
-    return train.adam(grid.rates[0], injected=len(grid.rates) > 1)
-
-
 def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh) -> tuple:
     """The per-model hyperparameters [points * members (+ mesh padding)] of one model
     kind's points, and their training keys (one key, scalars for one model)."""
@@ -453,7 +448,7 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh)
         hparams["beta"] = np.array([p["beta"] for p in points], np.float32)
     if "kl_warmup_epochs" in hparams:
         hparams["kl_warmup_epochs"][:] = base.kl_warmup_epochs
-    if len(grid.rates) > 1:  # Injected into the optimizer (see _optimizer).
+    if len(grid.rates) > 1:  # Injected into the optimizer (see _run_classes).
         hparams["learning_rate"] = np.array([p["learning_rate"] for p in points], np.float32)
     hparams = {h: np.repeat(v, members) for h, v in hparams.items()}
     if mesh is not None and grid.mesh_layout == sharding.MODELS:
