@@ -20,6 +20,7 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -118,8 +119,25 @@ def config_mesh(base, layout: str) -> jax.sharding.Mesh | None:
     return sharding.make_mesh(layout, devices=jax.devices()[:width]) if width > 1 else None
 
 
+def host_cpu() -> str:
+    """The host CPU's model and widest x86 vector extension (``AMD EPYC (avx2)``; elsewhere
+    what ``platform`` knows). XLA:CPU's kernels choose their instructions by the CPU, so a
+    training's numbers can differ in their last bits between CPUs of other kinds."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        info = ""
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    widest = next((ext for ext in ("avx512f", "avx2", "avx")
+                   if flags and ext in flags.group(1).split()), None)  # fmt: skip
+    model = name.group(1).strip() if name else platform.processor() or platform.machine()
+    return f"{model} ({widest})" if widest else model
+
+
 def environment_record() -> dict[str, Any]:
-    """Package versions and devices, for reproducibility."""
+    """Package versions, devices and the host CPU, for reproducibility."""
     versions = {"python": platform.python_version()}
     for package in PACKAGES:
         try:
@@ -130,6 +148,7 @@ def environment_record() -> dict[str, Any]:
         "versions": versions,
         "devices": [f"{d.platform}:{d.device_kind}:{d.id}" for d in jax.devices()],
         "backend": jax.default_backend(),
+        "cpu": host_cpu(),
     }
 
 

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
 import time
 
 import numpy as np
@@ -66,7 +68,7 @@ def test_end_to_end_files_and_schema(e2e):
     for field in dataclasses.fields(ExperimentConfig):
         assert field.name in cfg, field.name
     assert cfg["beta"] == 2.0 and cfg["epochs"] == 2
-    assert cfg["versions"]["jax"] and cfg["devices"]
+    assert cfg["versions"]["jax"] and cfg["devices"] and cfg["cpu"]
     split = cfg["splits"]["0"]
     assert (split["train"], split["val"], split["test"], split["test_anomalies"]) == (
         5331, 592, 10000, 9020)
@@ -348,6 +350,24 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     # Without an explicit folder the run is named after its class, not "digit 9".
     grid = SweepConfig.single(ExperimentConfig(dataset="fashion_mnist", normal_class=9))
     assert pipeline.default_output_dir("run", grid).endswith("_fashion_mnist-ankle-boot_beta1")
+
+
+def test_the_record_names_the_host_cpu_as_lscpu_does():
+    # Trained numbers can differ in their last bits between CPUs of other kinds (the README's
+    # Results), so a record says which CPU made it.
+    from experiments.pipeline import host_cpu  # noqa: PLC0415
+
+    if not shutil.which("lscpu") or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("needs Linux's lscpu")
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    model = re.search(r"^Model name:\s*(.+)$", out, re.M)
+    flags = re.search(r"^Flags:\s*(.+)$", out, re.M)
+    if not (model and flags):
+        pytest.skip("lscpu names no x86 model and flags here")
+    cpu, flags = host_cpu(), set(flags.group(1).split())
+    assert cpu.startswith(model.group(1).strip()), cpu
+    widest = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "avx"
+    assert cpu.endswith(f"({widest})") == (widest in flags), (cpu, widest)
 
 
 def test_results_table_columns_are_separated_and_aligned():
