@@ -130,8 +130,8 @@ def host_cpu() -> str:
         info = ""
     name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
-    widest = next((ext for ext in ("avx512f", "avx2", "avx")
-                   if flags and ext in flags.group(1).split()), None)  # fmt: skip
+    flags = set(flags.group(1).split()) if flags else set()
+    widest = next((ext for ext in ("avx512f", "avx2", "avx") if ext in flags), None)
     model = name.group(1).strip() if name else platform.processor() or platform.machine()
     return f"{model} ({widest})" if widest else model
 
