@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import uuid
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,10 @@ HPARAMS = (
 )  # fmt: skip
 
 
-def run_name(base, row: dict[str, Any], smoothed: bool, rated: bool = False) -> str:
-    """The TensorBoard run of one grid row (its learning rate too when the grid has several)."""
+def run_name(base, row: dict[str, Any], smoothed: bool, rated: bool = False,
+             axes: tuple[str, ...] = ()) -> str:
+    """The TensorBoard run of one grid row (its learning rate too when the grid has several;
+    its value on each of the models' own ``axes``, ``_noise0.1``, where it has one)."""
     from jax_vae.rules import class_slug  # noqa: PLC0415
 
     name = f"{class_slug(base.dataset, row['normal_class'])}/{row['model']}"
@@ -39,6 +42,7 @@ def run_name(base, row: dict[str, Any], smoothed: bool, rated: bool = False) -> 
         name += f"_b{row['beta']:g}"
     if rated and row.get("learning_rate") is not None:
         name += f"_lr{row['learning_rate']:g}"
+    name += "".join(f"_{a}{row[a]:g}" for a in axes if row.get(a) is not None)
     name += f"_seed{row['seed']}"
     if smoothed and row.get("smoothing") is not None:
         name += f"_smooth{row['smoothing']:g}"
@@ -81,13 +85,16 @@ class Board:
         if run not in self.writers:
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
+            # tensorboardX names an event file after the second it opens it: a writer of the
+            # same run in the same second (a resume, an evaluation) would truncate the first
+            # writer's file. A suffix of its own per writer keeps every file.
             self.writers[run] = SummaryWriter(
                 os.path.join(self.root, run), purge_step=step if self.resume else None,
-                flush_secs=10,
+                flush_secs=10, filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:12]}",
             )  # fmt: skip
         return self.writers[run]
 
-    def epoch_hook(self, runs: list[list[str]], *, members: int, images: int, betas, warmup: int):
+    def epoch_hook(self, runs: list[list[str]], *, members: int, images: int, betas, warmup):
         """A training hook writing each model's epoch scalars to its runs.
 
         Args:
@@ -95,7 +102,8 @@ class Board:
           members: Ensemble members per point (their means are averaged).
           images: Training images per epoch and model.
           betas: Per point, its beta (None for the AE).
-          warmup: KL warm-up epochs (the written beta follows the ramp).
+          warmup: KL warm-up epochs, one for all or per point (the written beta follows
+            the ramp).
         """
         if self.root is None:
             return lambda e: None
@@ -108,7 +116,7 @@ class Board:
                      for t, v in e.means.items()}  # fmt: skip  (the loss terms as they come)
             # The KL weight training used this epoch, every point's in one call.
             beta = np.asarray(warmed_beta(np.array([b or 0.0 for b in betas], np.float32),
-                                          e.epoch, np.float32(warmup)))  # fmt: skip
+                                          e.epoch, np.asarray(warmup, np.float32)))  # fmt: skip
             for p, point_runs in enumerate(runs):
                 scalars = {f"train/{t}": m[p] for t, m in means.items()}
                 scalars["train/epoch_seconds"] = e.seconds
@@ -122,8 +130,9 @@ class Board:
 
         return hook
 
-    def finals(self, base, rows: list[dict[str, Any]]) -> None:
-        """Each row's final metrics (at its last epoch) and hyperparameters (HParams)."""
+    def finals(self, base, rows: list[dict[str, Any]], axes: tuple[str, ...] = ()) -> None:
+        """Each row's final metrics (at its last epoch) and hyperparameters (HParams; the
+        models' own ``axes`` among them)."""
         if self.root is None:
             return
         from tensorboardX.summary import hparams  # noqa: PLC0415
@@ -133,7 +142,7 @@ class Board:
         smoothed = len({r.get("smoothing") for r in rows}) > 1
         rated = len({r.get("learning_rate") for r in rows} - {None}) > 1
         for row in rows:
-            w = self.writer(run_name(base, row, smoothed, rated), base.epochs)
+            w = self.writer(run_name(base, row, smoothed, rated, axes), base.epochs)
             # Without test images (a folder without test/) only what the held-out normals give.
             metrics = {f"final/{t}": float(row[t]) for t in FINAL_TAGS if row[t] is not None}
             for tag, value in metrics.items():
@@ -145,6 +154,7 @@ class Board:
                 "learning_rate": float(row.get("learning_rate") or base.learning_rate),
                 "smoothing": float(row.get("smoothing") or 0.0),
                 **{k: _hparam(getattr(base, k)) for k in HPARAMS},
+                **{a: float(row[a]) for a in axes if row.get(a) is not None},
             }  # fmt: skip
             # Session infos only: TensorBoard then builds the experiment from every run, knows
             # which hyperparameters differ between them and shows those first.

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 
 import numpy as np
@@ -61,6 +62,24 @@ def test_run_events_equal_its_metrics_and_history(run):
     images = _events(run / "tensorboard" / "plots").Tags()["images"]
     assert sorted(images) == ["latent", "reconstructions", "roc", "score_histograms",
                               "training_curves"]  # fmt: skip
+
+
+def test_a_second_writer_of_a_run_in_the_same_second_keeps_the_first_ones_events(
+        tmp_path, monkeypatch):  # fmt: skip
+    """A resume (or evaluation) that opens a run's writer again within the second its first
+    writer opened it: tensorboardX names files by the second, so both must still be read."""
+    from tensorboardX import event_file_writer  # noqa: PLC0415
+
+    from experiments.tensorboard import Board  # noqa: PLC0415
+
+    # The writers' clock (their file names) stands still; everything else keeps time.
+    monkeypatch.setattr(event_file_writer, "time", types.SimpleNamespace(
+        time=lambda: 1_800_000_000.0, sleep=time.sleep))  # fmt: skip
+    for step, resume in ((1, False), (2, True)):
+        board = Board(str(tmp_path), resume=resume)
+        board.writer("r", step).add_scalar("train/total", float(step), step)
+        board.close()
+    assert [s for s, _ in _steps(_events(tmp_path / "r"), "train/total")] == [1, 2]
 
 
 def test_resumed_run_continues_the_curves_without_duplicate_steps(tmp_path):
