@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from absl import app, flags, logging
 
 from experiments.config import (
+    SETTING_HPARAMS,
     ConfigError,
     ExperimentConfig,
     SweepConfig,
@@ -27,7 +28,7 @@ from experiments.config import (
     preset_values,
 )
 from experiments.timing import Timings, process_start
-from jax_vae import errors, rules
+from jax_vae import errors, plugins, rules
 
 FLAGS = flags.FLAGS
 _DEFINERS = {
@@ -44,7 +45,7 @@ def define_experiment_flags(*, exclude: Iterable[str] = ()) -> None:
     ``flags.adopt_module_key_flags(cli)``.
     """
     for field in dataclasses.fields(ExperimentConfig):
-        if field.name in exclude:
+        if field.name in exclude or not field.metadata.get("flag", True):
             continue
         help_text = field.metadata["help"]
         if field.name == "normal_class":  # An index or a name: parsed with the dataset known.
@@ -66,7 +67,7 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in overrides:
             values[field.name] = overrides[field.name]
-        elif field.name in FLAGS:  # Fields without a flag keep their defaults.
+        elif field.name in FLAGS and field.metadata.get("flag", True):  # Else: the default.
             values[field.name] = FLAGS[field.name].value
     dataset = values.get("dataset", "mnist")
     # An unknown preset sets nothing here; validate() names it.
@@ -85,7 +86,61 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
                 ) from None
     if "models" in values:
         values["models"] = tuple(m.strip().lower() for m in values["models"])
+    if "hparams" in FLAGS and "hparams" not in overrides:
+        for name, value in parse_assignments(FLAGS["hparams"].value or [], flag="hparams"):
+            if name in SETTING_HPARAMS:  # --hparams=beta=2 is --beta=2.
+                if name in FLAGS and FLAGS[name].present:
+                    raise ConfigError(f"--hparams sets {name} and so does --{name}; give one")
+                field_type = ExperimentConfig.__dataclass_fields__[name].type
+                values[name] = int(value) if field_type == "int" and value.is_integer() else value
+            else:
+                values.setdefault("hparams", {})[name] = value
+    values.setdefault("imports", imported())
     return ExperimentConfig(**values)
+
+
+def parse_assignments(items: Iterable[str], *, flag: str) -> list[tuple[str, Any]]:
+    """``name=value`` items (``noise=0.3``; with a comma list of values, ``noise=0.1,0.4``
+    for ``--grid``) as (name, float or tuple of floats) pairs, each name once."""
+    pairs, seen = [], set()
+    for item in items:
+        name, eq, text = item.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier() or not text.strip():
+            raise ConfigError(f"--{flag} takes name=value{'s' if flag == 'grid' else ''} "
+                              f"(e.g. noise=0.3), got {item!r}")  # fmt: skip
+        if name in seen:
+            raise ConfigError(f"--{flag} gives {name} twice")
+        seen.add(name)
+        if flag == "grid":
+            pairs.append((name, text))
+            continue
+        try:
+            pairs.append((name, float(text)))
+        except ValueError:
+            raise ConfigError(f"--{flag} {name} must be a number, got {text!r}") from None
+    return pairs
+
+
+def define_hparams_flag() -> None:
+    """``--hparams=noise=0.3,beta=2``: a single run's hyperparameters, by name."""
+    flags.DEFINE_list("hparams", [], "Hyperparameters by name, e.g. noise=0.3,beta=2: those of "
+                      "the models (their registry entries' hparams), beta, learning_rate, "
+                      "kl_warmup_epochs.")  # fmt: skip
+
+
+def define_grid_flag() -> None:
+    """``--grid=noise=0.1,0.2,0.4`` (repeatable): an axis of a sweep, by name."""
+    flags.DEFINE_multi_string("grid", [], "A grid axis: name=values, e.g. noise=0.1,0.2,0.4 "
+                              "(repeat for more axes): a hyperparameter of the models, beta, "
+                              "learning_rate, kl_warmup_epochs; also seed, normal_class, "
+                              "score_smoothing and score, as --seeds, --classes, "
+                              "--score_smoothing and --score spell them.")  # fmt: skip
+
+
+def imported() -> tuple[dict[str, str], ...]:
+    """What ``--import`` loads (loaded once per process: :func:`jax_vae.plugins.load`)."""
+    return plugins.load_all(FLAGS["import"].value or []) if "import" in FLAGS else ()
 
 
 def _normal_class(dataset: str) -> int:
@@ -126,11 +181,15 @@ def classes_from_flags(dataset: str) -> tuple[int, ...]:
 def explicit_flag_values() -> dict[str, Any]:
     """ExperimentConfig values of the flags given on the command line (or a flagfile)."""
     config = experiment_config_from_flags()
-    return {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(ExperimentConfig)
-        if f.name in FLAGS and FLAGS[f.name].present
-    }
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(ExperimentConfig)
+             if f.name in FLAGS and FLAGS[f.name].present and f.metadata.get("flag", True)}
+    if "hparams" in FLAGS and FLAGS["hparams"].present:
+        given["hparams"] = config.hparams
+        given.update({n: getattr(config, n) for n in SETTING_HPARAMS
+                      if any(a.startswith(f"{n}=") for a in FLAGS["hparams"].value)})
+    if "import" in FLAGS and FLAGS["import"].present:
+        given["imports"] = config.imports
+    return given
 
 
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -155,6 +214,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise
 
 
+flags.DEFINE_multi_string(
+    "import", [], "A Python file or importable module to import first (repeatable): what it "
+    "registers (models, scores) is usable with --models and --score. The run records it.")
 flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: host:port of process 0 (else from the cluster)."
 )
@@ -299,6 +361,7 @@ def command(body: Callable[[], Work]) -> None:
         try:
             if len(argv) > 1:
                 raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+            imported()  # Before any model or score name is checked.
             work = body()
             with timings.phase("backend"):
                 start()

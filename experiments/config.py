@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jax_vae import registry, rules
+from jax_vae import plugins, registry, rules
 
 # An invalid setting: a rule of jax_vae.rules broken, its message naming the flag. The rules
 # raise it themselves (called here with the flag's name), so nothing needs translating.
@@ -37,6 +37,12 @@ def as_flags(where: str = "") -> Iterator[None]:
 def _flag(default: Any, help_text: str) -> Any:
     """A setting with its flag's help text (``experiments.cli`` defines the flag from it)."""
     return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def _unflagged(factory: Callable[[], Any]) -> Any:
+    """A setting that ``experiments.cli`` fills from flags of another shape (``--hparams``,
+    ``--import``), not from a flag of its own name."""
+    return dataclasses.field(default_factory=factory, metadata={"flag": False})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,11 @@ class ExperimentConfig:
     architecture: str = _flag("mlp", "mlp, or conv (--hidden_dims are then channels).")
     preset: str | None = _flag(None, "Named configuration (best); explicit flags override it.")
     tensorboard: bool = _flag(True, "Write TensorBoard events under <output_dir>/tensorboard.")
+    # The models' other hyperparameters (ModelSpec.hparams; --hparams=noise=0.3): a model
+    # reads those it declares, the rest keep the entry's defaults.
+    hparams: dict[str, float] = _unflagged(dict)
+    # What --import loaded: {"import", "path", "sha256"} each (jax_vae.plugins.load).
+    imports: tuple[dict[str, str], ...] = _unflagged(tuple)
 
 
 # The selection protocol (README, "Choosing honestly across datasets"), fixed before any
@@ -161,6 +172,8 @@ class SweepConfig:
     smoothings: tuple[float, ...] = (0.0,)
     scores: tuple[str, ...] = ("residual",)  # Each trained model is scored every way.
     learning_rates: tuple[float, ...] = ()  # Empty: the base's learning rate.
+    # The models' other hyperparameters as axes (--grid=noise=0.1,0.4): name -> values.
+    hparams: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     group_size: int | None = None  # Models vmapped together; None: backend default.
     mesh_layout: str = "models"  # With several devices: spread models, or split batches.
     base: ExperimentConfig = ExperimentConfig()
@@ -171,13 +184,20 @@ class SweepConfig:
         return cls(
             betas=(config.beta,), seeds=(config.seed,), classes=(config.normal_class,),
             smoothings=(config.score_smoothing,), scores=(config.score,), mesh_layout="data",
-            base=config,
+            hparams={name: (value,) for name, value in config.hparams.items()}, base=config,
         )  # fmt: skip
 
     @property
     def rates(self) -> tuple[float, ...]:
         """The learning rates of the grid."""
         return self.learning_rates or (self.base.learning_rate,)
+
+    @property
+    def axes(self) -> dict[str, tuple[float, ...]]:
+        """Every training hyperparameter of the grid and its values: ``beta``,
+        ``learning_rate``, then the models' own (``--grid``). A model is trained once per
+        value of the axes it reads (the optimizer's learning rate: every trained model)."""
+        return {"beta": self.betas, "learning_rate": self.rates, **self.hparams}
 
 
 def check_output_dir(path: str) -> None:
@@ -259,8 +279,50 @@ def validate(config: ExperimentConfig) -> None:
     rules.at_least("--ensemble_size", c.ensemble_size, 1)
     rules.at_least("--checkpoint_every", c.checkpoint_every, 0, " (0 = no checkpoints)")
     rules.at_least("--num_devices", c.num_devices, 0, " (0 = all)")
+    for name in set(c.hparams) & set(SETTING_HPARAMS):
+        raise ConfigError(f"--hparams: {name} is the setting --{name}, not one of hparams")
+    check_axes("--hparams", {name: (value,) for name, value in c.hparams.items()}, c.models)
     if c.output_dir is not None:
         check_output_dir(c.output_dir)
+
+
+# The hyperparameters that are also settings of their own (--beta, --learning_rate,
+# --kl_warmup_epochs): --hparams and --grid name them too, and set those settings.
+SETTING_HPARAMS = ("beta", "learning_rate", "kl_warmup_epochs")
+# The rule of a hyperparameter's value where it has one; any other: a finite number.
+HPARAM_RULES: dict[str, Callable[[str, Any], None]] = {
+    "beta": rules.beta, "learning_rate": rules.learning_rate,
+    "kl_warmup_epochs": lambda name, value: rules.number(name, value, low=0),
+}  # fmt: skip
+
+
+def model_hparams(models: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The hyperparameters each trained model of ``models`` reads: the optimizer's learning
+    rate and its registry entry's (``ModelSpec.hparams``)."""
+    return {m: ("learning_rate", *registry.get(m).hparams) for m in models
+            if m not in rules.BASELINES}  # fmt: skip
+
+
+def check_axes(flag: str, axes: dict[str, tuple[float, ...]], models: tuple[str, ...]) -> None:
+    """Each of ``axes`` is read by a model of ``models`` and each value follows its rule.
+
+    Raises:
+      ConfigError: Naming the axis and the selected models' hyperparameters.
+    """
+    if not axes:
+        return
+    declared = model_hparams(tuple(m for m in models if m in registry.names() + rules.BASELINES))
+    for name, values in axes.items():
+        if not any(name in h for h in declared.values()):
+            listing = "; ".join(f"{m}: {', '.join(h)}" for m, h in declared.items())
+            raise ConfigError(
+                f"{flag}: no selected model reads {name!r} (the selected models' "
+                f"hyperparameters: {listing or 'none, baselines only'})"
+            )
+        if not values:
+            raise ConfigError(f"{flag}: {name} needs at least one value")
+        for value in values:
+            HPARAM_RULES.get(name, rules.number)(f"{flag} {name}", value)
 
 
 def image_side(c: ExperimentConfig) -> int | None:
@@ -320,7 +382,11 @@ def validate_sweep(config: SweepConfig) -> None:
         rules.at_least("--group_size", config.group_size, 0)
     rules.choice("--mesh_layout", config.mesh_layout, rules.LAYOUTS)
     rules.choices("--score", config.scores, rules.SCORES)
+    for name in set(config.hparams) & {"beta", "learning_rate"}:
+        raise ConfigError(f"the {name} axis is SweepConfig's "
+                          f"{'betas' if name == 'beta' else 'learning_rates'}")  # fmt: skip
     validate(config.base)
+    check_axes("--grid", config.hparams, config.base.models)
     if "vae" in config.base.models:
         for smoothing in config.smoothings:
             rules.smoothing_needs_reconstruction(
@@ -366,7 +432,7 @@ def parse_classes(text: str, *, name: str, dataset: str) -> tuple[int, ...]:
 
 
 def read_record(run_dir: str, *, flag: str) -> dict[str, Any]:
-    """The ``config.json`` of a run or sweep folder.
+    """The ``config.json`` of a run or sweep folder (nothing imported: :func:`load_config`).
 
     Raises:
       ConfigError: The folder has none, or it is unreadable.
@@ -383,14 +449,20 @@ def read_record(run_dir: str, *, flag: str) -> dict[str, Any]:
 RENAMED = {"normal_digit": "normal_class", "digits": "classes"}  # Older records' names.
 
 
+def _tuples(value: Any) -> Any:
+    """A JSON value with its lists as tuples (in a dict's values too), as the configs hold."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
 def _fields(cls, record: dict[str, Any]) -> dict[str, Any]:
     # Fields missing from an older record keep their defaults (the old behaviour).
     record = {RENAMED.get(k, k): v for k, v in record.items()}
-    return {
-        f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
-        for f in dataclasses.fields(cls)
-        if f.name in record and f.name != "base"
-    }
+    return {f.name: _tuples(record[f.name]) for f in dataclasses.fields(cls)
+            if f.name in record and f.name != "base"}  # fmt: skip
 
 
 def load_config(run_dir: str, *, flag: str, single: bool | None = None) -> SweepConfig:
@@ -413,12 +485,15 @@ def load_config(run_dir: str, *, flag: str, single: bool | None = None) -> Sweep
                 if is_run and flag == "resume" else "")  # fmt: skip
         raise ConfigError(f"--{flag} {run_dir} holds {what}, not "
                           f"{'a grid' if is_run else 'a single run'}{hint}")  # fmt: skip
+    # The run's own code first (it registers its models), as it was when the run started.
+    plugins.load_recorded(record.get("imports", ()), what=f"the run in {run_dir}")
     try:
         base = _fields(ExperimentConfig, record)
         if "betas" not in record:  # A single run.
             base.setdefault("split_seed", base.get("seed", 0))
             return SweepConfig.single(ExperimentConfig(**{**base, "output_dir": run_dir}))
         grid = _fields(SweepConfig, record)
+        base.pop("hparams", None)  # A grid's record holds its axes under that name.
         return SweepConfig(**grid, base=ExperimentConfig(**{**base, "output_dir": run_dir}))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"--{flag} {run_dir}: not a config.json of this project ({e})") from None

@@ -21,6 +21,7 @@ from experiments import cli
 from experiments.config import ConfigError, SweepConfig, load_run_config, validate
 
 cli.define_experiment_flags()
+cli.define_hparams_flag()
 flags.DEFINE_string(
     "resume", None, "Continue the interrupted run in this folder from its checkpoints."
 )
@@ -42,11 +43,17 @@ EVAL_SETTINGS = RESUME_SETTINGS | {
 def _saved_config(flag: str, allowed: set[str]):
     """The run's saved settings, with the allowed flags given on the command line."""
     run_dir = getattr(FLAGS, flag)
-    saved = load_run_config(run_dir, flag=flag)
+    saved = load_run_config(run_dir, flag=flag)  # It imports what the run imported.
     changes = {}
     for name, value in cli.explicit_flag_values().items():
         if name == "output_dir":
             raise ConfigError(f"--{flag} writes into {run_dir}; drop --output_dir")
+        if name == "imports":  # More code for the scores of an evaluation; a resume has all.
+            if flag == "resume":
+                raise ConfigError("--resume imports what the run imported; drop --import")
+            paths = {r["path"] for r in saved.imports}
+            changes[name] = saved.imports + tuple(r for r in value if r["path"] not in paths)
+            continue
         if value == getattr(saved, name):
             continue
         if name not in allowed:

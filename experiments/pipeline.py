@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import itertools
 import os
 import platform
 import re
@@ -153,12 +154,14 @@ def environment_record() -> dict[str, Any]:
 
 
 def points_of(grid: SweepConfig, name: str) -> list[dict[str, Any]]:
-    """The beta, learning rate and seed of every model of one kind; a model has a beta
-    when its loss reads one, a learning rate when it is trained (not a baseline)."""
-    betas = grid.betas if name not in rules.BASELINES and registry.reads(name, "beta") else (None,)
-    rates = (None,) if name in rules.BASELINES else grid.rates
-    return [{"beta": b, "learning_rate": r, "seed": s}
-            for b in betas for r in rates for s in grid.seeds]  # fmt: skip
+    """Every model of one kind the grid trains: one per value of each axis the model reads
+    (:attr:`SweepConfig.axes`; None for the axes it does not read, so it is trained once for
+    them) and seed. A baseline reads none; every trained model reads the learning rate."""
+    trained = name not in rules.BASELINES
+    axes = {axis: values if trained and (axis == "learning_rate" or registry.reads(name, axis))
+            else (None,) for axis, values in grid.axes.items()}  # fmt: skip
+    return [{**dict(zip(axes, combination, strict=True)), "seed": seed}
+            for combination in itertools.product(*axes.values()) for seed in grid.seeds]
 
 
 def _name(base, index: int) -> str:
@@ -171,8 +174,13 @@ def default_output_dir(kind: str, grid: SweepConfig) -> str:
     documented default of ``--output_dir``: ``<time>_digit3_beta2``, ``..._preset-best``)."""
     base = grid.base
     if kind == "run":
-        # A preset names itself: --preset=best may train no model that has a beta.
-        what = f"preset-{base.preset}" if base.preset else f"beta{base.beta:g}"
+        # A preset names itself: --preset=best may train no model that has a beta. Otherwise
+        # the run's beta where a model reads one (else its models), and its own hyperparameters.
+        trained = [m for m in base.models if m not in rules.BASELINES]
+        what = f"preset-{base.preset}" if base.preset else (
+            f"beta{base.beta:g}" if any(registry.reads(m, "beta") for m in trained)
+            else "-".join(base.models))  # fmt: skip
+        what += "".join(f"_{name}{value:g}" for name, value in base.hparams.items())
         return new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_{what}")
     return new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
@@ -283,7 +291,7 @@ def run(
                 k: v for k, v in dataclasses.asdict(grid).items() if k != "base"}),
             **{k: v for k, v in dataclasses.asdict(base).items()
                if kind == "run" or k not in ("beta", "seed", "normal_class", "score_smoothing",
-                                             "score")},
+                                             "score", "hparams")},
             "output_dir": output_dir, **({"evaluated_run": run_dir} if eval_only else {}),
             **environment_record(), "splits": splits,
             "image_shape": list(dataset.image_shape),
@@ -304,7 +312,7 @@ def run(
         _run_classes(result, dataset, indices, mesh=mesh, board=board, run_dir=run_dir,
                      eval_only=eval_only)  # fmt: skip
         with timings.phase("tensorboard"):
-            board.finals(base, result.rows)
+            board.finals(base, result.rows, tuple(grid.hparams))
     finally:
         board.close()
     return result
@@ -461,12 +469,11 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh)
     kind's points, and their training keys (one key, scalars for one model)."""
     base, members = grid.base, grid.base.ensemble_size
     train_keys = _keys(grid, model.name, points).train
-    # Per model, the hyperparameters its loss reads: beta per point, the warm-up.
-    hparams = {h: np.full(len(points), v, np.float32) for h, v in model.hparams.items()}
-    if "beta" in hparams:
-        hparams["beta"] = np.array([p["beta"] for p in points], np.float32)
-    if "kl_warmup_epochs" in hparams:
-        hparams["kl_warmup_epochs"][:] = base.kl_warmup_epochs
+    # Per model, the hyperparameters its loss reads: each point's value on a grid axis, else
+    # the setting of that name (--kl_warmup_epochs), else the registry entry's default.
+    hparams = {h: np.array([p[h] if p.get(h) is not None else getattr(base, h, default)
+                            for p in points], np.float32)
+               for h, default in model.hparams.items()}  # fmt: skip
     if len(grid.rates) > 1:  # Injected into the optimizer (see _run_classes).
         hparams["learning_rate"] = np.array([p["learning_rate"] for p in points], np.float32)
     hparams = {h: np.repeat(v, members) for h, v in hparams.items()}
@@ -509,10 +516,13 @@ def _train(grid, normal, model, split, *, tx, mesh, checkpointer, board, timings
                  k, name, "" if k == 1 else "s", base.epochs, len(split.train_images))  # fmt: skip
     last = [0]  # The last finished epoch, for the message on Ctrl-C.
     runs = [[run_name(base, {"normal_class": normal, "model": name, **p, "smoothing": sm,
-                             "score": sc}, len(grid.smoothings) > 1, len(grid.rates) > 1)
+                             "score": sc}, len(grid.smoothings) > 1, len(grid.rates) > 1,
+                      tuple(grid.hparams))
              for sc, sm in variants(grid)] for p in points]  # fmt: skip
     curves = board.epoch_hook(runs, members=base.ensemble_size, images=len(split.train_images),
-                              betas=[p["beta"] for p in points], warmup=base.kl_warmup_epochs)
+                              betas=[p["beta"] for p in points],
+                              warmup=[base.kl_warmup_epochs if p.get("kl_warmup_epochs") is None
+                                      else p["kl_warmup_epochs"] for p in points])  # fmt: skip
     try:
         trained = train.train(
             train_keys, split.train_images, hparams, model=model, tx=tx, epochs=base.epochs,

@@ -168,12 +168,13 @@ def auroc_vs_beta(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
     With several residual smoothings or learning rates, one colour per combination.
     """
     def series_of(s):
-        return s.get("smoothing") or 0.0, s.get("learning_rate") or 0.0, s.get("score") or ""
+        return (s.get("smoothing") or 0.0, s.get("learning_rate") or 0.0, s.get("score") or "",
+                tuple(sorted(s.get("hparams", {}).items())))  # The models' own axes.
 
     series = sorted({series_of(s) for s in summary.values()})
-    smoothings = {sm for sm, _, _ in series}
-    rates = {lr for _, lr, _ in series if lr}
-    scores = {sc for _, _, sc in series}
+    smoothings = {sm for sm, _, _, _ in series}
+    rates = {lr for _, lr, _, _ in series if lr}
+    scores = {sc for _, _, sc, _ in series}
     classes = sorted({d for s in summary.values() for d in s["classes"]})
     cols = min(5, len(classes))
     rows = -(-len(classes) // cols)
@@ -181,12 +182,14 @@ def auroc_vs_beta(summary: dict[str, dict], names: tuple[str, ...]) -> Figure:
     fig, axes = plt.subplots(rows, cols, figsize=(max(3 * cols, 5), max(2.6 * rows, 3.6)),
                              squeeze=False, sharex=True, layout="constrained")  # fmt: skip
     for ax, d in zip(axes.flat, classes, strict=False):
-        for i, (smoothing, rate, score) in enumerate(series):
+        for i, (smoothing, rate, score, own) in enumerate(series):
             tag = (f" s={smoothing:g}" if len(smoothings) > 1 else "") + \
                 (f" lr={rate:g}" if len(rates) > 1 else "") + \
-                (f" {score}" if len(scores) > 1 else "")  # fmt: skip
+                (f" {score}" if len(scores) > 1 else "") + \
+                "".join(f" {a}={v:g}" for a, v in own)  # fmt: skip
             color = f"C{i % 10}"
-            group = [s for s in summary.values() if series_of(s) == (smoothing, rate, score)]
+            group = [s for s in summary.values()
+                     if series_of(s) == (smoothing, rate, score, own)]
             for j, model in enumerate(sorted({s["model"] for s in group})):
                 curve = sorted(((s["beta"], s) for s in group
                                 if s["model"] == model and s["beta"] is not None),

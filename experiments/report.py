@@ -51,17 +51,20 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
     path, timings = result.output_dir, result.timings
     writer = sharding.is_main_process()
     if result.kind == "run":
-        models = {r["model"]: {k: v for k, v in r.items() if k not in IDENTITY}
+        identity = IDENTITY + tuple(result.grid.hparams)
+        models = {r["model"]: {k: v for k, v in r.items() if k not in identity}
                   for r in result.rows}  # fmt: skip
         record = {"config": result.record, "models": models}
         table = _run_header(result.grid.base) + format_table(models) + _kinds_table(models)
         if result.rows and result.rows[0]["auroc"] is None:
             table += _no_test_note(result)
     else:
-        summary = summarize(result.rows)
+        axes = tuple(result.grid.hparams)
+        summary = summarize(result.rows, axes=axes)
         record = {"config": result.record, "rows": result.rows, "summary": summary}
         names = _labels(result.grid.base.dataset)  # Columns: "digit 3", "Sandal".
-        table = _tables(result.rows, summary, select=result.kind == "sweep", names=names)
+        table = _tables(result.rows, summary, select=result.kind == "sweep", names=names,
+                        axes=axes)  # fmt: skip
     (out or sys.stdout).write(table)
     if writer:
         if result.kind == "run":
@@ -77,7 +80,7 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
             _complete(os.path.join(path, "metrics.json"), record, timings)
         else:
             with timings.phase("files"):
-                csv_text = rows_to_csv(result.rows).encode()
+                csv_text = rows_to_csv(result.rows, axes=axes).encode()
                 atomic_write_bytes(os.path.join(path, f"{result.kind}.csv"), csv_text)
                 atomic_write_bytes(os.path.join(path, "summary.txt"), table.encode())
             if result.kind == "sweep" and all(r["auroc"] is not None for r in result.rows):
@@ -198,12 +201,14 @@ def format_table(model_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(row: dict[str, Any], smoothed: bool, rated: bool = False) -> str:
+def _label(row: dict[str, Any], smoothed: bool, rated: bool = False,
+           axes: tuple[str, ...] = ()) -> str:
     label = row["model"].upper()
     if row.get("beta") is not None:
         label += f" b={row['beta']:g}"
     if rated and row.get("learning_rate") is not None:
         label += f" lr={row['learning_rate']:g}"
+    label += "".join(f" {a}={row[a]:g}" for a in axes if row.get(a) is not None)
     if smoothed and row.get("smoothing") is not None:
         label += f" s={row['smoothing']:g}"
     if row.get("score") not in (None, "residual"):
@@ -211,25 +216,35 @@ def _label(row: dict[str, Any], smoothed: bool, rated: bool = False) -> str:
     return label
 
 
-def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc") -> dict[str, dict[str, Any]]:
+def summarize(rows: list[dict[str, Any]], *, metric: str = "auroc",
+              axes: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Mean and std over seeds per configuration and class, plus the mean over classes.
 
     The std of the class mean is over seeds of each seed's mean over classes.
 
+    Args:
+      rows: The grid's rows.
+      metric: The row field to summarize.
+      axes: The models' own hyperparameter axes (``SweepConfig.hparams``): a configuration
+        is also one value of each.
+
     Returns:
       ``{label: {"classes": {d: (mean, std)}, "mean": (mean, std), "model", "beta",
-      "learning_rate", "smoothing"}}`` with labels: the upper-case model name
-      (``AE``, ``PCA``, ...), `` b=<beta>`` for models with a beta, ``
-      lr=<learning rate>`` when the rows have several, `` s=<smoothing>`` when
-      any row is scored with a smoothed residual.
+      "learning_rate", "smoothing", "score", "hparams"}}`` with labels: the upper-case
+      model name (``AE``, ``PCA``, ...), `` b=<beta>`` for models with a beta, ``
+      lr=<learning rate>`` when the rows have several, `` <axis>=<value>`` for each of
+      ``axes`` the model reads, `` s=<smoothing>`` when any row is scored with a smoothed
+      residual.
     """
     smoothed = any(r.get("smoothing") for r in rows)
     rated = len({r.get("learning_rate") for r in rows} - {None}) > 1
     configs: dict[str, dict[str, Any]] = {}
     for r in rows:
-        entry = configs.setdefault(_label(r, smoothed, rated), {
+        entry = configs.setdefault(_label(r, smoothed, rated, axes), {
             "model": r["model"], "beta": r["beta"], "learning_rate": r.get("learning_rate"),
-            "smoothing": r.get("smoothing"), "score": r.get("score"), "values": {}})  # fmt: skip
+            "smoothing": r.get("smoothing"), "score": r.get("score"),
+            **({"hparams": {a: r[a] for a in axes if r.get(a) is not None}} if axes else {}),
+            "values": {}})  # fmt: skip
         entry["values"].setdefault(r["normal_class"], {})[r["seed"]] = r[metric]
     summary = {}
     for label, entry in configs.items():
@@ -274,10 +289,11 @@ def best(summary: dict[str, dict[str, Any]]) -> str:
                else summary[label]["mean"][0])  # fmt: skip
 
 
-def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names) -> str:
+def _tables(rows: list[dict[str, Any]], summary: dict, *, select: bool, names,
+            axes: tuple[str, ...] = ()) -> str:  # fmt: skip
     """The test AUROC table, the synthetic-anomaly AUROC (normal data only) table and,
     with ``select``, the configuration that the synthetic AUROC selects."""
-    synthetic_summary = summarize(rows, metric="synthetic_auroc")
+    synthetic_summary = summarize(rows, metric="synthetic_auroc", axes=axes)
     text = (f"{format_summary(summary, names=names)}\n"
             f"{format_summary(synthetic_summary, metric='synth AUROC', names=names)}")
     if not select:
@@ -294,11 +310,15 @@ def _pm(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean:.4f}+-{std:.4f}"
 
 
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    """One CSV line per model, beta, seed, class and smoothing (empty where none)."""
+def rows_to_csv(rows: list[dict[str, Any]], *, axes: tuple[str, ...] = ()) -> str:
+    """One CSV line per model, beta, learning rate, value of each of the models' own
+    ``axes`` (a column each, after the learning rate), seed, class and smoothing (empty
+    where none)."""
+    at = CSV_FIELDS.index("learning_rate") + 1
+    fields = (*CSV_FIELDS[:at], *axes, *CSV_FIELDS[at:])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
     return buffer.getvalue()

@@ -44,8 +44,10 @@ def load_candidates(folders: list[str]) -> tuple[dict, dict]:
             raise ConfigError(f"{folder}: not a finished sweep ({e})") from None
         tag = f" e{record['config']['epochs']}"
         rows = [{"normal_class": r.get("digit"), **r} for r in record["rows"]]  # Older: "digit".
+        axes = tuple(record["config"].get("hparams") or ())  # The models' own axes.
         for target, metric in ((test, "auroc"), (synthetic, "synthetic_auroc")):
-            target.update({k + tag: v for k, v in summarize(rows, metric=metric).items()})
+            target.update({k + tag: v for k, v in summarize(rows, metric=metric,
+                                                            axes=axes).items()})  # fmt: skip
     return test, synthetic
 
 

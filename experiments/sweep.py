@@ -23,6 +23,7 @@ from experiments.config import (
     ConfigError,
     SweepConfig,
     load_config,
+    parse_classes,
     parse_list,
     preset_values,
     validate_sweep,
@@ -39,6 +40,7 @@ flags.DEFINE_string(
     "Adam learning rates, a grid axis (e.g. 1e-3,3e-4); default: --learning_rate.",
 )
 cli.define_class_list_flags()
+cli.define_grid_flag()
 flags.DEFINE_string(
     "score_smoothing",
     ",".join(f"{s:g}" for s in _S.smoothings),
@@ -58,7 +60,48 @@ flags.DEFINE_string("resume", None, "Continue the interrupted sweep in this fold
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 GRID_FLAGS = ("betas", "seeds", "classes", "digits", "score_smoothing", "score", "group_size",
-              "mesh_layout", "learning_rates")  # fmt: skip
+              "mesh_layout", "learning_rates", "grid", "import")  # fmt: skip
+
+
+# The axes with flags of their own, by their --grid names: --grid=seed=0,1 is --seeds=0,1.
+SPELLINGS = {"beta": "betas", "learning_rate": "learning_rates", "seed": "seeds",
+             "normal_class": "classes", "score_smoothing": "score_smoothing", "score": "score"}
+
+
+def _axes(base) -> dict:
+    """The grid's axes from --grid and the axes' own flags (one mechanism, two spellings);
+    a preset's beta, smoothing and score where neither gives them."""
+    given = dict(cli.parse_assignments(FLAGS.grid, flag="grid"))
+    preset = preset_values(base.preset, base.dataset)
+    texts = {}
+    for axis, flag in SPELLINGS.items():
+        explicit = FLAGS[flag].present or (flag == "classes" and FLAGS["digits"].present)
+        if axis in given and explicit:
+            raise ConfigError(f"--grid={axis}=... and --{flag} give the same axis; give one")
+        if axis in given:
+            texts[axis] = given.pop(axis)
+        elif not explicit and axis in preset:  # A preset's value is the axis' one value.
+            texts[axis] = f"{preset[axis]}"
+        elif axis != "normal_class":
+            texts[axis] = FLAGS[flag].value
+    if texts["learning_rate"] is not None and FLAGS["learning_rate"].present:
+        raise ConfigError("--learning_rates and --learning_rate: give one")
+    for name in given:
+        if name in base.__dataclass_fields__ and FLAGS[name].present:
+            raise ConfigError(f"--grid={name}=... and --{name} give the same axis; give one")
+    return dict(
+        betas=parse_list(texts["beta"], name="betas", item=float),
+        learning_rates=() if texts["learning_rate"] is None else
+        parse_list(texts["learning_rate"], name="learning_rates", item=float),
+        seeds=parse_list(texts["seed"], name="seeds"),
+        classes=parse_classes(texts["normal_class"], name="grid normal_class",
+                              dataset=base.dataset) if "normal_class" in texts
+        else cli.classes_from_flags(base.dataset),
+        smoothings=parse_list(texts["score_smoothing"], name="score_smoothing", item=float),
+        scores=parse_list(texts["score"], name="score", item=str),
+        hparams={name: parse_list(text, name=f"grid {name}", item=float)
+                 for name, text in given.items()},
+    )  # fmt: skip
 
 
 def body():
@@ -71,27 +114,8 @@ def body():
             config, base=dataclasses.replace(config.base, output_dir=None)))  # fmt: skip
     else:
         base = cli.experiment_config_from_flags(score_smoothing=0.0, score="residual")  # Axes.
-        # A preset's beta and smoothing become the axes, unless the axes are given.
-        preset = preset_values(base.preset, base.dataset)
-        betas = FLAGS.betas if FLAGS["betas"].present or "beta" not in preset else \
-            f"{preset['beta']}"  # fmt: skip
-        smoothings = FLAGS.score_smoothing if FLAGS["score_smoothing"].present else \
-            f"{preset.get('score_smoothing', FLAGS.score_smoothing)}"  # fmt: skip
-        scores = FLAGS.score if FLAGS["score"].present else preset.get("score", FLAGS.score)
-        if FLAGS.learning_rates is not None and FLAGS["learning_rate"].present:
-            raise ConfigError("--learning_rates and --learning_rate: give one")
-        config = SweepConfig(
-            betas=parse_list(betas, name="betas", item=float),
-            learning_rates=() if FLAGS.learning_rates is None else
-            parse_list(FLAGS.learning_rates, name="learning_rates", item=float),
-            seeds=parse_list(FLAGS.seeds, name="seeds"),
-            classes=cli.classes_from_flags(base.dataset),
-            smoothings=parse_list(smoothings, name="score_smoothing", item=float),
-            scores=parse_list(scores, name="score", item=str),
-            group_size=FLAGS.group_size,
-            mesh_layout=FLAGS.mesh_layout,
-            base=base,
-        )
+        config = SweepConfig(**_axes(base), group_size=FLAGS.group_size,
+                             mesh_layout=FLAGS.mesh_layout, base=base)  # fmt: skip
         validate_sweep(config)
     return cli.pipeline_work(config, kind="sweep", resume=bool(FLAGS.resume))
 

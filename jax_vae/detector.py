@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vae import data, keys, metrics, registry, rules, scoring, train
+from jax_vae import data, keys, metrics, plugins, registry, rules, scoring, train
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
@@ -154,6 +154,7 @@ class Detector:
 
         Raises:
           CheckpointError: Not a detector or a finished run, or no final checkpoint.
+          PluginError: A file the run imported (``--import``) is missing or has changed.
         """
         try:
             with open(os.path.join(directory, "config.json")) as f:
@@ -161,6 +162,8 @@ class Detector:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{directory}: no readable config.json ({e})") from None
         saved = config.get("detector")
+        # The code the run imported (--import: models registered in a user's file), as it was.
+        plugins.load_recorded(config.get("imports", ()), what=directory)
         if config.get("score", "residual") != "residual":  # Fused scores need the run's banks.
             raise CheckpointError(f"{directory} scores with --score={config['score']}; a "
                                   "detector scores the residual (--score=residual) only")
@@ -182,7 +185,8 @@ class Detector:
                                       f"{name}'s threshold)") from None  # fmt: skip
             slug = rules.class_slug(config["dataset"], config["normal_class"])
             folder = os.path.join(directory, "checkpoints", f"{slug}_{name}")
-            hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"]}
+            hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"],
+                       **config.get("hparams", {})}  # fmt: skip
         detector = cls(name, **settings)  # A run's images: MNIST's 28x28x1 (the default).
         detector.hparams = {k: v for k, v in hparams.items() if k in detector.model.hparams}
         # The restore template: one model's state, shaped as training initializes it.
