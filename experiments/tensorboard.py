@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
+import time
 from typing import Any
 
 import numpy as np
@@ -87,10 +87,11 @@ class Board:
 
             # tensorboardX names an event file after the second it opens it: a writer of the
             # same run in the same second (a resume, an evaluation) would truncate the first
-            # writer's file. A suffix of its own per writer keeps every file.
+            # writer's file. A suffix of its own per writer, in the order the writers open
+            # (TensorBoard reads a run's files in name order), keeps every file.
             self.writers[run] = SummaryWriter(
                 os.path.join(self.root, run), purge_step=step if self.resume else None,
-                flush_secs=10, filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:12]}",
+                flush_secs=10, filename_suffix=f".{time.time_ns():020d}.{os.getpid()}",
             )  # fmt: skip
         return self.writers[run]
 
