@@ -9,7 +9,7 @@ from collections.abc import Callable
 from absl import flags
 
 from experiments.config import ConfigError
-from experiments.files import new_run_dir, write_json
+from jax_vae.runs import new_run_dir, write_json
 
 flags.DEFINE_bool("reduced", False, "A small smoke-test version (the test suite runs it).")
 flags.DEFINE_string("output", None, "The JSON file to write (default: "

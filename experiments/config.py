@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jax_vae import plugins, registry, rules
+from jax_vae import plugins, registry, rules, runs, scores
 
 # An invalid setting: a rule of jax_vae.rules broken, its message naming the flag. The rules
 # raise it themselves (called here with the flag's name), so nothing needs translating.
@@ -80,7 +79,8 @@ class ExperimentConfig:
     vae_score: str = _flag("mean", f"VAE anomaly score: {', '.join(rules.VAE_SCORES)}.")
     mc_samples: int = _flag(10, "Draws for --vae_score=mc, elbo or iwae.")
     score_smoothing: float = _flag(0.0, "Gaussian sigma (pixels) blurring the residual; 0: MSE.")
-    score: str = _flag("residual", f"Anomaly score: {', '.join(rules.SCORES)} (docs/usage.md).")
+    score: str = _flag("residual", "Anomaly score: a registered one (jax_vae.scores): "
+                       f"{', '.join(scores.BUILTIN)}, yours (docs/usage.md).")
     chunk_size: int = _flag(2048, "Images per compiled scoring call (bounds memory).")
     num_devices: int = _flag(0, "Devices to use (0: all; several: data parallel).")
     checkpoint_every: int = _flag(5, "Epochs between checkpoints (and the last); 0: none.")
@@ -227,6 +227,21 @@ def check_output_dir(path: str) -> None:
         )
 
 
+def prepare_output_dir(path: str) -> None:
+    """Creates a new run folder and checks that it takes files, before any data is loaded.
+
+    Raises:
+      ConfigError: The folder holds files, or cannot be created or written.
+    """
+    check_output_dir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        runs.atomic_write_bytes(os.path.join(path, ".probe"), b"")
+        os.unlink(os.path.join(path, ".probe"))
+    except OSError as e:
+        raise ConfigError(f"--output_dir {path} cannot be written ({e.strerror or e})") from None
+
+
 def validate(config: ExperimentConfig) -> None:
     """Checks every setting that needs no data; raises ConfigError naming the first bad flag.
 
@@ -265,10 +280,10 @@ def validate(config: ExperimentConfig) -> None:
     rules.choice("--vae_score", c.vae_score, rules.VAE_SCORES)
     rules.at_least("--mc_samples", c.mc_samples, 1)
     rules.smoothing("--score_smoothing", c.score_smoothing, image_side(c))
-    rules.choice("--score", c.score, rules.SCORES)
+    rules.choice("--score", c.score, scores.names())
     if "vae" in c.models:
         rules.smoothing_needs_reconstruction("--score_smoothing", c.score_smoothing, c.vae_score)
-        rules.score_needs_reconstruction("--score", c.score, c.vae_score)
+        scores.check_reconstruction("--score", c.score, c.vae_score)
     rules.at_least("--chunk_size", c.chunk_size, 1)
     rules.choice("--likelihood", c.likelihood, rules.LIKELIHOODS)
     rules.choice("--architecture", c.architecture, rules.ARCHITECTURES)
@@ -381,7 +396,7 @@ def validate_sweep(config: SweepConfig) -> None:
     if config.group_size is not None:
         rules.at_least("--group_size", config.group_size, 0)
     rules.choice("--mesh_layout", config.mesh_layout, rules.LAYOUTS)
-    rules.choices("--score", config.scores, rules.SCORES)
+    rules.choices("--score", config.scores, scores.names())
     for name in set(config.hparams) & {"beta", "learning_rate"}:
         raise ConfigError(f"the {name} axis is SweepConfig's "
                           f"{'betas' if name == 'beta' else 'learning_rates'}")  # fmt: skip
@@ -393,7 +408,7 @@ def validate_sweep(config: SweepConfig) -> None:
                 "--score_smoothing", smoothing, config.base.vae_score
             )
         for score in config.scores:
-            rules.score_needs_reconstruction("--score", score, config.base.vae_score)
+            scores.check_reconstruction("--score", score, config.base.vae_score)
 
 
 def parse_list(text: str, *, name: str, item: Callable[[str], Any] = int) -> tuple:
@@ -438,12 +453,9 @@ def read_record(run_dir: str, *, flag: str) -> dict[str, Any]:
       ConfigError: The folder has none, or it is unreadable.
     """
     try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--{flag} {run_dir} is not a run folder (no config.json)") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--{flag} {run_dir}: unreadable config.json ({e!r})") from None
+        return runs.read_config(run_dir)
+    except runs.RunFolderError as e:
+        raise ConfigError(f"--{flag} {e}") from None
 
 
 RENAMED = {"normal_digit": "normal_class", "digits": "classes"}  # Older records' names.

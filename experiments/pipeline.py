@@ -36,20 +36,20 @@ from experiments.config import (
     SweepConfig,
     as_flags,
     data_options,
+    prepare_output_dir,
     read_record,
     validate_sweep,
 )
-from experiments.files import claim_output_dir, new_run_dir, prepare_output_dir
 from experiments.tensorboard import Board, run_name
 from experiments.timing import Timings
-from jax_vae import data, keys, registry, rules, scoring, sharding, train
+from jax_vae import data, keys, registry, rules, runs, scores, scoring, sharding, train
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.metrics import evaluate, separation_auroc
 
 GRID_IMAGES = 8  # Normal and anomalous test images each in a run's reconstruction plot.
 LATENT_POINTS = 5000  # Test images in a run's latent scatter plot.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scikit-learn", "absl-py")
-KINDS = ("run", "sweep", "baselines")
+KINDS = runs.KINDS
 
 
 class Interrupted(KeyboardInterrupt):
@@ -67,6 +67,7 @@ class Group:
     history: dict[str, np.ndarray] | None  # Per point [points, epochs]; None for baselines.
     params: Any = None  # The first point's (an ensemble's first member), for a run's previews.
     model: registry.Model | None = None
+    fitted: tuple | None = None  # A single model's fitted scores: (banks, statistics).
 
 
 @dataclasses.dataclass
@@ -181,8 +182,8 @@ def default_output_dir(kind: str, grid: SweepConfig) -> str:
             f"beta{base.beta:g}" if any(registry.reads(m, "beta") for m in trained)
             else "-".join(base.models))  # fmt: skip
         what += "".join(f"_{name}{value:g}" for name, value in base.hparams.items())
-        return new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_{what}")
-    return new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
+        return runs.new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_{what}")
+    return runs.new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 
 def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]:
@@ -261,8 +262,8 @@ def run(
     saved: dict[str, Any] = {}
     if resume or eval_only:
         saved = read_record(run_dir, flag="resume" if resume else "eval_only")
-        done = "metrics.json" if kind == "run" else f"{kind}.json"
-        if resume and os.path.exists(os.path.join(run_dir, done)):
+        done = runs.completion_file(kind)
+        if resume and runs.is_complete(run_dir, kind):
             hint = f"use --eval_only={run_dir} to re-score it" if kind == "run" else "nothing to do"
             raise ConfigError(f"the {kind} in {run_dir} is complete ({done} exists); {hint}")
     if eval_only:
@@ -271,7 +272,7 @@ def run(
             label += f"_af{base.anomaly_fraction:g}"
         if base.score_smoothing:
             label += f"_s{base.score_smoothing:g}"
-        output_dir = new_run_dir(f"eval_{label}", root=run_dir)
+        output_dir = runs.new_run_dir(f"eval_{label}", root=run_dir)
     else:
         output_dir = run_dir or default_output_dir(kind, grid)
     writer = sharding.is_main_process()  # Multi-host: only process 0 writes files.
@@ -298,8 +299,11 @@ def run(
             **({"test_kinds": list(dataset.class_names)} if dataset.class_names else {}),
         }  # fmt: skip
         if writer and not resume:
-            claim_output_dir(output_dir, record)
-        board = Board(os.path.join(output_dir, "tensorboard") if writer and base.tensorboard
+            try:
+                runs.claim(output_dir, record)
+            except runs.RunFolderError as e:
+                raise ConfigError(f"--output_dir {e}") from None
+        board = Board(runs.tensorboard_dir(output_dir) if writer and base.tensorboard
                       else None, resume=resume)  # fmt: skip
     except BaseException:
         if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
@@ -330,6 +334,9 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     # One model and optimizer object per kind, for every class: the epoch program is reused.
     models = {name: config_model(base, name, dataset.image_shape) for name in base.models
               if name not in rules.BASELINES}  # fmt: skip
+    with as_flags():  # Every score fits every model (a latent code where one needs it).
+        for model in models.values():
+            model_scorer(model, grid)
     # Adam. One learning rate: a constant, as the seed spec (bit for bit as it always was).
     # Several: injected, so that each model reads its own (a vmapped axis; see _hparams).
     tx = train.adam(grid.rates[0], injected=len(grid.rates) > 1)
@@ -347,9 +354,9 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                 model = models[name]
                 checkpointer = None
                 if base.checkpoint_every or eval_only:
-                    slug = f"{rules.class_slug(base.dataset, normal)}_{name}"
                     checkpointer = Checkpointer(
-                        os.path.join(run_dir or output_dir, "checkpoints", slug),
+                        runs.checkpoint_dir(run_dir or output_dir,
+                                            runs.model_slug(base.dataset, normal, name)),
                         every=max(base.checkpoint_every, 1))  # fmt: skip
                     checkpointers.append(checkpointer)
                 group, timing = (_restore if eval_only else _train)(
@@ -549,10 +556,18 @@ def _train(grid, normal, model, split, *, tx, mesh, checkpointer, board, timings
     return Group(normal, name, points, None, trained.history, trained.params, model), timing
 
 
+def model_scorer(model: registry.Model, grid: SweepConfig) -> scores.Scorer:
+    """The scorer of one model kind for the grid's columns (:func:`variants`)."""
+    base = grid.base
+    return scores.scorer(model, variants(grid), vae_score=base.vae_score,
+                         mc_samples=base.mc_samples, likelihood=base.likelihood)  # fmt: skip
+
+
 def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images: np.ndarray, *,
            keep_params: bool) -> Group:  # fmt: skip
-    """Scores every trained model of a group every way of the grid (:func:`variants`);
-    averages ensemble members."""
+    """Scores every trained model of a group every way of the grid (:func:`variants`): each
+    score fit on the training split and, a fusion, on the held-out normals
+    (:class:`jax_vae.scores.Scorer`); averages ensemble members."""
     base, points, members = grid.base, group.points, grid.base.ensemble_size
     k = len(points) * members
     params, history = sharding.on_one_device((group.params, group.history))  # One device.
@@ -562,77 +577,23 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images:
     history = {f: np.asarray(h[:k]).reshape(len(points), members, -1).mean(axis=1)
                for f, h in history.items()}  # fmt: skip
     one = params if k > 1 else jax.tree.map(lambda a: a[0], params)
-    score_fn, scored, fuse = _score_components(group.model, grid, one, train_images, k)
+    scorer = model_scorer(group.model, grid)
+    fitted = scorer.fit(one, train_images, chunk_size=base.chunk_size, stacked=k > 1)
     score_keys = _keys(grid, group.name, points).score
-    scores = scoring.score_parts(
-        scored, images, score_fn=score_fn, key=score_keys if k > 1 else score_keys[0],
-        chunk_size=base.chunk_size, stacked=k > 1,
+    components = scoring.score_parts(
+        scorer.inputs(one, fitted), images, score_fn=scorer.fn,
+        key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
     )  # fmt: skip
+    stats = scorer.standardize(components.val)  # A fusion's, on the held-out normals.
     # Each model's columns, then [points * members, N, V] -> the members' mean [points, N, V].
-    scores = scoring.Parts(*(
-        np.reshape(s, (len(points), members, *np.shape(s)[-2:])).mean(axis=1)
-        for s in fuse(scores)
+    columns = scoring.Parts(*(
+        np.reshape(v, (len(points), members, *v.shape[-2:])).mean(axis=1)
+        for v in (scorer.combine(c, stats) for c in components)
     ))  # fmt: skip
     first = jax.tree.map(lambda a: a[0], params) if keep_params else None
-    return dataclasses.replace(group, scores=scores, history=history, params=first)
-
-
-def _score_components(model: registry.Model, grid: SweepConfig, params, train_images, k: int):
-    """The per-example function giving a model's score components, what it takes as
-    parameters, and how the components become the grid's columns (:func:`variants`).
-
-    Components: the residual score at each smoothing; with a ``shift`` score, the shift
-    score at each smoothing; with a k-NN score, the distance to the training images' codes
-    (``latent``) or pixels (``pixel``). A fused score is the sum of its two components
-    standardized on the held-out normals (``scoring.standardized``), per model.
-    """
-    base, smoothings = grid.base, grid.smoothings
-    fns = [model.score(vae_score=base.vae_score, mc_samples=base.mc_samples,
-                       likelihood=base.likelihood, smoothing=s) for s in smoothings]  # fmt: skip
-    kinds = [rules.score_parts(name) for name in grid.scores]
-    if any(kind == "shift" for kind, _ in kinds):
-        fns += [scoring.shift_score(model.reconstruct(), smoothing=s, shifts=scoring.SHIFTS,
-                                    image_shape=model.module.image_shape) for s in smoothings]
-    spaces = sorted({space for _, space in kinds if space})
-    if not spaces:  # The plain residual: as it always was (its numbers bit for bit).
-        score_fn, scored = scoring.stack_scores(tuple(fns)), params
-    else:
-        if "latent" in spaces and model.spec.encode is None:
-            raise ConfigError(f"--score latent_knn needs a model with a latent code; "
-                              f"{model.name} has none")  # fmt: skip
-        encode = model.spec.encode(model.module) if model.spec.encode else None
-        banks = {}
-        if "latent" in spaces:
-            banks["latent"] = jnp.asarray(scoring.map_chunked(
-                lambda p, x, _: encode(p, x), params, train_images,
-                chunk_size=base.chunk_size, stacked=k > 1))  # fmt: skip
-        if "pixel" in spaces:  # The same images for every model (a copy each, to vmap).
-            pixels = jnp.asarray(train_images)  # Already the split's float images.
-            banks["pixel"] = jnp.broadcast_to(pixels, (k, *pixels.shape)) if k > 1 else pixels
-
-        def score_fn(p, x, key):
-            own = [f(p["model"], x, key) for f in fns]
-            near = [scoring.knn_distance(encode(p["model"], x) if space == "latent" else x,
-                                         p[space], scoring.NEIGHBOURS) for space in spaces]
-            return jnp.stack(own + near)
-
-        scored = {"model": params, **banks}
-    n = len(smoothings)
-
-    def fuse(parts: scoring.Parts) -> list[np.ndarray]:
-        columns = []  # Per variant, its scores in each part (val first: it standardizes).
-        for kind, space in kinds:
-            for j in range(n):
-                own = [a[..., j + (n if kind == "shift" else 0)] for a in parts]
-                if space is not None:
-                    near = [a[..., len(fns) + spaces.index(space)] for a in parts]
-                    own = [a + b for a, b in zip(scoring.standardized(own[0], *own),
-                                                 scoring.standardized(near[0], *near),
-                                                 strict=True)]  # fmt: skip
-                columns.append(own)
-        return [np.stack([c[i] for c in columns], axis=-1) for i in range(len(parts))]
-
-    return score_fn, scored, fuse
+    kept = (jax.tree.map(np.asarray, fitted), stats) if keep_params and k == 1 else None
+    return dataclasses.replace(group, scores=columns, history=history, params=first,
+                               fitted=kept)  # fmt: skip
 
 
 def _label(grid: SweepConfig, normal: int, name: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from experiments.files import atomic_write_bytes  # noqa: E402
+from jax_vae.runs import atomic_write_bytes  # noqa: E402
 
 
 def save(fig: Figure, path: str) -> None:

@@ -17,10 +17,10 @@ from typing import Any, TextIO
 import numpy as np
 from absl import logging
 
-from experiments.files import atomic_write_bytes, write_json, write_npz
 from experiments.pipeline import Result
 from experiments.tensorboard import Board
-from jax_vae import registry, rules, sharding
+from jax_vae import registry, rules, runs, sharding
+from jax_vae.runs import atomic_write_bytes
 
 CSV_FIELDS = (
     "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "score", "auroc",
@@ -77,7 +77,7 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
                 board.images({name[:-4]: os.path.join(path, name) for name in pngs},
                              result.grid.base.epochs)  # fmt: skip
                 board.close()
-            _complete(os.path.join(path, "metrics.json"), record, timings)
+            _complete(path, result.kind, record, timings)
         else:
             with timings.phase("files"):
                 csv_text = rows_to_csv(result.rows, axes=axes).encode()
@@ -92,15 +92,15 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
                                os.path.join(path, "auroc_vs_beta.png"))  # fmt: skip
                     plots.save(plots.best_per_class(summary, labels),
                                os.path.join(path, "best_per_class.png"))  # fmt: skip
-            _complete(os.path.join(path, f"{result.kind}.json"), record, timings)
+            _complete(path, result.kind, record, timings)
         logging.info("results in %s", path)
     return {**record, "output_dir": path}
 
 
-def _complete(path: str, record: dict[str, Any], timings) -> None:
+def _complete(path: str, kind: str, record: dict[str, Any], timings) -> None:
     """Writes the completion file, last, with the command's seconds per phase up to it."""
     record["timings"] = timings.record()
-    write_json(path, record)
+    runs.complete(path, kind, record)
 
 
 def _write_run_files(result: Result) -> None:
@@ -113,7 +113,11 @@ def _write_run_files(result: Result) -> None:
         for part, scores in g.scores._asdict().items():
             arrays[f"{g.name}_{part}"] = scores[0, :, 0]
     with timings.phase("files"):
-        write_npz(os.path.join(path, "scores.npz"), arrays)
+        runs.write_scores(path, arrays)
+        for g in result.groups:  # What each model's scores fit: the detector loads it.
+            if g.fitted is not None:
+                runs.write_fitted_scores(path, runs.model_slug(result.grid.base.dataset, normal,
+                                                               g.name), *g.fitted)  # fmt: skip
     with timings.phase("plots"):
         from experiments import plots  # noqa: PLC0415  (matplotlib: only for plots)
 

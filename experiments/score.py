@@ -6,7 +6,7 @@ one row per image.
   python -m experiments.score --run=runs/<run> --images=batch.npy            # an array file
 
 Writes ``scores.csv`` (file, then per model its score and whether it is above the run's
-threshold) into a new folder (default ``<run>/score_<time>``) and prints how many images each
+threshold) into a new folder (default ``<run>/<time>_score``) and prints how many images each
 model flags. ``--maps=N`` also writes, for each model's N highest-scoring images, the image,
 its reconstruction and the anomaly map (the squared residual, blurred as the run's
 ``--score_smoothing`` scores it) as one PNG.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 
@@ -28,9 +27,9 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import cli
-from experiments.config import ConfigError, check_output_dir
-from experiments.files import atomic_write_bytes, new_run_dir, prepare_output_dir
-from jax_vae import rules
+from experiments.config import ConfigError, check_output_dir, prepare_output_dir
+from jax_vae import rules, runs
+from jax_vae.runs import atomic_write_bytes
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +44,7 @@ def define_flags() -> None:
     flags.DEFINE_list("models", None, "Models of the run to score with (default: all of them).")
     flags.DEFINE_integer("maps", 0, "Anomaly maps of each model's N highest-scoring images.")
     flags.DEFINE_string("output_dir", None, "New folder for the results (default: "
-                        "<run>/score_*).")  # fmt: skip
+                        "<run>/<time>_score).")  # fmt: skip
     flags.adopt_module_key_flags(cli)
 
 
@@ -53,17 +52,16 @@ def _run_models(run: str) -> list[str]:
     """The trained models of a run (or of a saved ``Detector``); the flag checks, before JAX
     starts."""
     try:
-        with open(os.path.join(run, "config.json")) as f:
-            config = json.load(f)
-        if "detector" in config:  # Detector.save: its one model, its threshold inside.
+        config = runs.read_config(run)
+        kind = runs.kind_of(config)
+        if kind == "detector":  # Detector.save: its one model, its threshold inside.
             return [config["detector"]["model"]]
-        with open(os.path.join(run, "metrics.json")) as f:
-            json.load(f)
-    except (OSError, ValueError, KeyError, TypeError):
+        if kind == "grid":
+            raise ConfigError(f"--run {run} holds a sweep or baselines run; give a single run")
+        runs.read_completion(run)
+    except runs.RunFolderError:
         raise ConfigError(f"--run {run}: not a finished run of experiments.main (it needs "
                           "config.json and metrics.json) or a saved detector") from None
-    if "betas" in config:
-        raise ConfigError(f"--run {run} holds a sweep or baselines run; give a single run")
     return [m for m in config.get("models", ()) if m not in rules.BASELINES]
 
 
@@ -74,7 +72,7 @@ def body():
     models = tuple(FLAGS.models or trained)
     rules.choices("--models", models, trained)
     rules.at_least("--maps", FLAGS.maps, 0)
-    output = FLAGS.output_dir or new_run_dir("score", root=FLAGS.run)
+    output = FLAGS.output_dir or runs.new_run_dir("score", root=FLAGS.run)
     check_output_dir(output)
     return lambda timings: score(FLAGS.run, FLAGS.images, models, output, maps=FLAGS.maps)
 
@@ -88,8 +86,7 @@ def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: 
     from jax_vae import data  # noqa: PLC0415  (after the flag checks)
     from jax_vae.detector import Detector  # noqa: PLC0415
 
-    with open(os.path.join(run, "config.json")) as f:
-        height, width, channels = json.load(f).get("image_shape", (28, 28, 1))  # Older: MNIST.
+    height, width, channels = runs.read_config(run).get("image_shape", (28, 28, 1))  # Older: MNIST.
     names, raw = data.read_images(source, channels=channels, size=(height, width), warn=True)
     shape = tuple(raw.shape[1:]) + (1,) * (raw.ndim == 3)
     if shape != (height, width, channels):

@@ -15,8 +15,6 @@ best mean test AUROC over both).
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 from absl import flags
@@ -34,13 +32,13 @@ def load_candidates(folders: list[str]) -> tuple[dict, dict]:
     """(test AUROC summary, synthetic AUROC summary) of every candidate of the sweeps,
     labelled with their epochs (``VAE b=1 s=1 e60``)."""
     from experiments.report import summarize  # noqa: PLC0415  (JAX: after the flag checks)
+    from jax_vae import runs  # noqa: PLC0415
 
     test, synthetic = {}, {}
     for folder in folders:
         try:
-            with open(os.path.join(folder, "sweep.json")) as f:
-                record = json.load(f)
-        except (OSError, ValueError) as e:
+            record = runs.read_completion(folder, "sweep")
+        except runs.RunFolderError as e:
             raise ConfigError(f"{folder}: not a finished sweep ({e})") from None
         tag = f" e{record['config']['epochs']}"
         rows = [{"normal_class": r.get("digit"), **r} for r in record["rows"]]  # Older: "digit".

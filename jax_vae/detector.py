@@ -12,7 +12,6 @@ registry score, :func:`jax_vae.metrics.threshold_from_normals`::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -21,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vae import data, keys, metrics, plugins, registry, rules, scoring, train
+from jax_vae import data, keys, metrics, plugins, registry, rules, runs, scores, scoring, train
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
 SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs", "batch_size",
             "learning_rate", "val_fraction", "threshold_percentile", "vae_score", "mc_samples",
-            "score_smoothing", "image_shape")  # fmt: skip
+            "score_smoothing", "score", "image_shape")  # fmt: skip
 
 
 class Detector:
@@ -47,7 +46,8 @@ class Detector:
         defaults = {"hidden_dims": (400,), "latent_dim": 20, "architecture": "mlp",
                     "likelihood": "gaussian", "epochs": 30, "batch_size": 128,
                     "learning_rate": 1e-3, "val_fraction": 0.1, "threshold_percentile": 95.0,
-                    "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0}  # fmt: skip
+                    "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0,
+                    "score": "residual"}  # fmt: skip
         self.settings = {**defaults, "image_shape": None, **settings}
         rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
         self.name, self._hparams = model, hparams or {}
@@ -56,6 +56,8 @@ class Detector:
         self.threshold: float | None = None
         self.history: dict[str, np.ndarray] | None = None
         self._state: Any = None
+        self._fitted: dict[str, Any] = {}  # What the score fit: banks, fusion statistics.
+        self._stats: dict[str, Any] = {}
         self._score_key = jax.random.key(0)
 
     def _build(self, image_shape: tuple) -> None:
@@ -65,9 +67,11 @@ class Detector:
             **{k: self.settings[k] for k in ("hidden_dims", "latent_dim", "architecture",
                                               "likelihood")})  # fmt: skip
         self.hparams = {**self.model.hparams, **self._hparams}
-        self.score_fn = self.model.score(
+        scores.check_reconstruction("score", self.settings["score"], self.settings["vae_score"])
+        self.scorer = scores.scorer(
+            self.model, [(self.settings["score"], self.settings["score_smoothing"])],
             vae_score=self.settings["vae_score"], mc_samples=self.settings["mc_samples"],
-            likelihood=self.settings["likelihood"], smoothing=self.settings["score_smoothing"])
+            likelihood=self.settings["likelihood"])  # fmt: skip
 
     def fit(self, key: jax.Array, normal_images: Any) -> Detector:
         """Trains on normal images, holding out ``val_fraction`` of them for the threshold.
@@ -96,6 +100,9 @@ class Detector:
         )  # fmt: skip
         self.params, self.history, self._state = result.params, result.history, result.state
         self._score_key = jax.random.fold_in(key, keys.SCORE)
+        # The score fits the training images (a k-NN bank) and, a fusion, the held-out ones.
+        self._fitted = self.scorer.fit(self.params, fit)
+        self._stats = self.scorer.standardize(self._components(val))
         val_scores = self.score(val)
         self.threshold = metrics.threshold_from_normals(
             val_scores, percentile=self.settings["threshold_percentile"])
@@ -112,7 +119,12 @@ class Detector:
                 f"images of shape {list(dims)} do not fit the detector's "
                 f"{'x'.join(map(str, expected))} (height x width x channels) images"
             )
-        return scoring.map_chunked(self.score_fn, self.params, images, key=self._score_key)
+        return self.scorer.combine(self._components(images), self._stats)[..., 0]
+
+    def _components(self, images: Any) -> np.ndarray:
+        """The plain scores the score is made of, [N, components]."""
+        return scoring.map_chunked(self.scorer.fn, self.scorer.inputs(self.params, self._fitted),
+                                   images, key=self._score_key)  # fmt: skip
 
     decision_function = score  # PyOD's name.
 
@@ -121,8 +133,8 @@ class Detector:
         return (self.score(images) > self.threshold).astype(np.int32)
 
     def save(self, directory: str) -> None:
-        """Writes ``config.json`` and the final training state (an Orbax checkpoint) into a
-        new folder ``directory``.
+        """Writes ``config.json``, the final training state (an Orbax checkpoint) and what the
+        score fit into a new folder ``directory`` (:mod:`jax_vae.runs`).
 
         Raises:
           ValueError: The detector is not fitted.
@@ -138,35 +150,31 @@ class Detector:
                                "hparams": {k: float(v) for k, v in self.hparams.items()},
                                "score_key": np.asarray(jax.random.key_data(
                                    self._score_key)).tolist()}}  # fmt: skip
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(record, f, indent=1)
+        runs.write_config(directory, record)
         history = [{k: v[i] for k, v in self.history.items()}
                    for i in range(self.settings["epochs"])]  # fmt: skip
-        checkpointer = Checkpointer(os.path.join(directory, "checkpoints", self.model.name),
+        checkpointer = Checkpointer(runs.checkpoint_dir(directory, self.model.name),
                                     asynchronous=False)  # fmt: skip
         checkpointer.save(self.settings["epochs"], self._state, history)
         checkpointer.close()
+        runs.write_fitted_scores(directory, self.model.name, self._fitted, self._stats)
 
     @classmethod
     def load(cls, directory: str, *, model: str | None = None) -> Detector:
         """A saved detector, or a finished ``experiments.main`` run (its ``model``, by
-        default the first it trained) with the run's threshold.
+        default the first it trained) with the run's threshold and score, whichever it is.
 
         Raises:
           CheckpointError: Not a detector or a finished run, or no final checkpoint.
           PluginError: A file the run imported (``--import``) is missing or has changed.
         """
-        try:
-            with open(os.path.join(directory, "config.json")) as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{directory}: no readable config.json ({e})") from None
+        config = runs.read_config(directory)
         saved = config.get("detector")
         # The code the run imported (--import: models registered in a user's file), as it was.
         plugins.load_recorded(config.get("imports", ()), what=directory)
-        if config.get("score", "residual") != "residual":  # Fused scores need the run's banks.
-            raise CheckpointError(f"{directory} scores with --score={config['score']}; a "
-                                  "detector scores the residual (--score=residual) only")
+        if runs.kind_of(config) == "grid":
+            raise CheckpointError(f"{directory} holds a sweep or baselines run; give a single "
+                                  "run or a saved detector")  # fmt: skip
         names = [m for m in config.get("models", ()) if m not in rules.BASELINES]
         name = model or (saved["model"] if saved else (names or [None])[0])
         if name not in names:
@@ -174,27 +182,32 @@ class Detector:
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
                     if k in SETTINGS}  # fmt: skip
         if saved:
-            folder, threshold, hparams = (os.path.join(directory, "checkpoints", name),
-                                          saved["threshold"], saved["hparams"])  # fmt: skip
-        else:  # A run folder: checkpoints/<class>_<model>/, the threshold in metrics.json.
+            slug, threshold, hparams = name, saved["threshold"], saved["hparams"]
+        else:  # A run folder: the threshold in metrics.json.
             try:
-                with open(os.path.join(directory, "metrics.json")) as f:
-                    threshold = json.load(f)["models"][name]["threshold"]
-            except (OSError, ValueError, KeyError):
+                threshold = runs.read_completion(directory)["models"][name]["threshold"]
+            except KeyError:
                 raise CheckpointError(f"{directory}: not a finished run (no metrics.json with "
                                       f"{name}'s threshold)") from None  # fmt: skip
-            slug = rules.class_slug(config["dataset"], config["normal_class"])
-            folder = os.path.join(directory, "checkpoints", f"{slug}_{name}")
+            slug = runs.model_slug(config["dataset"], config["normal_class"], name)
             hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"],
                        **config.get("hparams", {})}  # fmt: skip
         detector = cls(name, **settings)  # A run's images: MNIST's 28x28x1 (the default).
         detector.hparams = {k: v for k, v in hparams.items() if k in detector.model.hparams}
+        detector._fitted, detector._stats = runs.read_fitted_scores(directory, slug)
+        scorer = detector.scorer
+        if {*map(scores.label, scorer.fits)} - set(detector._fitted) or \
+                {*map(scores.label, scorer.fused)} - set(detector._stats):  # fmt: skip
+            raise CheckpointError(f"{directory} scores with --score={settings.get('score')} "
+                                  "but holds no fitted scores (a run of an older version); "
+                                  "re-run it")  # fmt: skip
         # The restore template: one model's state, shaped as training initializes it.
         example = jnp.zeros(math.prod(detector.model.module.image_shape), jnp.float32)
         tx = train.adam(detector.settings["learning_rate"])
         trainer = train.make_train(detector.model, tx=tx)
         template = train.state_template(trainer.init_from, jax.random.key(0), example,
                                         detector.hparams)  # fmt: skip
+        folder = runs.checkpoint_dir(directory, slug)
         checkpointer = Checkpointer(folder)
         if checkpointer.latest_epoch() != detector.settings["epochs"]:
             checkpointer.close()

@@ -31,10 +31,6 @@ CLASS_NAMES = {
     "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
 }  # fmt: skip
 LAYOUTS = ("data", "models")
-# Scores of a trained model (the second candidate family, experiments.config): the residual
-# (today's, at --score_smoothing); its minimum over one-pixel shifts; and either one fused with
-# a k-nearest-neighbour distance to the training images' codes or pixels.
-SCORES = ("residual", "shift", "latent_knn", "pixel_knn", "shift_latent_knn", "shift_pixel_knn")
 BASELINES = ("pca", "knn", "ocsvm", "iforest")
 NUM_CLASSES = 10
 MAX_SMOOTHING = 10.0  # Pixels on a 28x28 image (scaled with the image's shorter side): a
@@ -196,19 +192,6 @@ def smoothing(name: str, value: Any, side: int | None = 28) -> None:
     high = None if side is None else MAX_SMOOTHING * side / 28
     where = f" ({side}-pixel images)" if side not in (None, 28) else ""
     number(name, value, low=0, high=high, note=f" pixels{where}")
-
-
-def score_parts(score: str) -> tuple[str, str | None]:
-    """A score's (residual kind, neighbour space): ``shift_latent_knn`` -> (shift, latent)."""
-    choice("score", score, SCORES)
-    base = "shift" if score.startswith("shift") else "residual"
-    return base, next((space for space in ("latent", "pixel") if space in score), None)
-
-
-def score_needs_reconstruction(name: str, score: str, vae_score: str) -> None:
-    """The scores beyond the plain residual reconstruct deterministically (VAE: its mean)."""
-    if score != "residual" and vae_score != "mean":
-        raise InvalidArgument(f"{name}={score} needs vae_score=mean, not {vae_score}")
 
 
 def smoothing_needs_reconstruction(name: str, value: float, vae_score: str) -> None:

@@ -26,8 +26,6 @@ from jax_vae.rules import VAE_SCORES
 from jax_vae.sharding import local_copy
 
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-SHIFTS = 1  # The shift score: images shifted by up to one pixel each way (9 copies).
-NEIGHBOURS = 5  # The k-NN scores: the mean distance to the 5 nearest training images' codes.
 
 
 class Parts(NamedTuple):
@@ -205,14 +203,6 @@ def knn_distance(point: jax.Array, bank: jax.Array, k: int) -> jax.Array:
     ``bank`` [N, D] (as ``|a|^2 - 2 a.b + |b|^2``: one matrix product for a batch)."""
     squared = jnp.sum(jnp.square(bank), axis=1) - 2 * bank @ point + jnp.sum(jnp.square(point))
     return -jnp.mean(jax.lax.top_k(-jnp.maximum(squared, 0.0), k)[0])
-
-
-def standardized(val: np.ndarray, *scores: np.ndarray) -> list[np.ndarray]:
-    """``scores`` standardized by the mean and standard deviation of ``val`` over its images
-    (axis -1; per model where there is a leading model axis)."""
-    mean = np.mean(val, axis=-1, keepdims=True)
-    std = np.std(val, axis=-1, keepdims=True)
-    return [(s - mean) / np.where(std > 0, std, 1.0) for s in scores]
 
 
 def vae_score_fn(

@@ -30,7 +30,8 @@ def test_every_python_block_runs_as_written_with_fewer_epochs(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, f"{os.path.relpath(path, ROOT)}:\n{proc.stderr[-3000:]}"
-        assert "'total'" in proc.stdout or "auroc" in proc.stdout, proc.stdout[-2000:]
+        if "train." in code:  # A block that trains shows what it trained.
+            assert "'total'" in proc.stdout or "auroc" in proc.stdout, proc.stdout[-2000:]
         if 'logging.set_verbosity("info")' in code:  # The documented switch works.
             assert "epoch 1/1" in proc.stderr, proc.stderr[-2000:]
 

@@ -11,16 +11,19 @@ import os
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from helpers import cli, one_line_error, run_grid, run_single
 
 from experiments.config import ConfigError, ExperimentConfig, SweepConfig, validate_sweep
-from jax_vae import plugins, registry
+from jax_vae import data, plugins, registry, scores
+from jax_vae.detector import Detector
 
 # A user's file: the README's denoising AE (one hyperparameter) and a model that reads two.
 MY_MODELS = textwrap.dedent('''
     import jax
-    from jax_vae import losses, models, registry, scoring
+    import jax.numpy as jnp
+    from jax_vae import losses, models, registry, scores, scoring
 
     LOADS = globals().get("LOADS", 0) + 1  # How often this module was executed.
 
@@ -58,6 +61,16 @@ MY_MODELS = textwrap.dedent('''
 
     registry.register("dae", spec(denoising_loss, {"noise": 0.2}))
     registry.register("mdae", spec(masked_loss, {"noise": 0.2, "drop": 0.1}))
+
+
+    # A score of its own: the largest squared residual of one pixel; and a fusion with it.
+    def peak(model, **options):
+        reconstruct = model.reconstruct()
+        return lambda params, fitted, x, key: jnp.max(jnp.square(x - reconstruct(params, x)))
+
+
+    scores.register("peak", scores.ScoreSpec(score=peak))
+    scores.register("peak_pixel_knn", scores.ScoreSpec(parts=("peak", "pixel_distance")))
 ''')
 SMALL = dict(epochs=1, hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1, checkpoint_every=0)
 
@@ -70,6 +83,8 @@ def my_models(tmp_path):
     yield str(path)
     registry.unregister("dae")
     registry.unregister("mdae")
+    scores.unregister("peak")
+    scores.unregister("peak_pixel_knn")
 
 
 def _csv(path) -> list[dict[str, str]]:
@@ -104,6 +119,34 @@ def test_a_model_that_reads_two_hyperparameters_is_swept_over_both(my_models, tm
         output_dir=str(tmp_path / "r"), **SMALL))  # fmt: skip
     assert single["models"]["mdae"]["auroc"] == rows[("mdae", 0.3, 0.5)]["auroc"]
     assert single["config"]["hparams"] == {"noise": 0.3, "drop": 0.5}
+
+
+def test_a_users_score_and_fusion_run_save_and_load(my_models, tmp_path):
+    """A score registered in the user's file, fused with a built-in one: the run's test
+    scores against NumPy and scikit-learn, and reproduced by the run loaded as a detector."""
+    from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415
+
+    record = plugins.load(my_models)
+    out = tmp_path / "r"
+    run_single(ExperimentConfig(models=("ae",), normal_class=1, score="peak_pixel_knn",
+                                imports=(record,), output_dir=str(out),
+                                **{**SMALL, "checkpoint_every": 1}))  # fmt: skip
+    saved = np.load(out / "scores.npz")
+    split = data.one_class_split(data.load_dataset("bundled"), normal_class=1,
+                                 anomaly_fraction=0.1)  # fmt: skip
+    d = Detector.load(str(out))
+    np.testing.assert_array_equal(d.score(split.test_images), saved["ae_test"])
+
+    def parts(images):  # The peak residual and the 5-NN distance, independently.
+        recon = np.asarray(d.model.module.apply(d.params, images))
+        knn = NearestNeighbors(n_neighbors=5).fit(split.train_images)
+        return (np.max((images - recon) ** 2, axis=1),
+                np.mean(knn.kneighbors(images)[0] ** 2, axis=1))  # fmt: skip
+
+    (val_peak, val_near), (peak, near) = parts(split.val_images), parts(split.test_images)
+    expected = ((peak - val_peak.mean()) / val_peak.std()
+                + (near - val_near.mean()) / val_near.std())  # fmt: skip
+    np.testing.assert_allclose(saved["ae_test"], expected, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("hparams, models, message", [

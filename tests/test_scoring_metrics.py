@@ -225,8 +225,22 @@ def test_knn_distance_equals_scikit_learn_neighbours():
     np.testing.assert_allclose(got, np.mean(distances**2, axis=1), rtol=1e-4)
 
 
-def test_standardized_uses_the_held_out_scores():
-    val, test = np.array([[1.0, 3.0], [2.0, 2.0]]), np.array([[5.0], [4.0]])
-    z_val, z_test = scoring.standardized(val, val, test)
-    np.testing.assert_allclose(z_test, [[3.0], [2.0]])  # (5 - 2) / 1; (4 - 2) / 1 (std 0 -> 1).
-    np.testing.assert_allclose(z_val.mean(axis=-1), 0.0)
+def test_a_fusion_standardizes_its_parts_on_the_held_out_scores():
+    from jax_vae import registry, scores  # noqa: PLC0415
+
+    model = registry.build("ae", hidden_dims=(8,), latent_dim=2)
+    scorer = scores.scorer(model, [("residual", 0.0), ("latent_knn", 0.0)])
+    assert scorer.components == (("residual", 0.0), ("latent_distance", None))
+    rng = np.random.default_rng(0)
+    val, test = rng.gamma(2.0, size=(50, 2)), rng.gamma(2.0, size=(20, 2))
+    stats = scorer.standardize(val)
+    got = scorer.combine(test, stats)
+
+    def z(v, t):  # NumPy's standardization by the held-out scores.
+        return (t - v.mean()) / v.std()
+
+    np.testing.assert_array_equal(got[:, 0], test[:, 0])  # The residual as it is.
+    np.testing.assert_allclose(got[:, 1], z(val[:, 0], test[:, 0]) + z(val[:, 1], test[:, 1]))
+    np.testing.assert_allclose(scorer.combine(val, stats)[:, 1].mean(), 0.0, atol=1e-12)
+    constant = np.ones((10, 2))  # No spread on the held-out normals: divided by 1, not 0.
+    np.testing.assert_array_equal(scorer.combine(constant, scorer.standardize(constant))[:, 1], 0)
