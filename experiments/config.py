@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jax_vae import plugins, registry, rules, runs, scores
+from jax_vae import plugins, registry, rules, runs, scores, spec
 
 # An invalid setting: a rule of jax_vae.rules broken, its message naming the flag. The rules
 # raise it themselves (called here with the flag's name), so nothing needs translating.
@@ -50,16 +50,19 @@ class ExperimentConfig:
 
     beta: float = _flag(1.0, "KL weight of the beta-VAE (relative to the summed squared error).")
     normal_class: int = _flag(0, "The normal class: an index 0-9 or a name (Sandal, ...).")
-    latent_dim: int = _flag(20, "Latent size of both models.")
-    hidden_dims: tuple[int, ...] = _flag((400,), "Encoder hidden widths; the decoder mirrors them.")
-    epochs: int = _flag(30, "Training epochs.")
-    batch_size: int = _flag(128, "Training batch size.")
-    learning_rate: float = _flag(1e-3, "Adam learning rate.")
+    latent_dim: int = _flag(spec.LATENT_DIM, "Latent size of both models.")
+    hidden_dims: tuple[int, ...] = _flag(spec.HIDDEN_DIMS, "Encoder hidden widths; the decoder "
+                                         "mirrors them.")
+    epochs: int = _flag(spec.EPOCHS, "Training epochs.")
+    batch_size: int = _flag(spec.BATCH_SIZE, "Training batch size.")
+    learning_rate: float = _flag(spec.LEARNING_RATE, "Adam learning rate.")
     seed: int = _flag(0, "Training seed: initialization, shuffling, sampling (not the split).")
     split_seed: int = _flag(0, "Seed of the held-out normals, sampled and synthetic anomalies.")
-    val_fraction: float = _flag(0.1, "Share of normal training images held out for the threshold.")
+    val_fraction: float = _flag(spec.VAL_FRACTION, "Share of normal training images held out "
+                                "for the threshold.")
     anomaly_fraction: float | None = _flag(None, "Anomaly share of the test set; unset: all.")
-    threshold_percentile: float = _flag(95.0, "Percentile of held-out normal scores: threshold.")
+    threshold_percentile: float = _flag(spec.THRESHOLD_PERCENTILE, "Percentile of held-out "
+                                        "normal scores: threshold.")
     models: tuple[str, ...] = _flag(
         ("ae", "vae"),
         "Models: ae, vae, any registered one (jax_vae.registry), or baselines: "

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = [
     "baselines", "checkpoints", "data", "detector", "keys", "losses", "metrics", "models",
-    "plugins", "registry", "rules", "scores", "scoring", "sharding", "train",
+    "plugins", "registry", "rules", "runs", "scores", "scoring", "sharding", "spec", "train",
 ]  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from jax_vae import errors, rules
+from jax_vae import errors, rules, spec
 from jax_vae.rules import DATASETS as TFDS_DATASETS
 from jax_vae.rules import SOURCES
 
@@ -821,7 +821,7 @@ def split_indices(
     dataset: Dataset,
     *,
     normal_class: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = spec.VAL_FRACTION,
     anomaly_fraction: float | None = None,
     seed: int = 0,
 ) -> SplitIndices:
@@ -872,7 +872,7 @@ def one_class_split(
     dataset: Dataset,
     *,
     normal_class: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = spec.VAL_FRACTION,
     anomaly_fraction: float | None = None,
     seed: int = 0,
 ) -> OneClassSplit:

@@ -20,7 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vae import data, keys, metrics, plugins, registry, rules, runs, scores, scoring, train
+from jax_vae import (
+    data,
+    keys,
+    metrics,
+    plugins,
+    registry,
+    rules,
+    runs,
+    scores,
+    scoring,
+    spec,
+    train,
+)
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
@@ -43,9 +55,11 @@ class Detector:
         unknown = set(settings) - set(SETTINGS)
         if unknown:
             raise TypeError(f"Detector got unknown settings {sorted(unknown)}; use {SETTINGS}")
-        defaults = {"hidden_dims": (400,), "latent_dim": 20, "architecture": "mlp",
-                    "likelihood": "gaussian", "epochs": 30, "batch_size": 128,
-                    "learning_rate": 1e-3, "val_fraction": 0.1, "threshold_percentile": 95.0,
+        defaults = {"hidden_dims": spec.HIDDEN_DIMS, "latent_dim": spec.LATENT_DIM,
+                    "architecture": "mlp", "likelihood": "gaussian", "epochs": spec.EPOCHS,
+                    "batch_size": spec.BATCH_SIZE, "learning_rate": spec.LEARNING_RATE,
+                    "val_fraction": spec.VAL_FRACTION,
+                    "threshold_percentile": spec.THRESHOLD_PERCENTILE,
                     "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0,
                     "score": "residual"}  # fmt: skip
         self.settings = {**defaults, "image_shape": None, **settings}

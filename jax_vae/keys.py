@@ -7,7 +7,7 @@ training seed. A node's children are ``fold_in(node, i)`` for distinct ``i``
 names children the same way), so two paths never meet and no key is used twice::
 
     key(seed)
-    └─ model m = fold_in(key(seed), registry.key_id(name))  # ae 0, vae 1, others by name
+    └─ model m = fold_in(key(seed), model_id(name))  # ae 0, vae 1, others by name
        ├─ 0 TRAIN: ensemble member 0 (the single model)
        │  ├─ 0: init (params: 0, the VAE's init sample: 1)
        │  └─ 1: epoch 1 -> (0: epoch 2 ..., 1: shuffle, 2: steps -> step s -> example i)
@@ -24,14 +24,16 @@ models run, so a sweep that trains many seeds together reproduces each
 
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jax_vae import registry, rules
+from jax_vae import rules
 
 TRAIN, SCORE, MEMBERS = 0, 1, 2
+BUILTIN_MODEL_IDS = {"ae": 0, "vae": 1}
 VAL, TEST, SYNTHETIC = 0, 1, 2
 
 
@@ -65,10 +67,19 @@ def as_typed(key: jax.Array) -> jax.Array:
     )
 
 
+def model_id(name: str) -> int:
+    """The branch of model ``name`` in the key tree: the built-in ``ae`` and ``vae`` 0 and 1,
+    any other model's derived from its name alone (never 0 or 1), so registering a model
+    never changes another model's keys."""
+    if name in BUILTIN_MODEL_IDS:
+        return BUILTIN_MODEL_IDS[name]
+    return 2 + zlib.crc32(name.encode()) % (2**31 - 2)
+
+
 def model_node(seed: int, name: str) -> jax.Array:
     """The node of model ``name`` under ``key(seed)``."""
     rules.seed("seed", seed)
-    return jax.random.fold_in(jax.random.key(seed), registry.key_id(name))
+    return jax.random.fold_in(jax.random.key(seed), model_id(name))
 
 
 def model_keys(seed: int, name: str) -> ModelKeys:

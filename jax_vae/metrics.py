@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jax_vae import rules
+from jax_vae import rules, spec
 
 
 def _sklearn_metrics():
@@ -29,7 +29,8 @@ class DetectionMetrics(NamedTuple):
     threshold: float
 
 
-def threshold_from_normals(normal_scores: np.ndarray, *, percentile: float = 95.0) -> float:
+def threshold_from_normals(normal_scores: np.ndarray, *,
+                           percentile: float = spec.THRESHOLD_PERCENTILE) -> float:
     """The ``percentile``-th percentile of held-out normal scores.
 
     Args:
@@ -104,7 +105,7 @@ def evaluate(
     test_scores: np.ndarray,
     synthetic_scores: np.ndarray,
     *,
-    percentile: float = 95.0,
+    percentile: float = spec.THRESHOLD_PERCENTILE,
 ) -> dict[str, float]:
     """Every reported number of one model: the one path from scores to metrics.
 

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_vae import spec
 from jax_vae.data import NUM_PIXELS
 
 
@@ -58,8 +59,8 @@ class AutoEncoder(nn.Module):
       image_shape: (height, width, channels) of the flattened images.
     """
 
-    hidden_dims: Sequence[int] = (400,)
-    latent_dim: int = 20
+    hidden_dims: Sequence[int] = spec.HIDDEN_DIMS
+    latent_dim: int = spec.LATENT_DIM
     image_shape: ImageShape = MNIST_SHAPE
 
     def setup(self):
@@ -116,8 +117,8 @@ class VAE(nn.Module):
       image_shape: (height, width, channels) of the flattened images.
     """
 
-    hidden_dims: Sequence[int] = (400,)
-    latent_dim: int = 20
+    hidden_dims: Sequence[int] = spec.HIDDEN_DIMS
+    latent_dim: int = spec.LATENT_DIM
     image_shape: ImageShape = MNIST_SHAPE
 
     def setup(self):

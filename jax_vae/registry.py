@@ -13,23 +13,21 @@ so a new model is one :func:`register` call, in your own code::
         hparams={"noise": 0.2},                  # Read by the loss; each can be swept.
     ))
 
-A model's keys come from its ``key_id`` (:mod:`jax_vae.keys`); the built-in
-``ae`` and ``vae`` are 0 and 1, any other model's is derived from its name, so
-registering a model never changes another model's keys. This module imports no
-JAX until an entry is used, so checking a flag against :func:`names` is cheap.
+A model's keys come from its name (:func:`jax_vae.keys.model_id`), so registering a
+model never changes another model's keys. This module imports no JAX until an entry
+is used, so checking a flag against :func:`names` is cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jax_vae import rules
+from jax_vae import rules, spec
 
-BUILTIN_KEY_IDS = {"ae": 0, "vae": 1}
+BUILTIN = ("ae", "vae")
 
 
 def init_module(module: Any, key: Any, x: Any, *extra: Any) -> Any:
@@ -64,8 +62,7 @@ class ModelSpec:
         is a leaf of the hparams pytree that training takes, so each can be a
         vmapped axis; the commands sweep ``beta`` for models that read it.
       encode: Optional ``encode(module) -> code(params, x)``: the latent code
-        the plots show (none when None).
-      key_id: The model's branch of the key tree; None derives it from the name.
+        the plots show and the latent scores use (none when None).
     """
 
     build: Callable[..., Any]
@@ -75,7 +72,6 @@ class ModelSpec:
     init: Callable[..., Any] = init_module
     hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
     encode: Callable[..., Any] | None = None
-    key_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,18 +135,7 @@ def unregister(name: str) -> None:
 
 def names() -> tuple[str, ...]:
     """Every model's name: the built-in ``ae`` and ``vae``, then registered ones."""
-    return (*BUILTIN_KEY_IDS, *(n for n in _REGISTRY if n not in BUILTIN_KEY_IDS))
-
-
-def key_id(name: str) -> int:
-    """The model's branch of the key tree (:mod:`jax_vae.keys`)."""
-    rules.choice("name", name, names())
-    spec = _REGISTRY.get(name)
-    if spec is not None and spec.key_id is not None:
-        return spec.key_id
-    if name in BUILTIN_KEY_IDS:
-        return BUILTIN_KEY_IDS[name]
-    return 2 + zlib.crc32(name.encode()) % (2**31 - 2)  # Never 0 or 1.
+    return (*BUILTIN, *(n for n in _REGISTRY if n not in BUILTIN))
 
 
 def get(name: str) -> ModelSpec:
@@ -169,8 +154,8 @@ def reads(name: str, hparam: str) -> bool:
 def build(
     name: str,
     *,
-    hidden_dims: tuple[int, ...] = (400,),
-    latent_dim: int = 20,
+    hidden_dims: tuple[int, ...] = spec.HIDDEN_DIMS,
+    latent_dim: int = spec.LATENT_DIM,
     architecture: str = "mlp",
     likelihood: str = "gaussian",
     image_shape: tuple[int, int, int] = (28, 28, 1),

@@ -37,7 +37,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from jax_vae import data, errors, rules, sharding
+from jax_vae import data, errors, rules, sharding, spec
 from jax_vae import keys as keys_lib
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
@@ -54,7 +54,7 @@ def adam(learning_rate: float, *, injected: bool = False) -> optax.GradientTrans
     return optax.adam(learning_rate)
 
 
-ADAM = adam(1e-3)  # The seed spec's optimizer, the default everywhere.
+ADAM = adam(spec.LEARNING_RATE)  # The seed spec's optimizer, the default everywhere.
 
 
 class TrainState(struct.PyTreeNode):
@@ -312,8 +312,8 @@ def make_train(
     model: Any,
     *,
     tx: optax.GradientTransformation | None = None,
-    epochs: int = 30,
-    batch_size: int = 128,
+    epochs: int = spec.EPOCHS,
+    batch_size: int = spec.BATCH_SIZE,
     batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Trainer:
     """The training run of ``model`` as a pure function ``train(key, images, hparams)``.
@@ -489,8 +489,8 @@ def train(
     *,
     model: Any,
     tx: optax.GradientTransformation | None = None,
-    epochs: int = 30,
-    batch_size: int = 128,
+    epochs: int = spec.EPOCHS,
+    batch_size: int = spec.BATCH_SIZE,
     name: str = "model",
     hooks: Sequence[Hook] = (log_progress,),
     group_size: int | None = None,

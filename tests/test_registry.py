@@ -51,7 +51,7 @@ def dae():
 
 
 def test_a_registered_model_trains_vmapped_over_its_own_hyperparameter(dae, split0):
-    assert "dae" in registry.names() and registry.key_id("dae") not in (0, 1)
+    assert "dae" in registry.names() and keys.model_id("dae") not in (0, 1)
     images = split0.train_images[:512]
     trainer = train.make_train(dae, epochs=2, batch_size=64)
     key = keys.model_keys(0, "dae").train

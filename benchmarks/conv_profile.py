@@ -1,12 +1,13 @@
 """The conv AE's epoch before and after the slices-and-matmuls layers, and PyTorch's.
 
-  python experiments/results/conv_profile/compare.py [PYTHON_WITH_TORCH]
+  python -m benchmarks.conv_profile [PYTHON_WITH_TORCH] > compare.txt
 
 One process times an epoch (median of the 2nd and 3rd, through ``jax_vae.train.train``) of
 the conv AE (--architecture=conv --hidden_dims=32,64) built from Flax's ``nn.Conv`` /
 ``nn.ConvTranspose`` (the layers before) and from ``jax_vae.models.StridedConv`` /
-``StridedConvTranspose`` (now), profiles the second, then runs ``torch_conv.py`` (the same
-network in PyTorch) with the given interpreter. Output: ``compare.txt``.
+``StridedConvTranspose`` (now), profiles the second, then runs ``conv_profile_torch.py`` (the
+same network in PyTorch) with the given interpreter. Its output is
+``experiments/results/conv_profile/compare.txt``.
 """
 
 import os
@@ -78,7 +79,7 @@ def main(torch_python: str) -> None:
                                                 batch_size=128)  # fmt: skip
     print(f"  profiled epoch {profiled:.2f} s: matmuls {matmuls:.2f} s ({matmuls / profiled:.0%}), "
           f"the rest (slices, concatenations, elementwise, Adam) {profiled - matmuls:.2f} s")
-    torch = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_conv.py")
+    torch = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_profile_torch.py")
     out = subprocess.run([torch_python, torch], capture_output=True, text=True, check=True).stdout
     print(out.strip())
     torch_step = float(out.split("128): ")[1].split(" ms")[0]) / 1e3

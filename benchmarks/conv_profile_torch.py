@@ -1,4 +1,5 @@
-"""The conv AE of compare.py in PyTorch (2 threads): one training step, then one epoch."""
+"""The conv AE of benchmarks/conv_profile.py in PyTorch (2 threads): one training step,
+then one epoch."""
 
 import time
 

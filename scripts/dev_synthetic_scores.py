@@ -1,7 +1,8 @@
 """Development of new score candidates on normal data only: held-out normals against their
 synthetic corruptions (no test image or label is read). Seed 0, split seed 0, 30 epochs.
 
-  python experiments/results/dev_synthetic_scores/dev_scores.py OUT.json   # ~15 min, 2 cores
+  python scripts/dev_synthetic_scores.py experiments/results/dev_synthetic_scores/dev_scores.json
+  # ~15 min on 2 cores
 """
 import json
 import sys
