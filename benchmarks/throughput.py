@@ -36,7 +36,7 @@ from absl import flags, logging
 from benchmarks import common
 from experiments import cli
 from experiments.config import ConfigError, parse_list
-from jax_vae import registry, rules
+from jax_vae import registry, rules, vocab
 from jax_vae.data import load_dataset, one_class_split
 from jax_vae.registry import build as make_model
 from jax_vae.train import default_group_size, make_train, train
@@ -174,7 +174,7 @@ def body():
     """Checks every flag before the (long) peak probe; returns the benchmark."""
     models = tuple(m.strip().lower() for m in FLAGS.models)
     sizes = parse_list(FLAGS.sweep_sizes, name="sweep_sizes") if FLAGS.sweep_sizes else ()
-    rules.choice("--architecture", FLAGS.architecture, rules.ARCHITECTURES)
+    rules.choice("--architecture", FLAGS.architecture, vocab.ARCHITECTURES)
     try:
         dims = tuple(int(d) for d in FLAGS.hidden_dims)
     except ValueError:

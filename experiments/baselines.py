@@ -14,7 +14,7 @@ from absl import flags
 
 from experiments import cli
 from experiments.config import SweepConfig, validate_sweep
-from jax_vae import rules
+from jax_vae import rules, vocab
 
 # Only the split, threshold, data and output flags apply to the baselines.
 cli.define_experiment_flags(
@@ -26,14 +26,14 @@ cli.define_experiment_flags(
     )
 )  # fmt: skip
 cli.define_class_list_flags()
-flags.DEFINE_list("baselines", list(rules.BASELINES), "Baselines to fit.")
+flags.DEFINE_list("baselines", list(vocab.BASELINES), "Baselines to fit.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
 def body():
     names = tuple(b.strip().lower() for b in FLAGS.baselines)
-    rules.choices("--baselines", names, rules.BASELINES)
+    rules.choices("--baselines", names, vocab.BASELINES)
     base = cli.experiment_config_from_flags(models=names, checkpoint_every=0)
     config = SweepConfig(betas=(1.0,), seeds=(FLAGS.seed,),
                          classes=cli.classes_from_flags(base.dataset), base=base)  # fmt: skip

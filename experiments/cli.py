@@ -28,7 +28,7 @@ from experiments.config import (
     preset_values,
 )
 from experiments.timing import Timings, process_start
-from jax_vae import errors, plugins, rules
+from jax_vae import errors, plugins, rules, vocab
 
 FLAGS = flags.FLAGS
 _DEFINERS = {
@@ -154,7 +154,7 @@ def _normal_class(dataset: str) -> int:
         if FLAGS["normal_class"].present:
             raise ConfigError("--normal_digit and --normal_class name the same thing; give one")
         text = FLAGS.normal_digit
-    known = rules.DATASETS + rules.LOCAL_DATASETS
+    known = vocab.DATASETS + vocab.LOCAL_DATASETS
     return rules.class_index("--normal_class", text, dataset if dataset in known else "mnist")
 
 
@@ -173,7 +173,7 @@ def classes_from_flags(dataset: str) -> tuple[int, ...]:
         if FLAGS["classes"].present:
             raise ConfigError("--digits and --classes name the same thing; give one")
         return parse_classes(FLAGS.digits, name="digits", dataset=dataset)
-    if dataset in rules.LOCAL_DATASETS and not FLAGS["classes"].present:
+    if dataset in vocab.LOCAL_DATASETS and not FLAGS["classes"].present:
         return (0,)  # A user's images: one normal class.
     return parse_classes(FLAGS.classes, name="classes", dataset=dataset)
 

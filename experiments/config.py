@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jax_vae import plugins, registry, rules, runs, scores, spec
+from jax_vae import plugins, registry, rules, runs, scores, spec, vocab
 
 # An invalid setting: a rule of jax_vae.rules broken, its message naming the flag. The rules
 # raise it themselves (called here with the flag's name), so nothing needs translating.
@@ -66,20 +66,20 @@ class ExperimentConfig:
     models: tuple[str, ...] = _flag(
         ("ae", "vae"),
         "Models: ae, vae, any registered one (jax_vae.registry), or baselines: "
-        f"{', '.join(rules.BASELINES)}.",
+        f"{', '.join(vocab.BASELINES)}.",
     )
-    data_source: str = _flag("auto", f"One of {', '.join(rules.SOURCES)} (auto: find it).")
+    data_source: str = _flag("auto", f"One of {', '.join(vocab.SOURCES)} (auto: find it).")
     data_dir: str | None = _flag(
         None, "tfds data dir (tfds) or folder of IDX files (idx); with --dataset=folder your "
         "images' folder (train/, test/<kind>/), with --dataset=arrays a .npy/.npz file.")
     dataset: str = _flag(
-        "mnist", f"One of {', '.join(rules.DATASETS)}, or your own images: folder, arrays.")
+        "mnist", f"One of {', '.join(vocab.DATASETS)}, or your own images: folder, arrays.")
     channels: int = _flag(0, "--dataset=folder: images as 1 (gray) or 3 (RGB) channels; 0: as "
                           "the files are.")
     image_size: tuple[int, ...] = _flag((), "--dataset=folder: resize images to H,W; empty: "
                                         "the files' common size.")
     output_dir: str | None = _flag(None, "New folder for the results; default: one under runs/.")
-    vae_score: str = _flag("mean", f"VAE anomaly score: {', '.join(rules.VAE_SCORES)}.")
+    vae_score: str = _flag("mean", f"VAE anomaly score: {', '.join(vocab.VAE_SCORES)}.")
     mc_samples: int = _flag(10, "Draws for --vae_score=mc, elbo or iwae.")
     score_smoothing: float = _flag(0.0, "Gaussian sigma (pixels) blurring the residual; 0: MSE.")
     score: str = _flag("residual", "Anomaly score: a registered one (jax_vae.scores): "
@@ -87,7 +87,7 @@ class ExperimentConfig:
     chunk_size: int = _flag(2048, "Images per compiled scoring call (bounds memory).")
     num_devices: int = _flag(0, "Devices to use (0: all; several: data parallel).")
     checkpoint_every: int = _flag(5, "Epochs between checkpoints (and the last); 0: none.")
-    likelihood: str = _flag("gaussian", f"Reconstruction term: {', '.join(rules.LIKELIHOODS)}.")
+    likelihood: str = _flag("gaussian", f"Reconstruction term: {', '.join(vocab.LIKELIHOODS)}.")
     kl_warmup_epochs: int = _flag(0, "Linear KL warm-up epochs (0: none).")
     ensemble_size: int = _flag(1, "Seeds per model, trained together; scores averaged.")
     architecture: str = _flag("mlp", "mlp, or conv (--hidden_dims are then channels).")
@@ -269,8 +269,8 @@ def validate(config: ExperimentConfig) -> None:
     if c.anomaly_fraction is not None:
         rules.fraction("--anomaly_fraction", c.anomaly_fraction)
     rules.percentile("--threshold_percentile", c.threshold_percentile)
-    rules.choices("--models", c.models, registry.names() + rules.BASELINES)
-    rules.choice("--data_source", c.data_source, rules.SOURCES)
+    rules.choices("--models", c.models, registry.names() + vocab.BASELINES)
+    rules.choice("--data_source", c.data_source, vocab.SOURCES)
     if c.data_source == "bundled" and c.dataset != "mnist":
         raise ConfigError(
             f"--dataset={c.dataset} is not bundled (only mnist is); use --data_source=auto, "
@@ -280,7 +280,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--data_source=idx needs --data_dir with the four IDX files")
     if c.data_dir and c.data_source == "idx" and not os.path.isdir(c.data_dir):
         raise ConfigError(f"--data_dir {c.data_dir} is not a directory")
-    rules.choice("--vae_score", c.vae_score, rules.VAE_SCORES)
+    rules.choice("--vae_score", c.vae_score, vocab.VAE_SCORES)
     rules.at_least("--mc_samples", c.mc_samples, 1)
     rules.smoothing("--score_smoothing", c.score_smoothing, image_side(c))
     rules.choice("--score", c.score, scores.names())
@@ -288,9 +288,9 @@ def validate(config: ExperimentConfig) -> None:
         rules.smoothing_needs_reconstruction("--score_smoothing", c.score_smoothing, c.vae_score)
         scores.check_reconstruction("--score", c.score, c.vae_score)
     rules.at_least("--chunk_size", c.chunk_size, 1)
-    rules.choice("--likelihood", c.likelihood, rules.LIKELIHOODS)
-    rules.choice("--architecture", c.architecture, rules.ARCHITECTURES)
-    if c.architecture == "conv" and (c.image_size or c.dataset not in rules.LOCAL_DATASETS):
+    rules.choice("--likelihood", c.likelihood, vocab.LIKELIHOODS)
+    rules.choice("--architecture", c.architecture, vocab.ARCHITECTURES)
+    if c.architecture == "conv" and (c.image_size or c.dataset not in vocab.LOCAL_DATASETS):
         # A folder's or an array's own size is checked when the images are read.
         rules.conv_depth("--hidden_dims", c.hidden_dims, *(c.image_size or (28, 28)))
     rules.at_least("--kl_warmup_epochs", c.kl_warmup_epochs, 0)
@@ -318,7 +318,7 @@ def model_hparams(models: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """The hyperparameters each trained model of ``models`` reads: the optimizer's learning
     rate and its registry entry's (``ModelSpec.hparams``)."""
     return {m: ("learning_rate", *registry.get(m).hparams) for m in models
-            if m not in rules.BASELINES}  # fmt: skip
+            if m not in vocab.BASELINES}  # fmt: skip
 
 
 def check_axes(flag: str, axes: dict[str, tuple[float, ...]], models: tuple[str, ...]) -> None:
@@ -329,7 +329,7 @@ def check_axes(flag: str, axes: dict[str, tuple[float, ...]], models: tuple[str,
     """
     if not axes:
         return
-    declared = model_hparams(tuple(m for m in models if m in registry.names() + rules.BASELINES))
+    declared = model_hparams(tuple(m for m in models if m in registry.names() + vocab.BASELINES))
     for name, values in axes.items():
         if not any(name in h for h in declared.values()):
             listing = "; ".join(f"{m}: {', '.join(h)}" for m, h in declared.items())
@@ -346,7 +346,7 @@ def check_axes(flag: str, axes: dict[str, tuple[float, ...]], models: tuple[str,
 def image_side(c: ExperimentConfig) -> int | None:
     """The images' shorter side where the flags tell it: 28 for the named datasets, the
     --image_size of a folder; None for a user's images of their own size (read later)."""
-    if c.dataset not in rules.LOCAL_DATASETS:
+    if c.dataset not in vocab.LOCAL_DATASETS:
         return 28
     return min(c.image_size) if c.image_size else None
 
@@ -359,14 +359,14 @@ def data_options(c: ExperimentConfig) -> dict[str, Any]:
 
 def _validate_own_images(c: ExperimentConfig) -> None:
     """--dataset (a named one, or a folder or array file of the user's) and what it needs."""
-    rules.choice("--dataset", c.dataset, rules.DATASETS + rules.LOCAL_DATASETS)
+    rules.choice("--dataset", c.dataset, vocab.DATASETS + vocab.LOCAL_DATASETS)
     rules.channels("--channels", c.channels)
     if c.image_size:
         rules.image_size("--image_size", c.image_size, c.channels or 1)
     if (c.channels or c.image_size) and c.dataset != "folder":
         raise ConfigError("--channels and --image_size convert the images of --dataset=folder; "
                           f"{c.dataset}'s images are used as they are")  # fmt: skip
-    if c.dataset not in rules.LOCAL_DATASETS:
+    if c.dataset not in vocab.LOCAL_DATASETS:
         return
     what = "a folder with train/ (and test/<kind>/)" if c.dataset == "folder" else \
         "a .npy or .npz file"  # fmt: skip
@@ -398,7 +398,7 @@ def validate_sweep(config: SweepConfig) -> None:
             rule(flag, value)
     if config.group_size is not None:
         rules.at_least("--group_size", config.group_size, 0)
-    rules.choice("--mesh_layout", config.mesh_layout, rules.LAYOUTS)
+    rules.choice("--mesh_layout", config.mesh_layout, vocab.LAYOUTS)
     rules.choices("--score", config.scores, scores.names())
     for name in set(config.hparams) & {"beta", "learning_rate"}:
         raise ConfigError(f"the {name} axis is SweepConfig's "

@@ -42,7 +42,7 @@ from experiments.config import (
 )
 from experiments.tensorboard import Board, run_name
 from experiments.timing import Timings
-from jax_vae import data, keys, registry, rules, runs, scores, scoring, sharding, train
+from jax_vae import data, keys, registry, rules, runs, scores, scoring, sharding, train, vocab
 from jax_vae.checkpoints import Checkpointer
 from jax_vae.metrics import evaluate, separation_auroc
 
@@ -158,7 +158,7 @@ def points_of(grid: SweepConfig, name: str) -> list[dict[str, Any]]:
     """Every model of one kind the grid trains: one per value of each axis the model reads
     (:attr:`SweepConfig.axes`; None for the axes it does not read, so it is trained once for
     them) and seed. A baseline reads none; every trained model reads the learning rate."""
-    trained = name not in rules.BASELINES
+    trained = name not in vocab.BASELINES
     axes = {axis: values if trained and (axis == "learning_rate" or registry.reads(name, axis))
             else (None,) for axis, values in grid.axes.items()}  # fmt: skip
     return [{**dict(zip(axes, combination, strict=True)), "seed": seed}
@@ -167,7 +167,7 @@ def points_of(grid: SweepConfig, name: str) -> list[dict[str, Any]]:
 
 def _name(base, index: int) -> str:
     """The class in messages and logs: ``digit 3``, ``Sandal``."""
-    return rules.class_label(base.dataset, index)
+    return vocab.class_label(base.dataset, index)
 
 
 def default_output_dir(kind: str, grid: SweepConfig) -> str:
@@ -177,12 +177,12 @@ def default_output_dir(kind: str, grid: SweepConfig) -> str:
     if kind == "run":
         # A preset names itself: --preset=best may train no model that has a beta. Otherwise
         # the run's beta where a model reads one (else its models), and its own hyperparameters.
-        trained = [m for m in base.models if m not in rules.BASELINES]
+        trained = [m for m in base.models if m not in vocab.BASELINES]
         what = f"preset-{base.preset}" if base.preset else (
             f"beta{base.beta:g}" if any(registry.reads(m, "beta") for m in trained)
             else "-".join(base.models))  # fmt: skip
         what += "".join(f"_{name}{value:g}" for name, value in base.hparams.items())
-        return runs.new_run_dir(f"{rules.class_slug(base.dataset, base.normal_class)}_{what}")
+        return runs.new_run_dir(f"{vocab.class_slug(base.dataset, base.normal_class)}_{what}")
     return runs.new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 
@@ -206,7 +206,7 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]
                 dataset, normal_class=normal, val_fraction=base.val_fraction,
                 anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
             )  # fmt: skip
-        if set(base.models) - set(rules.BASELINES):
+        if set(base.models) - set(vocab.BASELINES):
             with as_flags(f" ({_name(base, normal)})"):
                 train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs)
         splits[str(normal)] = {
@@ -333,7 +333,7 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     pad_to = train.padded_sizes(sizes) if len(sizes) > 1 else {}
     # One model and optimizer object per kind, for every class: the epoch program is reused.
     models = {name: config_model(base, name, dataset.image_shape) for name in base.models
-              if name not in rules.BASELINES}  # fmt: skip
+              if name not in vocab.BASELINES}  # fmt: skip
     with as_flags():  # Every score fits every model (a latent code where one needs it).
         for model in models.values():
             model_scorer(model, grid)
@@ -347,7 +347,7 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                                                  image_shape=dataset.image_shape)  # fmt: skip
         images = scoring.Parts(split.val_images, split.test_images, synthetic)
         for name in base.models:
-            if name in rules.BASELINES:
+            if name in vocab.BASELINES:
                 with timings.phase("baselines"):
                     group, timing = _fit_baselines(grid, normal, name, split, images)
             else:
@@ -401,7 +401,7 @@ def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group],
             g.params, inputs))
         for g in models
     }  # fmt: skip
-    names = dataset.class_names or rules.CLASS_NAMES[grid.base.dataset]
+    names = dataset.class_names or vocab.CLASS_NAMES[grid.base.dataset]
     titles = [f"{names[c]}{' (A)' if a else ''}" for c, a in zip(classes[picks], labels[picks],
                                                                  strict=True)]  # fmt: skip
     codes = code_classes = None
@@ -413,7 +413,7 @@ def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group],
         codes = scoring.map_chunked(lambda p, x, k: encode(p, x), coded[0].params,
                                     images[subset], chunk_size=grid.base.chunk_size)
         code_classes = classes[subset]
-    labels_ = dataset.class_names or tuple(rules.class_label(grid.base.dataset, i)
+    labels_ = dataset.class_names or tuple(vocab.class_label(grid.base.dataset, i)
                                            for i in range(len(names)))  # "digit 3" in legends.
     return Previews(inputs, titles, dataset.image_shape, reconstructions, codes, code_classes,
                     labels_)

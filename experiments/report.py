@@ -19,7 +19,7 @@ from absl import logging
 
 from experiments.pipeline import Result
 from experiments.tensorboard import Board
-from jax_vae import registry, rules, runs, sharding
+from jax_vae import registry, runs, sharding, vocab
 from jax_vae.runs import atomic_write_bytes
 
 CSV_FIELDS = (
@@ -153,7 +153,7 @@ def _run_figures(result: Result, arrays: dict[str, np.ndarray]) -> dict[str, Any
 
 
 def _labels(dataset: str) -> tuple[str, ...]:
-    return tuple(rules.class_label(dataset, i) for i in range(len(rules.CLASS_NAMES[dataset])))
+    return tuple(vocab.class_label(dataset, i) for i in range(len(vocab.CLASS_NAMES[dataset])))
 
 
 def _kinds_table(models: dict[str, dict[str, Any]]) -> str:
@@ -182,7 +182,7 @@ def _run_header(base) -> str:
     if not base.preset:
         return ""
     beta = f", beta {base.beta:g}" if any(registry.reads(m, "beta") for m in base.models
-                                         if m not in rules.BASELINES) else ""  # fmt: skip
+                                         if m not in vocab.BASELINES) else ""  # fmt: skip
     score = f", score {base.score}" if base.score != "residual" else ""
     return (f"preset {base.preset} on {base.dataset}: {', '.join(base.models)}{beta}, "
             f"{base.epochs} epochs, score smoothing {base.score_smoothing:g}{score}\n\n")

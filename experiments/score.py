@@ -28,7 +28,7 @@ from absl import flags, logging
 
 from experiments import cli
 from experiments.config import ConfigError, check_output_dir, prepare_output_dir
-from jax_vae import rules, runs
+from jax_vae import rules, runs, vocab
 from jax_vae.runs import atomic_write_bytes
 
 FLAGS = flags.FLAGS
@@ -62,7 +62,7 @@ def _run_models(run: str) -> list[str]:
     except runs.RunFolderError:
         raise ConfigError(f"--run {run}: not a finished run of experiments.main (it needs "
                           "config.json and metrics.json) or a saved detector") from None
-    return [m for m in config.get("models", ()) if m not in rules.BASELINES]
+    return [m for m in config.get("models", ()) if m not in vocab.BASELINES]
 
 
 def body():

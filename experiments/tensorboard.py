@@ -35,7 +35,7 @@ def run_name(base, row: dict[str, Any], smoothed: bool, rated: bool = False,
              axes: tuple[str, ...] = ()) -> str:
     """The TensorBoard run of one grid row (its learning rate too when the grid has several;
     its value on each of the models' own ``axes``, ``_noise0.1``, where it has one)."""
-    from jax_vae.rules import class_slug  # noqa: PLC0415
+    from jax_vae.vocab import class_slug  # noqa: PLC0415
 
     name = f"{class_slug(base.dataset, row['normal_class'])}/{row['model']}"
     if row["beta"] is not None:
@@ -138,7 +138,7 @@ class Board:
             return
         from tensorboardX.summary import hparams  # noqa: PLC0415
 
-        from jax_vae.rules import class_label  # noqa: PLC0415
+        from jax_vae.vocab import class_label  # noqa: PLC0415
 
         smoothed = len({r.get("smoothing") for r in rows}) > 1
         rated = len({r.get("learning_rate") for r in rows} - {None}) > 1

@@ -1,10 +1,13 @@
 """jax-vae: one-class anomaly detection with a JAX/Flax autoencoder and beta-VAE.
 
 The modules, in the order data flows through them: ``data`` -> ``models`` ->
-``losses`` -> ``train`` -> ``scoring`` -> ``metrics``; beside them ``keys``
-(the key schedule), ``rules`` (argument rules), ``sharding``, ``checkpoints``
-and ``baselines``. ``import jax_vae`` is cheap: each module is imported on its
-first use (``jax_vae.train``), so scikit-learn or Orbax load only when needed.
+``losses`` -> ``train`` -> ``scoring`` -> ``metrics``; the entries users extend,
+``registry`` (models) and ``scores`` (ways of scoring them), and ``plugins`` (a user's
+file that registers them); beside them ``spec`` (the seed specification's defaults),
+``keys`` (the key schedule), ``vocab`` and ``rules`` (names and argument rules),
+``sharding``, ``checkpoints``, ``runs`` (the run folder), ``detector`` and ``baselines``.
+``import jax_vae`` is cheap: each module is imported on its first use (``jax_vae.train``),
+so scikit-learn or Orbax load only when needed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 __all__ = [
     "baselines", "checkpoints", "data", "detector", "keys", "losses", "metrics", "models",
     "plugins", "registry", "rules", "runs", "scores", "scoring", "sharding", "spec", "train",
+    "vocab",
 ]  # fmt: skip
 
 

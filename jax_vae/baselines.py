@@ -16,7 +16,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import OneClassSVM
 
 from jax_vae import rules
-from jax_vae.rules import BASELINES
+from jax_vae.vocab import BASELINES
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 

@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from jax_vae import errors, rules, spec
-from jax_vae.rules import DATASETS as TFDS_DATASETS
-from jax_vae.rules import SOURCES
+from jax_vae import errors, rules, spec, vocab
+from jax_vae.vocab import DATASETS as TFDS_DATASETS
+from jax_vae.vocab import SOURCES
 
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
@@ -427,7 +427,7 @@ def load_dataset_early(
     or raises its error then (never earlier). The tfds source, which imports
     TensorFlow, loads when called instead. ``options``: as :func:`load_dataset`.
     """
-    if dataset in rules.LOCAL_DATASETS:
+    if dataset in vocab.LOCAL_DATASETS:
         source = "local"
     try:
         source, data_dir = _resolve(source, dataset, data_dir)

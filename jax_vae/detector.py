@@ -32,6 +32,7 @@ from jax_vae import (
     scoring,
     spec,
     train,
+    vocab,
 )
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
@@ -189,7 +190,7 @@ class Detector:
         if runs.kind_of(config) == "grid":
             raise CheckpointError(f"{directory} holds a sweep or baselines run; give a single "
                                   "run or a saved detector")  # fmt: skip
-        names = [m for m in config.get("models", ()) if m not in rules.BASELINES]
+        names = [m for m in config.get("models", ()) if m not in vocab.BASELINES]
         name = model or (saved["model"] if saved else (names or [None])[0])
         if name not in names:
             raise CheckpointError(f"{directory} has no model {name!r} (it has {names})")

@@ -24,7 +24,7 @@ import optax
 
 from jax_vae import rules
 from jax_vae.models import reparameterize
-from jax_vae.rules import LIKELIHOODS
+from jax_vae.vocab import LIKELIHOODS
 
 Terms = dict[str, jax.Array]
 Hparams = Mapping[str, Any]

@@ -25,7 +25,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jax_vae import rules, spec
+from jax_vae import rules, spec, vocab
 
 BUILTIN = ("ae", "vae")
 
@@ -121,7 +121,7 @@ def register(name: str, spec: ModelSpec, *, replace: bool = False) -> None:
     """Adds a model kind under ``name`` (``replace`` to redefine one)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"name must be an identifier, got {name!r}")
-    if name in rules.BASELINES:
+    if name in vocab.BASELINES:
         raise ValueError(f"name {name!r} is a baseline's")
     if not replace and name in names():
         raise ValueError(f"model {name!r} is registered already (pass replace=True)")
@@ -172,10 +172,10 @@ def build(
       image_shape: (height, width, channels) of the images (flattened for the models).
     """
     spec = get(name)
-    rules.choice("architecture", architecture, rules.ARCHITECTURES)
+    rules.choice("architecture", architecture, vocab.ARCHITECTURES)
     rules.widths("hidden_dims", tuple(hidden_dims))
     rules.at_least("latent_dim", latent_dim, 1)
-    rules.choice("likelihood", likelihood, rules.LIKELIHOODS)
+    rules.choice("likelihood", likelihood, vocab.LIKELIHOODS)
     image_shape = tuple(image_shape)
     rules.image_shape("image_shape", image_shape)
     if architecture == "conv":

@@ -13,31 +13,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from jax_vae.errors import InvalidArgument  # noqa: F401  (re-exported: rules raise it)
+from jax_vae.vocab import CLASS_NAMES, DATASETS, LOCAL_DATASETS, NUM_CLASSES
 
-ARCHITECTURES = ("mlp", "conv")
-VAE_SCORES = ("mean", "mc", "elbo", "iwae")
-LIKELIHOODS = ("gaussian", "bernoulli")
-SOURCES = ("auto", "bundled", "tfds", "idx")
-DATASETS = ("mnist", "fashion_mnist", "kmnist")
-# A user's own images (jax_vae.data.load_folder, load_arrays): one normal class, index 0.
-LOCAL_DATASETS = ("folder", "arrays")
-CLASS_NAMES = {
-    **{name: ("normal",) for name in LOCAL_DATASETS},
-    "mnist": tuple("0123456789"),
-    "fashion_mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-        "Bag", "Ankle boot",
-    ),
-    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-}  # fmt: skip
-LAYOUTS = ("data", "models")
-BASELINES = ("pca", "knn", "ocsvm", "iforest")
-NUM_CLASSES = 10
 MAX_SMOOTHING = 10.0  # Pixels on a 28x28 image (scaled with the image's shorter side): a
 # blur wider than that says nothing about where the image differs.
 SEED_LIMIT = 2**32
-
-
 
 
 def number(
@@ -148,22 +128,6 @@ def class_index(name: str, value: str | int, dataset: str) -> int:
             f"({dataset}), got {value!r}"
         )
     return (exact or matches)[0]
-
-
-def class_label(dataset: str, index: int) -> str:
-    """How tables, plots and logs name a class: ``digit 3``, ``Sandal``, ``normal``."""
-    return f"digit {index}" if dataset == "mnist" else CLASS_NAMES[dataset][index]
-
-
-def class_slug(dataset: str, index: int) -> str:
-    """A class in folder names: ``digit3``, ``fashion_mnist-sandal``, ``...-t-shirt-top``,
-    ``folder`` (a user's own images have one normal class)."""
-    if dataset == "mnist":
-        return f"digit{index}"
-    if dataset in LOCAL_DATASETS:
-        return dataset
-    words = "".join(c if c.isalnum() else " " for c in CLASS_NAMES[dataset][index].lower())
-    return f"{dataset}-{'-'.join(words.split())}"
 
 
 def beta(name: str, value: Any) -> None:

@@ -56,7 +56,7 @@ def is_complete(run: str, kind: str = "run") -> bool:
 
 def model_slug(dataset: str, normal_class: int, model: str) -> str:
     """A model kind's name in the folder: ``digit3_vae``; a detector's: its model."""
-    from jax_vae.rules import class_slug  # noqa: PLC0415
+    from jax_vae.vocab import class_slug  # noqa: PLC0415
 
     return f"{class_slug(dataset, normal_class)}_{model}"
 

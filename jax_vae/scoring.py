@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax.errors import ScopeParamShapeError
 
-from jax_vae import data, rules
+from jax_vae import data, rules, vocab
 from jax_vae import keys as keys_lib
 from jax_vae.losses import kl_divergence, reconstruction_nll, squared_error
 from jax_vae.models import reparameterize
-from jax_vae.rules import VAE_SCORES
 from jax_vae.sharding import local_copy
+from jax_vae.vocab import VAE_SCORES
 
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
@@ -238,7 +238,7 @@ def vae_score_fn(
     """
     rules.choice("vae_score", vae_score, VAE_SCORES)
     rules.at_least("mc_samples", mc_samples, 1)
-    rules.choice("likelihood", likelihood, rules.LIKELIHOODS)
+    rules.choice("likelihood", likelihood, vocab.LIKELIHOODS)
     rules.smoothing_needs_reconstruction("smoothing", smoothing, vae_score)
     image_shape = getattr(module, "image_shape", None)
     if vae_score == "mean":

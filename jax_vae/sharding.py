@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from jax_vae import rules
 from jax_vae.errors import InvalidArgument
-from jax_vae.rules import LAYOUTS
+from jax_vae.vocab import LAYOUTS
 
 DATA, MODELS = LAYOUTS
 

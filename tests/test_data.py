@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import fashion_mnist_dir
 
-from jax_vae import data
+from jax_vae import data, vocab
 
 
 def test_bundled_shapes_and_dtypes(mnist):
@@ -248,7 +248,7 @@ def test_class_names_indices_and_folder_names():
             rules.class_index("--normal_class", bad, "fashion_mnist")
     with pytest.raises(ValueError, match=r"--normal_class must be in \[0, 9\], got 10"):
         rules.class_index("--normal_class", "10", "fashion_mnist")
-    assert rules.class_label("fashion_mnist", 0) == "T-shirt/top"
-    assert rules.class_label("mnist", 3) == "digit 3"
-    assert rules.class_slug("fashion_mnist", 0) == "fashion_mnist-t-shirt-top"
-    assert rules.class_slug("mnist", 3) == "digit3"
+    assert vocab.class_label("fashion_mnist", 0) == "T-shirt/top"
+    assert vocab.class_label("mnist", 3) == "digit 3"
+    assert vocab.class_slug("fashion_mnist", 0) == "fashion_mnist-t-shirt-top"
+    assert vocab.class_slug("mnist", 3) == "digit3"
