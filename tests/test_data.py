@@ -142,7 +142,7 @@ def test_tfds_source_with_mock_data(name, tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")  # tfds' mock data needs it: the tfds test extra.
     tfds = pytest.importorskip("tensorflow_datasets")
     # mock_data makes download_and_prepare a no-op; pretend the network is up.
-    monkeypatch.setattr(data, "_network_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(data.tfds, "_network_reachable", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=40):
         loaded = data.load_dataset("tfds", dataset=name, data_dir=str(tmp_path))
     assert loaded.train_images.shape == (40, 28, 28)
@@ -156,7 +156,7 @@ def test_tfds_source_with_mock_data(name, tmp_path, monkeypatch):
 
 def test_tfds_offline_fails_fast_with_alternatives(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data, "_network_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data.tfds, "_network_reachable", lambda timeout=3.0: False)
     start = time.perf_counter()
     with pytest.raises(data.DataError, match="--data_source=bundled"):
         data.load_dataset("tfds", dataset="mnist", data_dir=str(tmp_path))
