@@ -303,7 +303,7 @@ def test_library_info_filter_hides_only_library_info():
     assert not passes(orbax_file, std_logging.INFO)
     assert not passes(orbax_file, std_logging.DEBUG)
     assert passes(orbax_file, std_logging.WARNING)
-    assert passes(os.path.join(ROOT, "jax_vae", "train.py"), std_logging.INFO)
+    assert passes(os.path.join(ROOT, "jax_vae", "train", "driver.py"), std_logging.INFO)
     assert passes(os.path.join(os.sep, "src", "orbax_notes.py"), std_logging.INFO)
 
 
