@@ -11,11 +11,16 @@ from unittest import mock
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The tests' small models, one shape for all: the session's trainings and scorings reuse one
+# another's compiled programs.
+SIZES = dict(hidden_dims=(32,), latent_dim=4)
+# A small run's data: digit 1 normal, a tenth of the test set anomalies.
+SMALL_DATA = dict(normal_class=1, anomaly_fraction=0.1)
 # The finished small run several test files read (conftest.small_run), and the command
 # tests/test_checkpoints.py kills and resumes to equal it: an AE and a beta-VAE (beta 2),
 # 3 epochs, a checkpoint each epoch.
-SMALL_RUN = dict(epochs=3, beta=2.0, checkpoint_every=1, normal_class=1, hidden_dims=(32,),
-                 latent_dim=4, anomaly_fraction=0.1)
+SMALL_RUN = dict(epochs=3, beta=2.0, checkpoint_every=1, **SMALL_DATA, **SIZES)
+
 
 
 def command_flags(settings: dict) -> tuple[str, ...]:

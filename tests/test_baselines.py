@@ -50,6 +50,7 @@ def test_unknown_baseline():
         baselines.fit_baseline("lof", np.zeros((10, 784), np.float32))
 
 
+@pytest.mark.slow
 def test_baselines_command_writes_results(tmp_path):
     out = tmp_path / "b"
     proc = cli("baselines", "--digits=1", "--baselines=pca,iforest", f"--output_dir={out}")

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, SMALL_RUN, cli, cli_argv, command_flags, run_single
+from helpers import ROOT, SIZES, SMALL_RUN, cli, cli_argv, command_flags, run_single
 
 from experiments.config import ConfigError, ExperimentConfig, load_run_config
 from jax_vae import checkpoints, registry, train
@@ -36,7 +36,7 @@ def _metrics(run_dir):
 
 def test_resume_in_memory_is_bit_identical(tmp_path):
     x = jax.random.uniform(jax.random.key(1), (300, 784))
-    model = registry.build("vae", hidden_dims=(32,), latent_dim=4)
+    model = registry.build("vae", **SIZES)
     full = train.train(jax.random.key(0), x, model=model, epochs=5, batch_size=64)
     ckpt = checkpoints.Checkpointer(str(tmp_path / "c"), every=2, keep=2)
     train.train(jax.random.key(0), x, model=model, epochs=3, batch_size=64, checkpointer=ckpt)
@@ -70,7 +70,7 @@ def test_changed_model_shape_is_refused(tmp_path):
     x = jax.random.uniform(jax.random.key(1), (100, 784))
     ckpt = str(tmp_path / "c")
     train.train(
-        jax.random.key(0), x, model=registry.build("ae", hidden_dims=(32,), latent_dim=4),
+        jax.random.key(0), x, model=registry.build("ae", **SIZES),
         epochs=1, batch_size=50, checkpointer=checkpoints.Checkpointer(ckpt),
     )  # fmt: skip
     with pytest.raises(
@@ -89,6 +89,7 @@ def uninterrupted(small_run):
     return small_run
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     """Killed (its flags from a flagfile) once a checkpoint is on disk, then resumed: the
     uninterrupted run's numbers, and the command's outputs and logs."""
@@ -204,6 +205,7 @@ def test_resume_or_eval_on_other_images_is_refused(uninterrupted, tmp_path, monk
     assert sorted(os.listdir(run)) == sorted(set(os.listdir(uninterrupted)) - {"metrics.json"})
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_exit_130_and_resumable(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(

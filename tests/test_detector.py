@@ -10,14 +10,14 @@ import os
 import jax
 import numpy as np
 import pytest
-from helpers import SMALL_RUN, run_single
+from helpers import SIZES, SMALL_RUN, run_single
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from experiments.config import ConfigError
 from jax_vae import data, detector, scores
 
-TINY = dict(hidden_dims=(32,), latent_dim=4, epochs=2)
+TINY = dict(**SIZES, epochs=2)
 
 
 def test_fit_score_predict_save_load(mnist, tmp_path):
@@ -176,6 +176,7 @@ def test_bad_images_are_one_clear_error_before_any_work():
             d.fit(jax.random.key(0), images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", scores.BUILTIN)
 def test_a_run_loads_and_reproduces_its_test_scores_whatever_its_score(score, tmp_path):
     """Every built-in score fits what it needs (a k-NN bank, a fusion's statistics), saves it

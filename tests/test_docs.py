@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT, cli_argv
 
 DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
@@ -19,6 +20,7 @@ def _blocks(path: str, language: str) -> list[str]:
         return re.findall(rf"^```{language}\n(.*?)^```", f.read(), re.S | re.M)
 
 
+@pytest.mark.slow
 def test_every_python_block_runs_as_written_with_fewer_epochs(tmp_path):
     for path in DOCS:
         blocks = _blocks(path, "python")

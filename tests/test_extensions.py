@@ -9,12 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_single
+from helpers import SIZES, run_single
 
 from experiments.config import ExperimentConfig
 from jax_vae import keys, models, registry, scoring, train
-
-SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
 
 def _np_bce(x, logits):
@@ -24,11 +22,11 @@ def _np_bce(x, logits):
 
 @pytest.mark.parametrize("name", ["ae", "vae"])
 def test_bernoulli_loss_matches_numpy(name):
-    model = registry.build(name, **SMALL)
+    model = registry.build(name, **SIZES)
     x = np.asarray(jax.random.uniform(jax.random.key(0), (784,)))
     params = model.init(jax.random.key(1), jnp.asarray(x))
     key = jax.random.key(2)
-    terms = registry.build(name, likelihood="bernoulli", **SMALL).loss(params, x, key,
+    terms = registry.build(name, likelihood="bernoulli", **SIZES).loss(params, x, key,
                                                                       {"beta": 2.0})
     if name == "ae":
         logits = model.module.apply(params, x, method=lambda m, x: m.decode_logits(m.encode(x)))
@@ -46,7 +44,7 @@ def test_bernoulli_loss_matches_numpy(name):
 
 
 def test_kl_warmup_ramps_beta():
-    vae = registry.build("vae", **SMALL)
+    vae = registry.build("vae", **SIZES)
     x = jax.random.uniform(jax.random.key(1), (784,))
     params, key = vae.init(jax.random.key(0), x), jax.random.key(2)
     out = vae.module.apply(params, x, key)
@@ -70,7 +68,7 @@ def test_kl_warmup_ramps_beta():
 
 
 def test_iwae_score_matches_reference():
-    model = registry.build("vae", **SMALL)
+    model = registry.build("vae", **SIZES)
     x = jax.random.uniform(jax.random.key(1), (784,))
     params = model.init(jax.random.key(0), x)
     key = jax.random.key(3)
@@ -107,7 +105,7 @@ def test_iwae_score_matches_reference():
 
 def test_ensemble_members_and_averaged_scores():
     images = jax.random.uniform(jax.random.key(1), (200, 784))
-    model = registry.build("ae", **SMALL)
+    model = registry.build("ae", **SIZES)
     members = keys.member_keys(5, "ae", 3).train
     single = keys.model_keys(5, "ae").train
     assert jnp.array_equal(jax.random.key_data(members[0]), jax.random.key_data(single))
@@ -133,7 +131,7 @@ def test_runner_with_extensions(tmp_path):
     config = ExperimentConfig(
         epochs=2, normal_class=1, ensemble_size=2, likelihood="bernoulli", kl_warmup_epochs=2,
         models=("vae",),
-        hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1,
+        **SIZES, anomaly_fraction=0.1,
         vae_score="iwae", mc_samples=3, output_dir=str(tmp_path / "r"),
     )  # fmt: skip
     result = run_single(config)
@@ -157,7 +155,7 @@ def test_fused_scores_are_standardized_sums_of_the_residual_and_the_neighbour_di
     from experiments.config import SweepConfig  # noqa: PLC0415
 
     config = ExperimentConfig(models=("ae",), normal_class=1, anomaly_fraction=0.1, epochs=1,
-                              hidden_dims=(32,), latent_dim=4, score_smoothing=1.0,
+                              **SIZES, score_smoothing=1.0,
                               checkpoint_every=0, tensorboard=False)  # fmt: skip
     grid = dataclasses.replace(SweepConfig.single(config),
                                scores=("residual", "pixel_knn", "latent_knn"))  # fmt: skip

@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import cli, one_line_error, run_grid, run_single
+from helpers import SIZES, cli, one_line_error, run_grid, run_single
 
 from experiments.config import ConfigError, ExperimentConfig, SweepConfig, validate_sweep
 from jax_vae import data, plugins, registry, scores
@@ -72,7 +72,7 @@ MY_MODELS = textwrap.dedent('''
     scores.register("peak", scores.ScoreSpec(score=peak))
     scores.register("peak_pixel_knn", scores.ScoreSpec(parts=("peak", "pixel_distance")))
 ''')
-SMALL = dict(epochs=1, hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1, checkpoint_every=0)
+SMALL = dict(epochs=1, checkpoint_every=0, anomaly_fraction=0.1, **SIZES)
 
 
 @pytest.fixture

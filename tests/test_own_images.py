@@ -9,14 +9,14 @@ import os
 
 import numpy as np
 import pytest
-from helpers import cli, fashion_mnist_dir, one_line_error, run_grid, run_single
+from helpers import SIZES, cli, fashion_mnist_dir, one_line_error, run_grid, run_single
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from experiments.config import ConfigError, ExperimentConfig, SweepConfig, validate
 from jax_vae import data, detector, rules
 
-TINY = dict(hidden_dims=(32,), latent_dim=4, epochs=2, batch_size=32)
+TINY = dict(**SIZES, epochs=2, batch_size=32)
 SNEAKER, SANDAL, BAG = 7, 5, 8
 
 
@@ -52,6 +52,7 @@ def parts(fashion, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_folder_trains_scores_and_loads_as_a_detector(parts, tmp_path):
     run = tmp_path / "run"
     run_single(ExperimentConfig(dataset="folder", data_dir=str(parts), output_dir=str(run),

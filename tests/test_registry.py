@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_grid
+from helpers import SIZES, run_grid
 
 from experiments.config import ExperimentConfig, SweepConfig, validate_sweep
 from jax_vae import keys, losses, models, registry, scoring, train
@@ -33,7 +33,6 @@ DAE = registry.ModelSpec(
 )
 # ---- end of the example. ----
 
-SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
 
 def _data(key):
@@ -44,7 +43,7 @@ def _data(key):
 def dae():
     before = {n: _data(keys.model_keys(0, n).train) for n in ("ae", "vae")}
     registry.register("dae", DAE)
-    yield registry.build("dae", **SMALL)
+    yield registry.build("dae", **SIZES)
     registry.unregister("dae")
     # Registering a model changed no other model's keys.
     assert {n: _data(keys.model_keys(0, n).train) for n in ("ae", "vae")} == before
@@ -59,7 +58,7 @@ def test_a_registered_model_trains_vmapped_over_its_own_hyperparameter(dae, spli
         key, images, {"noise": jnp.array([0.0, 0.5])}
     )
     # Without noise it is the plain autoencoder: trained from the same key, the same model.
-    ae = train.make_train(registry.build("ae", **SMALL), epochs=2, batch_size=64)
+    ae = train.make_train(registry.build("ae", **SIZES), epochs=2, batch_size=64)
     ae_state, ae_history = jax.jit(ae)(key, images)
     np.testing.assert_allclose(history["total"][0], ae_history["total"], rtol=1e-5)
     assert history["total"][1, -1] > history["total"][0, -1]  # Noise makes it harder.
@@ -74,7 +73,7 @@ def test_a_registered_model_runs_through_the_sweep_pipeline(dae, tmp_path):
     grid = SweepConfig(
         seeds=(0,), classes=(1,),
         base=ExperimentConfig(models=("ae", "dae"), epochs=1, anomaly_fraction=0.1,
-                              checkpoint_every=0, output_dir=str(tmp_path / "s"), **SMALL),
+                              checkpoint_every=0, output_dir=str(tmp_path / "s"), **SIZES),
     )  # fmt: skip
     validate_sweep(grid)  # --models=ae,dae is a valid flag once dae is registered.
     result = run_grid(grid, kind="sweep")

@@ -307,6 +307,7 @@ def test_library_info_filter_hides_only_library_info():
     assert passes(os.path.join(os.sep, "src", "orbax_notes.py"), std_logging.INFO)
 
 
+@pytest.mark.slow
 def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch):
     """One command: --preset=best on Fashion-MNIST's Ankle boot (MNIST where its files are
     missing), with --verbosity=0 (the libraries' INFO lines too)."""

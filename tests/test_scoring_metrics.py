@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SIZES
 from sklearn import metrics as skm
 
 from jax_vae import metrics, models, registry, scoring
 
 
 def _model_and_params(name):
-    model = registry.build(name, hidden_dims=(32,), latent_dim=4)
+    model = registry.build(name, **SIZES)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     return model, params
 
@@ -113,7 +114,7 @@ def test_metrics_need_both_classes():
 
 
 def test_stacked_scores_equal_each_model_alone():
-    model = registry.build("vae", hidden_dims=(32,), latent_dim=4)
+    model = registry.build("vae", **SIZES)
     keys = jax.random.split(jax.random.key(0), 3)
     stacked_params = jax.vmap(lambda k: model.init(k, jnp.zeros(784)))(keys)
     images = np.asarray(jax.random.uniform(jax.random.key(1), (30, 784)))

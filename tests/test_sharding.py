@@ -9,7 +9,8 @@ import subprocess
 import sys
 import textwrap
 
-from helpers import ROOT, cli_argv, run_single
+import pytest
+from helpers import ROOT, SIZES, cli_argv, run_single
 
 from experiments import pipeline
 from experiments.config import ExperimentConfig, SweepConfig
@@ -76,6 +77,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_four_devices_train_data_and_model_parallel(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(FOUR_DEVICES)],
@@ -86,7 +88,7 @@ def test_four_devices_train_data_and_model_parallel(tmp_path):
     # The same sweep on this process's one device: the same rows.
     one = pipeline.run(SweepConfig(
         betas=(1.0, 2.0, 3.0), seeds=(0,), classes=(1,),
-        base=ExperimentConfig(hidden_dims=(32,), latent_dim=4, epochs=1, checkpoint_every=0,
+        base=ExperimentConfig(**SIZES, epochs=1, checkpoint_every=0,
                               models=("vae",),
                               anomaly_fraction=0.1, tensorboard=False,
                               output_dir=str(tmp_path / "sweep1"))), kind="sweep").rows
@@ -96,6 +98,7 @@ def test_four_devices_train_data_and_model_parallel(tmp_path):
         assert abs(r1["auroc"] - r4["auroc"]) < 1e-3 and abs(r1["f1"] - r4["f1"]) < 1e-2
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_process_0_writes(tmp_path):
     with socket.socket() as s:  # A free loopback port for the coordinator.
         s.bind(("127.0.0.1", 0))
@@ -119,6 +122,6 @@ def test_two_processes_train_together_and_process_0_writes(tmp_path):
     multi = json.loads((tmp_path / "mh" / "metrics.json").read_text())
     assert len(multi["config"]["devices"]) == 2  # One CPU device per process.
     one = run_single(ExperimentConfig(epochs=1, models=("ae",), normal_class=1, checkpoint_every=0,
-                                      hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1,
+                                      **SIZES, anomaly_fraction=0.1,
                                       output_dir=str(tmp_path / "one")))  # One device, here.
     assert abs(multi["models"]["ae"]["auroc"] - one["models"]["ae"]["auroc"]) < 1e-3

@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from helpers import cli, one_line_error, run_grid, run_single
+from helpers import SIZES, cli, one_line_error, run_grid, run_single
 
 from experiments import report
 from experiments.config import (
@@ -33,7 +33,7 @@ def sweep(tmp_path_factory):
         seeds=(0, 1),
         classes=(1,),
         smoothings=(0.0, 1.5),
-        base=ExperimentConfig(epochs=1, models=("ae", "vae"), hidden_dims=(32,), latent_dim=4,
+        base=ExperimentConfig(epochs=1, models=("ae", "vae"), **SIZES,
                               anomaly_fraction=0.1, output_dir=str(out)),
     )
     return config, out, run_grid(config, kind="sweep", plots=True)
@@ -44,7 +44,7 @@ def test_sweep_equals_models_trained_one_by_one(sweep, mnist):
     split = data.one_class_split(mnist, normal_class=1, anomaly_fraction=0.1)
     vae_rows = [r for r in result["rows"] if r["model"] == "vae"]
     assert len(vae_rows) == 8  # 2 betas x 2 seeds x 2 smoothings.
-    model = registry.build("vae", hidden_dims=(32,), latent_dim=4)
+    model = registry.build("vae", **SIZES)
     synthetic = data.synthetic_anomalies(split.val_images, seed=0)
     for (beta, seed), rows in itertools.groupby(
         sorted(vae_rows, key=lambda r: (r["beta"], r["seed"])), key=lambda r: (r["beta"], r["seed"])
@@ -87,7 +87,7 @@ def test_every_sweep_row_equals_the_single_run_with_the_same_flags(sweep, tmp_pa
 
 
 def test_learning_rate_is_a_grid_axis_and_each_row_equals_the_single_run(tmp_path):
-    base = ExperimentConfig(epochs=1, models=("vae",), hidden_dims=(32,), latent_dim=4,
+    base = ExperimentConfig(epochs=1, models=("vae",), **SIZES,
                             anomaly_fraction=0.1, checkpoint_every=0, tensorboard=False)
     grid = SweepConfig(betas=(2.0,), seeds=(0,), classes=(1,), learning_rates=(1e-3, 1e-2),
                        base=dataclasses.replace(base, output_dir=str(tmp_path / "s")))
@@ -205,8 +205,8 @@ def test_a_grid_of_classes_compiles_one_epoch_per_model_kind_and_resumes_to_the_
     from benchmarks.accelerator import counting_compiles  # noqa: PLC0415
 
     out = tmp_path / "s"
-    base = ExperimentConfig(epochs=2, models=("ae", "vae"), checkpoint_every=1, hidden_dims=(32,),
-                            latent_dim=4, anomaly_fraction=0.1, output_dir=str(out))
+    base = ExperimentConfig(epochs=2, models=("ae", "vae"), checkpoint_every=1, **SIZES,
+                            anomaly_fraction=0.1, output_dir=str(out))
     config = SweepConfig(betas=(1.0,), seeds=(0,), classes=(1, 7), base=base)
     jax.clear_caches()  # Programs this worker built before (equal models share them).
     with counting_compiles() as built:
@@ -251,6 +251,7 @@ def test_selection_rules_across_datasets():
     assert picks["other datasets"]["best mean test AUROC over both"] == "AE e30"  # .945 > .94
 
 
+@pytest.mark.slow
 def test_sweep_preset_reproduces_the_headline_row(tmp_path):
     from experiments.config import preset_values  # noqa: PLC0415
 
@@ -272,7 +273,7 @@ def _snapshot(folder):
 
 def test_resuming_a_run_as_a_sweep_or_a_sweep_as_a_run_is_refused(sweep, tmp_path):
     run = tmp_path / "run"
-    run_single(ExperimentConfig(epochs=1, models=("ae",), hidden_dims=(32,), latent_dim=4,
+    run_single(ExperimentConfig(epochs=1, models=("ae",), **SIZES,
                                 anomaly_fraction=0.1, normal_class=1, output_dir=str(run)))
     before = _snapshot(run)
     line = one_line_error(cli("sweep", f"--resume={run}"))

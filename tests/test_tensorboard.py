@@ -14,7 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import run_grid, run_single
+from helpers import SIZES, SMALL_DATA, run_grid, run_single
 
 from experiments.config import ExperimentConfig, SweepConfig, load_config
 
@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
-TINY = dict(hidden_dims=(32,), latent_dim=4, anomaly_fraction=0.1, normal_class=1)
+TINY = dict(**SIZES, **SMALL_DATA)
 
 
 def _events(path):
@@ -130,6 +130,7 @@ def test_missing_writer_warns_and_runs_without_events(tmp_path, monkeypatch, cap
     assert "tensorboard" not in os.listdir(result["output_dir"])
 
 
+@pytest.mark.slow
 def test_real_tensorboard_server_serves_the_run(run):
     with socket.socket() as s:  # A free loopback port.
         s.bind(("127.0.0.1", 0))

@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import SIZES
 
 from jax_vae import data, keys, registry, scoring, train
-
-SMALL = dict(hidden_dims=(32,), latent_dim=4)
 
 
 def _images(n=300, seed=0):
@@ -24,7 +23,7 @@ def _images(n=300, seed=0):
 
 def _with_loss(name, loss, **hparams):
     """Model ``name`` with another per-example loss (and the hyperparameters it reads)."""
-    model = registry.build(name, **SMALL)
+    model = registry.build(name, **SIZES)
     spec = dataclasses.replace(model.spec, hparams=hparams)
     return dataclasses.replace(model, loss=loss, spec=spec)
 
@@ -57,7 +56,7 @@ def test_every_image_counts_once_per_epoch():
 
 def test_same_seed_same_parameters_other_seed_differs():
     images = _images()
-    run = functools.partial(train.train, images=images, model=registry.build("vae", **SMALL),
+    run = functools.partial(train.train, images=images, model=registry.build("vae", **SIZES),
                             epochs=2, batch_size=50)  # fmt: skip
     a, b, c = run(jax.random.key(3)), run(jax.random.key(3)), run(jax.random.key(4))
     chex.assert_trees_all_equal(a.params, b.params)
@@ -97,7 +96,7 @@ def test_any_optax_optimizer_and_the_learning_rate_as_a_vmapped_axis():
 
 def test_pure_function_vmapped_over_betas_equals_the_host_driver():
     images = _images()
-    model = registry.build("vae", **SMALL)
+    model = registry.build("vae", **SIZES)
     trainer = train.make_train(model, epochs=2, batch_size=64)
     betas = jnp.array([0.5, 4.0])
     keys = jax.random.split(jax.random.key(0), 2)
@@ -117,7 +116,7 @@ def test_pure_function_vmapped_over_betas_equals_the_host_driver():
 
 def test_batched_driver_equals_separate_runs():
     images = _images()
-    model = registry.build("vae", **SMALL)
+    model = registry.build("vae", **SIZES)
     keys = jax.random.split(jax.random.key(1), 3)
     betas = jnp.array([1.0, 2.0, 8.0])
     run = functools.partial(train.train, model=model, epochs=2, batch_size=64, hooks=())
@@ -135,7 +134,7 @@ def test_padding_to_one_size_trains_the_same_numbers_bit_for_bit():
     # Padded training sets let one compiled epoch serve every class of a grid; it must not
     # change any number. 300 and 400 images need the same sort rounds; with batches of 64,
     # 400 adds two steps of padding only after the same partial last batch.
-    model = registry.build("vae", **SMALL)
+    model = registry.build("vae", **SIZES)
     keys = jax.random.split(jax.random.key(2), 3)  # Pairs plus a remainder on the CPU.
     run = functools.partial(train.train, keys, _images(300), {"beta": jnp.array([1.0, 2, 4])},
                             model=model, epochs=2, batch_size=64, hooks=())  # fmt: skip
@@ -170,7 +169,7 @@ def test_non_finite_loss_names_the_epoch():
 
 def test_rejects_bad_batch_size_and_mismatched_hyperparameters():
     images = _images(10)
-    model = registry.build("vae", **SMALL)
+    model = registry.build("vae", **SIZES)
     with pytest.raises(ValueError, match="batch_size"):
         train.train(jax.random.key(0), images, model=model, batch_size=11, epochs=1)
     with pytest.raises(ValueError, match=r"hparams\['beta'\]"):
@@ -179,7 +178,7 @@ def test_rejects_bad_batch_size_and_mismatched_hyperparameters():
 
 
 def test_epoch_is_traced_once_not_per_epoch():
-    model = registry.build("ae", **SMALL)
+    model = registry.build("ae", **SIZES)
     # chex counts the traces of the wrapped loss: only tracing runs it, never compiled code.
     counted = dataclasses.replace(model, loss=chex.assert_max_traces(model.loss, n=1))
     train.train(jax.random.key(0), _images(64), model=counted, epochs=4, batch_size=32)
@@ -188,7 +187,7 @@ def test_epoch_is_traced_once_not_per_epoch():
 def test_uint8_and_image_shaped_arrays_train_as_their_scaled_flat_floats(mnist):
     raw = mnist.train_images[:256]  # uint8 [N, 28, 28], as a user's array comes.
     floats = raw.reshape(256, 784).astype(np.float64) / 255.0  # NumPy's own scaling.
-    model = registry.build("ae", **SMALL)
+    model = registry.build("ae", **SIZES)
     run = functools.partial(train.train, jax.random.key(0), model=model, epochs=2, batch_size=64,
                             hooks=())  # fmt: skip
     reference = run(floats.astype(np.float32))
