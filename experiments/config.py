@@ -330,17 +330,18 @@ def check_axes(flag: str, axes: dict[str, tuple[float, ...]], models: tuple[str,
     if not axes:
         return
     declared = model_hparams(tuple(m for m in models if m in registry.names() + vocab.BASELINES))
+    listing = "; ".join(f"{m}: {', '.join(h)}" for m, h in declared.items())
+    known = f"(the selected models' hyperparameters: {listing or 'none, baselines only'})"
     for name, values in axes.items():
         if not any(name in h for h in declared.values()):
-            listing = "; ".join(f"{m}: {', '.join(h)}" for m, h in declared.items())
-            raise ConfigError(
-                f"{flag}: no selected model reads {name!r} (the selected models' "
-                f"hyperparameters: {listing or 'none, baselines only'})"
-            )
+            raise ConfigError(f"{flag}: no selected model reads {name!r} {known}")
         if not values:
             raise ConfigError(f"{flag}: {name} needs at least one value")
         for value in values:
-            HPARAM_RULES.get(name, rules.number)(f"{flag} {name}", value)
+            try:
+                HPARAM_RULES.get(name, rules.number)(f"{flag} {name}", value)
+            except rules.InvalidArgument as e:
+                raise ConfigError(f"{e} {known}") from None
 
 
 def image_side(c: ExperimentConfig) -> int | None:

@@ -46,6 +46,20 @@ def test_fit_score_predict_save_load(mnist, tmp_path):
         detector.Detector("ae", epoch=3)
 
 
+def test_a_detector_with_a_fused_score_fits_saves_and_loads_it(mnist, tmp_path):
+    """The k-NN bank (the training images' codes) and the fusion's statistics (the held-out
+    normals') are fit with the model, saved and loaded: the same scores after a reload."""
+    normal = mnist.train_images[mnist.train_labels == 0][:600]
+    d = detector.Detector("ae", score="latent_knn", score_smoothing=1.0, **TINY)
+    d.fit(jax.random.key(0), normal)
+    test = mnist.test_images[:300]
+    got = d.score(test)
+    assert roc_auc_score(mnist.test_labels[:300] != 0, got) > 0.75
+    assert 0.01 < d.predict(normal).mean() < 0.15  # The threshold is on the fused score.
+    d.save(str(tmp_path / "det"))
+    np.testing.assert_array_equal(detector.Detector.load(str(tmp_path / "det")).score(test), got)
+
+
 @pytest.fixture(scope="module")
 def run(small_run):
     return small_run  # An AE and a beta-VAE (beta 2) of the command line (conftest).
