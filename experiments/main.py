@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 RESUME_SETTINGS = {"num_devices", "data_source", "data_dir"}
 EVAL_SETTINGS = RESUME_SETTINGS | {
     "threshold_percentile", "anomaly_fraction", "vae_score", "mc_samples", "chunk_size",
-    "score_smoothing",
+    "score_smoothing", "score",
 }  # fmt: skip
 
 

@@ -272,6 +272,8 @@ def run(
             label += f"_af{base.anomaly_fraction:g}"
         if base.score_smoothing:
             label += f"_s{base.score_smoothing:g}"
+        if base.score != "residual":
+            label += f"_{base.score}"
         output_dir = runs.new_run_dir(f"eval_{label}", root=run_dir)
     else:
         output_dir = run_dir or default_output_dir(kind, grid)

@@ -131,8 +131,9 @@ def test_eval_only_reproduces_and_writes_beside(uninterrupted):
     assert set(os.listdir(uninterrupted)) == set(before) | {os.path.basename(eval_dir)}
     assert json.loads((uninterrupted / "metrics.json").read_text()) == stored  # Untouched.
     # Re-scored with a smoothed residual: a labelled folder, the same models, other scores.
-    smoothed = run_single(dataclasses.replace(config, score_smoothing=1.5), eval_only=True)
-    assert os.path.basename(smoothed["output_dir"]).endswith("eval_p95_af0.1_s1.5")
+    smoothed = run_single(dataclasses.replace(config, score_smoothing=1.5, score="shift"),
+                          eval_only=True)  # fmt: skip
+    assert os.path.basename(smoothed["output_dir"]).endswith("eval_p95_af0.1_s1.5_shift")
     assert smoothed["models"]["ae"]["auroc"] != stored["models"]["ae"]["auroc"]
     assert smoothed["models"]["ae"]["history"] == stored["models"]["ae"]["history"]
     # Another threshold: a new folder, a higher threshold, the same AUROC.
