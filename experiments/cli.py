@@ -35,6 +35,7 @@ _DEFINERS = {
     "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string,
     "bool": flags.DEFINE_bool,
     "float | None": flags.DEFINE_float, "str | None": flags.DEFINE_string,
+    "int | None": flags.DEFINE_integer,
 }  # fmt: skip
 
 

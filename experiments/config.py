@@ -54,7 +54,8 @@ class ExperimentConfig:
     hidden_dims: tuple[int, ...] = _flag(spec.HIDDEN_DIMS, "Encoder hidden widths; the decoder "
                                          "mirrors them.")
     epochs: int = _flag(spec.EPOCHS, "Training epochs.")
-    batch_size: int = _flag(spec.BATCH_SIZE, "Training batch size.")
+    batch_size: int | None = _flag(None, f"Training batch size; default: {spec.BATCH_SIZE}, or "
+                                   "the training images' number where fewer.")
     learning_rate: float = _flag(spec.LEARNING_RATE, "Adam learning rate.")
     seed: int = _flag(0, "Training seed: initialization, shuffling, sampling (not the split).")
     split_seed: int = _flag(0, "Seed of the held-out normals, sampled and synthetic anomalies.")
@@ -261,7 +262,8 @@ def validate(config: ExperimentConfig) -> None:
     rules.at_least("--latent_dim", c.latent_dim, 1)
     rules.widths("--hidden_dims", c.hidden_dims)
     rules.at_least("--epochs", c.epochs, 1)
-    rules.at_least("--batch_size", c.batch_size, 1)
+    if c.batch_size is not None:
+        rules.at_least("--batch_size", c.batch_size, 1)
     rules.learning_rate("--learning_rate", c.learning_rate)
     rules.seed("--seed", c.seed)
     rules.seed("--split_seed", c.split_seed)

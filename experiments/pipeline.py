@@ -42,8 +42,21 @@ from experiments.config import (
 )
 from experiments.tensorboard import Board, run_name
 from experiments.timing import Timings
-from jax_vae import data, keys, registry, rules, runs, scores, scoring, sharding, train, vocab
+from jax_vae import (
+    data,
+    keys,
+    registry,
+    rules,
+    runs,
+    scores,
+    scoring,
+    sharding,
+    spec,
+    train,
+    vocab,
+)
 from jax_vae.checkpoints import Checkpointer
+from jax_vae.detector import FEW_HELD_OUT
 from jax_vae.metrics import evaluate, separation_auroc
 
 GRID_IMAGES = 8  # Normal and anomalous test images each in a run's reconstruction plot.
@@ -186,10 +199,11 @@ def default_output_dir(kind: str, grid: SweepConfig) -> str:
     return runs.new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 
-def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]:
+def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[SweepConfig, dict, dict]:
     """Every class's split rules, before any training: its sizes and fingerprint (for the
     record), and its indices (each split is computed once); and the models' rules for the
-    images' size (a folder's is known only now)."""
+    images' size (a folder's is known only now). Returns the grid with its batch size (the
+    default: the seed spec's 128, or the smallest training set where that is smaller)."""
     base, splits, indices = grid.base, {}, {}
     try:
         rules.image_shape("the images' (height, width, channels)", dataset.image_shape)
@@ -202,10 +216,27 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]
             rules.smoothing("score_smoothing", smoothing, min(dataset.image_shape[:2]))
     for normal in grid.classes:
         with as_flags():
-            idx = data.split_indices(
+            indices[normal] = data.split_indices(
                 dataset, normal_class=normal, val_fraction=base.val_fraction,
                 anomaly_fraction=base.anomaly_fraction, seed=base.split_seed,
             )  # fmt: skip
+    if base.batch_size is None:
+        smallest = min(int(idx.train.size) for idx in indices.values())
+        base = dataclasses.replace(base, batch_size=min(spec.BATCH_SIZE, smallest))
+        grid = dataclasses.replace(grid, base=base)
+        if smallest < spec.BATCH_SIZE:
+            logging.info("batch size %d: the training set has %d images (fewer than %d; "
+                         "--batch_size sets another)", base.batch_size, smallest,
+                         spec.BATCH_SIZE)  # fmt: skip
+    for normal, idx in indices.items():
+        held_out = int(idx.val.size)
+        if held_out < FEW_HELD_OUT:
+            logging.warning(
+                "%s: only %d held-out normal image(s) set the threshold (the %gth percentile "
+                "of their scores); with fewer than %d it is uncertain: the share of normal "
+                "images flagged may be far from %g%%. More normal images, or a larger "
+                "--val_fraction, make it firmer", _name(base, normal), held_out,
+                base.threshold_percentile, FEW_HELD_OUT, 100 - base.threshold_percentile)
         if set(base.models) - set(vocab.BASELINES):
             with as_flags(f" ({_name(base, normal)})"):
                 train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs)
@@ -214,8 +245,7 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[dict, dict]
             "test_anomalies": int((dataset.test_labels[idx.test] != normal).sum()),
             "fingerprint": idx.fingerprint,
         }  # fmt: skip
-        indices[normal] = idx
-    return splits, indices
+    return grid, splits, indices
 
 
 def _check_same_splits(saved: dict[str, Any], splits: dict[str, Any], run_dir: str) -> None:
@@ -285,7 +315,8 @@ def run(
         with timings.phase("data"):
             dataset = dataset() if dataset else data.load_dataset(base.data_source,
                                                                   **data_options(base))
-            splits, indices = _check_splits(dataset, grid)
+            grid, splits, indices = _check_splits(dataset, grid)
+            base = grid.base
         if saved:
             _check_same_splits(saved, splits, run_dir)
         mesh = config_mesh(base, grid.mesh_layout)

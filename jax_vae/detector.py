@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jax_vae import (
     data,
@@ -37,6 +38,7 @@ from jax_vae import (
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
+FEW_HELD_OUT = 50  # Held-out normals below which the threshold is called uncertain.
 SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs", "batch_size",
             "learning_rate", "val_fraction", "threshold_percentile", "vae_score", "mc_samples",
             "score_smoothing", "score", "image_shape")  # fmt: skip
@@ -108,10 +110,19 @@ class Detector:
         held = rules.held_out("val_fraction", self.settings["val_fraction"], n, "the images")
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, HOLD_OUT), n))
         val, fit = images[np.sort(order[:held])], images[np.sort(order[held:])]
+        batch_size = min(self.settings["batch_size"], fit.shape[0])
+        if batch_size < self.settings["batch_size"]:
+            logging.info("batch size %d: the training set has %d images", batch_size,
+                         fit.shape[0])  # fmt: skip
+        if held < FEW_HELD_OUT:
+            logging.warning("only %d held-out normal image(s) set the threshold; with fewer "
+                            "than %d the share of normal images flagged may be far from "
+                            "%g%%", held, FEW_HELD_OUT,
+                            100 - self.settings["threshold_percentile"])  # fmt: skip
         result = train.train(
             jax.random.fold_in(key, keys.TRAIN), fit, self.hparams, model=self.model,
             tx=train.adam(self.settings["learning_rate"]), epochs=self.settings["epochs"],
-            batch_size=min(self.settings["batch_size"], fit.shape[0]), hooks=(),
+            batch_size=batch_size, hooks=(),
         )  # fmt: skip
         self.params, self.history, self._state = result.params, result.history, result.state
         self._score_key = jax.random.fold_in(key, keys.SCORE)

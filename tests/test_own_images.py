@@ -7,6 +7,7 @@ import csv
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from helpers import SIZES, cli, fashion_mnist_dir, one_line_error, run_grid, run_single
@@ -180,7 +181,7 @@ def test_bad_folders_fail_with_one_message_naming_the_cause(tmp_path):
         load("corrupt")
     _png(tmp_path / "mixed" / "train" / "0.png")
     _png(tmp_path / "mixed" / "train" / "1.png", mode="RGB")
-    with pytest.raises(data.DataError, match="0.png has 1 channel.*1.png has 3"):
+    with pytest.raises(data.DataError, match="0.png \\(L\\) has 1 channel.*1.png \\(RGB\\) has 3"):
         load("mixed")
     assert load("mixed", channels=3).train_images.shape == (2, 28, 28, 3)  # Converted.
     _png(tmp_path / "sizes" / "train" / "0.png")
@@ -237,3 +238,24 @@ def test_the_smoothing_bound_scales_with_the_image(tmp_path):
         validate(ExperimentConfig(score_smoothing=12.0))
     with pytest.raises(ConfigError, match="--score_smoothing must be in \\[0, 20\\]"):
         validate(ExperimentConfig(**folder, image_size=(56, 60), score_smoothing=21.0))
+
+
+def test_a_small_folder_trains_with_no_flags_and_says_how(tmp_path, caplog):
+    """30 training images: the batch adapts (one info line) and the 3 held-out normals are
+    called too few for a firm threshold (one warning)."""
+    import logging  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    write_pngs(tmp_path / "small" / "train", rng.integers(0, 256, (30, 8, 8), np.uint8))
+    caplog.set_level(logging.INFO, logger="absl")
+    result = run_single(ExperimentConfig(dataset="folder", data_dir=str(tmp_path / "small"),
+                                         output_dir=str(tmp_path / "run"), epochs=1,
+                                         checkpoint_every=0, **SIZES))  # fmt: skip
+    assert result["config"]["batch_size"] == 27  # min(128, the 27 training images).
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("batch size 27" in line for line in lines) == 1, lines
+    assert sum("only 3 held-out normal image(s)" in line for line in lines) == 1, lines
+    d = detector.Detector("ae", epochs=1, **SIZES)  # The library says the same.
+    caplog.clear()
+    d.fit(jax.random.key(0), rng.integers(0, 256, (30, 8, 8), np.uint8))
+    assert any("only 3 held-out" in r.getMessage() for r in caplog.records)

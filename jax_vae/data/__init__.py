@@ -48,6 +48,7 @@ from jax_vae.data.images import (
     load_arrays,
     load_folder,
     read_images,
+    report_skipped,
 )
 from jax_vae.data.split import (
     SplitIndices,
@@ -66,5 +67,6 @@ __all__ = [
     "SplitIndices", "as_images", "bundled_data_dir", "decode_images", "find_dataset",
     "image_files", "image_shape_of", "load_arrays", "load_dataset", "load_dataset_early",
     "load_folder", "load_idx", "load_tfds", "one_class_split", "parse_idx", "read_images",
+    "report_skipped",
     "split_indices", "synthetic_anomalies", "take_split",
 ]  # fmt: skip

@@ -22,19 +22,61 @@ _DECODE_CHUNK = 64  # Files per task of the decoding threads (a chunk's pixels a
 PARALLEL_MIN_PIXELS = 128 * 128  # Images this large (pixels x channels) decode in threads.
 
 
-def image_files(folder: str) -> list[str]:
-    """The image files (PNG, JPEG, BMP, TIFF) directly in ``folder``, sorted by name."""
-    try:
-        names = os.listdir(folder)
-    except OSError as e:
-        raise DataError(f"cannot read {folder}: {e.strerror or e}") from None
-    return sorted(os.path.join(folder, n) for n in names
-                  if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("."))  # fmt: skip
+def image_files(folder: str, *, recursive: bool = False,
+                skipped: list[str] | None = None) -> list[str]:  # fmt: skip
+    """The image files (PNG, JPEG, BMP, TIFF) in ``folder`` (and, with ``recursive``, in its
+    subfolders), sorted by path: a folder's own files before its subfolders'. Hidden files
+    and folders and files of other kinds are passed over; ``skipped`` collects them."""
+    if not os.path.isdir(folder):
+        raise DataError(f"cannot read {folder}: it is not a folder")
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder, onerror=_walk_error):
+        dirs.sort()
+        if skipped is not None:
+            skipped += [os.path.join(root, d) + os.sep for d in dirs if d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+                found.append(path)
+            elif skipped is not None:
+                skipped.append(path)
+    return found
+
+
+def _walk_error(error: OSError) -> None:
+    raise DataError(f"cannot read {error.filename}: {error.strerror or error}")
+
+
+def report_skipped(where: str, skipped: list[str]) -> None:
+    """One INFO line counting the files a folder's reading passed over, naming a few."""
+    if not skipped:
+        return
+    names = [os.path.relpath(p, where) for p in skipped]
+    logging.info("%s: skipped %d file(s) that are hidden or not images (%s%s)", where,
+                 len(names), ", ".join(names[:3]), ", ..." if len(names) > 3 else "")  # fmt: skip
+
+
+# Pillow's modes by what a pixel holds: one value (gray, perhaps with alpha), and the range of
+# the values of the modes that hold more than 8 bits (a 16-bit PNG opens as I;16).
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+WIDE_RANGES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
+               "I": 65535.0, "F": 1.0}  # fmt: skip
+_ORIENTATION = 0x0112  # EXIF: the camera's orientation; 5-8 turn the image by 90 degrees.
 
 
 def _file_channels(mode: str) -> int:
     """Channels of a Pillow mode as the models see it: 1 (gray) or 3 (colour; alpha dropped)."""
-    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+    return 1 if mode in GRAY_MODES else 3
+
+
+def _describe(mode: str) -> str:
+    """A mode as messages name it: ``RGBA (alpha dropped)``, ``I;16 (16-bit gray)``."""
+    notes = {"RGBA": "alpha dropped", "LA": "alpha dropped", "La": "alpha dropped",
+             "PA": "alpha dropped", "P": "palette", "1": "1-bit", "F": "float",
+             "I": "32-bit integer"}  # fmt: skip
+    note = notes.get(mode) or ("16-bit gray" if mode.startswith("I;16") else "")
+    return f"{mode} ({note})" if note else mode
 
 
 def decode_images(
@@ -79,11 +121,11 @@ def _decode_images(paths: list[str], *, channels: int, size: tuple[int, int] | N
                         "least 2x2 pixels")  # fmt: skip
     if math.prod(shape) > rules.MAX_IMAGE_VALUES:
         raise DataError(
-            f"{paths[0]} is {first[1]}x{first[0]} with {first[2]} channel(s): too large for "
+            f"{paths[0]} is {first[1]}x{first[0]} with {first[2]} channel(s) "
+            f"({_describe(first[3])}): too large for "
             f"the models (at most {rules.MAX_IMAGE_VALUES:,} values, e.g. 512x512x4); "
             "downscale with --image_size=H,W (image_size=(H, W))"
         )
-    out = np.empty((len(paths), *shape[:2], *((3,) if shape[2] == 3 else ())), np.uint8)
     chunks = [paths[s : s + _DECODE_CHUNK] for s in range(0, len(paths), _DECODE_CHUNK)]
     task = functools.partial(_decode_chunk, reference=(paths[0], first), shape=shape,
                              fixed_size=size is not None, fixed_channels=bool(channels))
@@ -91,14 +133,18 @@ def _decode_images(paths: list[str], *, channels: int, size: tuple[int, int] | N
     # mostly Python per file, which threads only queue on the GIL for. Measured on 2 cores
     # (PNGs, images/s, 2 threads : 1): 28x28 0.6x, 64x64 0.7x, 96x96 RGB 1.4x, 128x128 1.3x,
     # 256x256 RGB 1.6x. (Processes would need a guarded __main__ in the caller's script.)
-    large = math.prod(first) >= PARALLEL_MIN_PIXELS
+    large = math.prod(first[:3]) >= PARALLEL_MIN_PIXELS
     workers = min(os.cpu_count() or 1, len(chunks), 8) if large else 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = pool.map(task, chunks)  # In order: the first bad file is the one named.
+        parts: list[np.ndarray] = []
         changed: list[str] = []
-        for i, (pixels, resized) in enumerate(results):
-            out[i * _DECODE_CHUNK : i * _DECODE_CHUNK + len(pixels)] = pixels
+        for pixels, resized in results:
+            parts.append(pixels)
             changed += resized
+    # 8-bit files stay uint8; with any wider file, every image is float32 in [0, 1].
+    wide = any(p.dtype != np.uint8 for p in parts)
+    out = np.concatenate([_as_float(p) if wide else p for p in parts])
     if changed:
         logging.log(logging.WARNING if warn else logging.INFO,
                     "%d of %d images resized or converted to %s (e.g. %s)", len(changed),
@@ -116,27 +162,68 @@ def _open(path: str):
         raise DataError(f"{path}: not a readable image ({e})") from None
 
 
-def _header(path: str) -> tuple[int, int, int]:
-    """(height, width, channels) of an image file, from its header."""
+def _header(path: str) -> tuple[int, int, int, str]:
+    """(height, width, channels, mode) of an image file, from its header."""
     with _open(path) as image:
-        return image.size[1], image.size[0], _file_channels(image.mode)
+        return _shown(image)
 
 
-def _decode_chunk(paths: list[str], *, reference: tuple[str, tuple[int, int, int]],
+def _shown(image) -> tuple[int, int, int, str]:
+    """(height, width, channels, mode) of an opened image as it is shown (its EXIF
+    orientation applied)."""
+    height, width = image.size[1], image.size[0]
+    try:
+        turned = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001  (a malformed EXIF block: the image as stored)
+        turned = False
+    if turned:
+        height, width = width, height
+    return height, width, _file_channels(image.mode), image.mode
+
+
+def _pixels(image, path: str, shape: tuple[int, int, int], fixed_size: bool) -> np.ndarray:
+    """One image's pixels at ``shape``: uint8 for the 8-bit modes; float32 in [0, 1] for
+    16-bit, 32-bit integer and float images (each by its real range: value / 65535, floats
+    as they are), which must hold values in that range."""
+    from PIL import Image, ImageOps  # noqa: PLC0415
+
+    image = ImageOps.exif_transpose(image)  # As a camera or phone meant it to be seen.
+    height, width, channels = shape
+    if image.mode in WIDE_RANGES:
+        values = np.asarray(image, np.float32) / WIDE_RANGES[image.mode]
+        if values.min() < 0 or values.max() > 1:
+            top = WIDE_RANGES[image.mode]
+            raise DataError(f"{path} ({_describe(image.mode)}): values from "
+                            f"{values.min() * top:g} to {values.max() * top:g}, outside "
+                            f"[0, {top:g}]")  # fmt: skip
+        if values.shape != (height, width):
+            values = np.asarray(Image.fromarray(values, mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))  # fmt: skip
+        return np.repeat(values[..., None], 3, axis=-1) if channels == 3 else values
+    mode = "L" if channels == 1 else "RGB"
+    if fixed_size:
+        image.draft(mode, (width, height))  # JPEG: decode at a lower scale.
+    if image.mode == "P":  # Through its palette's colours (and transparency, then dropped).
+        image = image.convert("RGBA")
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image)
+
+
+def _decode_chunk(paths: list[str], *, reference: tuple[str, tuple[int, int, int, str]],
                   shape: tuple[int, int, int], fixed_size: bool,
                   fixed_channels: bool) -> tuple[np.ndarray, list[str]]:  # fmt: skip
-    """Decodes files to ``shape``; returns the pixels and the files resized or converted.
-    Without ``fixed_size`` (``fixed_channels``) a file must have the ``reference`` file's
-    size (channels)."""
+    """Decodes files to ``shape``; returns the pixels (uint8, or float32 in [0, 1] where a
+    file holds more than 8 bits) and the files resized or converted. Without ``fixed_size``
+    (``fixed_channels``) a file must have the ``reference`` file's size (channels)."""
     from PIL import Image  # noqa: PLC0415
 
     first_path, first = reference
-    mode = "L" if shape[2] == 1 else "RGB"
-    out = np.empty((len(paths), *shape[:2], *((3,) if shape[2] == 3 else ())), np.uint8)
-    changed = []
-    for i, path in enumerate(paths):
+    pixels, changed = [], []
+    for path in paths:
         with _open(path) as image:
-            found = (image.size[1], image.size[0], _file_channels(image.mode))
+            found = _shown(image)
             if not fixed_size and found[:2] != first[:2]:
                 raise DataError(
                     f"{first_path} is {first[1]}x{first[0]} but {path} is {found[1]}x"
@@ -145,22 +232,23 @@ def _decode_chunk(paths: list[str], *, reference: tuple[str, tuple[int, int, int
                 )
             if not fixed_channels and found[2] != first[2]:
                 raise DataError(
-                    f"{first_path} has {first[2]} channel(s) but {path} has {found[2]}; "
-                    "convert them all with --channels=1 or 3 (channels=1 or 3)"
+                    f"{first_path} ({_describe(first[3])}) has {first[2]} channel(s) but {path} "
+                    f"({_describe(found[3])}) has {found[2]}; convert them all with "
+                    "--channels=1 or 3 (channels=1 or 3)"
                 )
-            if found != shape:
+            if found[:3] != shape:
                 changed.append(f"{os.path.basename(path)} ({found[1]}x{found[0]}x{found[2]})")
             try:
-                if fixed_size:
-                    image.draft(mode, (shape[1], shape[0]))  # JPEG: decode at a lower scale.
-                image = image.convert(mode)
-                if image.size != (shape[1], shape[0]):
-                    image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR,
-                                         reducing_gap=2.0)  # fmt: skip
-                out[i] = np.asarray(image)
+                pixels.append(_pixels(image, path, shape, fixed_size))
             except (OSError, Image.DecompressionBombError) as e:  # A truncated file.
                 raise DataError(f"{path}: not a readable image ({e})") from None
-    return out, changed
+    wide = any(p.dtype != np.uint8 for p in pixels)
+    return np.stack([_as_float(p) if wide else p for p in pixels]), changed
+
+
+def _as_float(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1] (uint8 ones divided by 255)."""
+    return pixels.astype(np.float32) / 255 if pixels.dtype == np.uint8 else pixels
 
 
 def _read_array_file(path: str, key: str | None = None) -> np.ndarray:
@@ -180,9 +268,10 @@ def _read_array_file(path: str, key: str | None = None) -> np.ndarray:
 def read_images(
     source: str, *, channels: int = 0, size: tuple[int, int] | None = None, warn: bool = False
 ) -> tuple[list[str], np.ndarray]:
-    """Images to score, with a name each: a folder of image files (PNG, JPEG, BMP, TIFF;
-    sorted by name), image files given as a comma list, or an array file (``.npy``, or
-    ``.npz``: its ``images`` array, else its first), as stored (uint8 or float).
+    """Images to score, with a name each: a folder of image files (PNG, JPEG, BMP, TIFF; its
+    subfolders too, each file named by its path in the folder, ``scratch/003.png``; hidden
+    and other files skipped and counted), image files given as a comma list, or an array
+    file (``.npy``, or ``.npz``: its ``images`` array, else its first), as stored.
 
     Args:
       source: The folder, files or array file.
@@ -193,10 +282,13 @@ def read_images(
     """
     paths = [p.strip() for p in source.split(",") if p.strip()]
     if len(paths) == 1 and os.path.isdir(paths[0]):
-        folder = paths[0]
-        paths = image_files(folder)
+        folder, skipped = paths[0], []
+        paths = image_files(folder, recursive=True, skipped=skipped)
+        report_skipped(folder, skipped)
         if not paths:
             raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        images = decode_images(paths, channels=channels, size=size, warn=warn)
+        return [os.path.relpath(p, folder) for p in paths], images
     if not paths:
         raise DataError("no images given")
     for path in paths:
@@ -215,10 +307,12 @@ def load_folder(
 ) -> Dataset:
     """A user's images in the layout of MVTec AD and anomalib's ``Folder``.
 
-    ``directory/train/`` holds normal images (directly, or in ``train/good/``);
+    ``directory/train/`` holds normal images (directly, or in ``train/good/``, at any depth);
     ``directory/test/`` is optional: ``test/good/`` (or ``normal/``) holds normal images
-    and every other subfolder one kind of anomaly. The test labels are 0 for normal images
-    and ``k`` for the k-th kind (by name); ``class_names`` names them.
+    and every other subfolder one kind of anomaly (its images at any depth). Hidden files
+    and folders and files that are not images are skipped, and counted in one INFO line.
+    The test labels are 0 for normal images and ``k`` for the k-th kind (by name);
+    ``class_names`` names them.
 
     Args:
       directory: The dataset folder.
@@ -231,20 +325,28 @@ def load_folder(
       DataError: No ``train/`` images; a ``test/`` without normal images or without anomaly
         kinds (AUROC needs both); any error of :func:`decode_images`.
     """
+    if not os.path.exists(directory):
+        raise DataError(f"{directory} does not exist")
     if not os.path.isdir(directory):
         raise DataError(f"{directory} is not a folder")
-    train_dir = os.path.join(directory, "train")
-    train = image_files(train_dir) if os.path.isdir(train_dir) else []
-    for normal in NORMAL_FOLDERS:
-        if os.path.isdir(os.path.join(train_dir, normal)):
-            train += image_files(os.path.join(train_dir, normal))
+    train_dir, skipped = os.path.join(directory, "train"), []
+    train = image_files(train_dir, recursive=True, skipped=skipped) \
+        if os.path.isdir(train_dir) else []  # fmt: skip
     if not train:
         raise DataError(f"{train_dir} holds no normal training images (put them in train/ or "
                         f"train/good/; {', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
     test_dir, tests, names = os.path.join(directory, "test"), [], ["normal"]
     if os.path.isdir(test_dir):
-        kinds = sorted(k for k in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, k))
-                       and image_files(os.path.join(test_dir, k)))  # fmt: skip
+        # A kind is a folder directly under test/, its images at any depth below it; files
+        # directly in test/ belong to no kind and are skipped.
+        files = {}
+        for entry in sorted(os.listdir(test_dir)):
+            path = os.path.join(test_dir, entry)
+            if entry.startswith(".") or not os.path.isdir(path):
+                skipped.append(path + (os.sep if os.path.isdir(path) else ""))
+            else:
+                files[entry] = image_files(path, recursive=True, skipped=skipped)
+        kinds = [k for k, found in files.items() if found]
         normal = [k for k in kinds if k.lower() in NORMAL_FOLDERS]
         anomalies = [k for k in kinds if k.lower() not in NORMAL_FOLDERS]
         if len(normal) != 1 or not anomalies:
@@ -255,8 +357,8 @@ def load_folder(
                 "out to train and set the threshold only"
             )
         names = [normal[0], *anomalies]
-        tests = [(label, p) for label, kind in enumerate(names)
-                 for p in image_files(os.path.join(test_dir, kind))]  # fmt: skip
+        tests = [(label, p) for label, kind in enumerate(names) for p in files[kind]]
+    report_skipped(directory, skipped)
     images = decode_images(train + [p for _, p in tests], channels=channels, size=size)
     logging.info("%s: %d training images, %d test images (%s), each %s", directory, len(train),
                  len(tests), ", ".join(names), "x".join(map(str, images.shape[1:])))  # fmt: skip
