@@ -375,6 +375,9 @@ def _validate_own_images(c: ExperimentConfig) -> None:
         "a .npy or .npz file"  # fmt: skip
     if not c.data_dir:
         raise ConfigError(f"--dataset={c.dataset} needs --data_dir: {what}")
+    if not os.path.exists(c.data_dir):
+        raise ConfigError(f"--data_dir {c.data_dir} does not exist (--dataset={c.dataset} reads "
+                          f"{what})")  # fmt: skip
     if not (os.path.isdir if c.dataset == "folder" else os.path.isfile)(c.data_dir):
         raise ConfigError(f"--data_dir {c.data_dir} is not {what}")
     if c.data_source != "auto":

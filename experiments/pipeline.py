@@ -189,13 +189,21 @@ def default_output_dir(kind: str, grid: SweepConfig) -> str:
     base = grid.base
     if kind == "run":
         # A preset names itself: --preset=best may train no model that has a beta. Otherwise
-        # the run's beta where a model reads one (else its models), and its own hyperparameters.
+        # the run's beta where a model reads one (else its models), and its own hyperparameters;
+        # a user's images are named after their folder or file and the models trained.
         trained = [m for m in base.models if m not in vocab.BASELINES]
-        what = f"preset-{base.preset}" if base.preset else (
-            f"beta{base.beta:g}" if any(registry.reads(m, "beta") for m in trained)
-            else "-".join(base.models))  # fmt: skip
+        reads_beta = any(registry.reads(m, "beta") for m in trained)
+        if base.dataset in vocab.LOCAL_DATASETS:
+            source = os.path.splitext(os.path.basename(os.path.normpath(base.data_dir)))[0]
+            what = "-".join(base.models) + (f"_beta{base.beta:g}" if reads_beta else "")
+            where = "".join(c if c.isalnum() or c in "-_." else "-" for c in source) or "data"
+        else:
+            what = f"beta{base.beta:g}" if reads_beta else "-".join(base.models)
+            where = vocab.class_slug(base.dataset, base.normal_class)
+        if base.preset:
+            what = f"preset-{base.preset}"
         what += "".join(f"_{name}{value:g}" for name, value in base.hparams.items())
-        return runs.new_run_dir(f"{vocab.class_slug(base.dataset, base.normal_class)}_{what}")
+        return runs.new_run_dir(f"{where}_{what}")
     return runs.new_run_dir(f"{kind}_{base.dataset}_{len(grid.classes)}classes")
 
 

@@ -61,7 +61,8 @@ def score_histograms(
             ax.hist(s[selected], bins=bins, alpha=0.6, density=True, histtype="stepfilled",
                     label=label)  # fmt: skip
         ax.axvline(thresholds[name], color="black", linestyle="--", label="threshold")
-        ax.set(xscale="log", xlabel="anomaly score", title=name.upper())
+        ax.set(xscale="log", xlabel="anomaly score", ylabel="density (per unit score)",
+               title=name.upper())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend()
     return fig

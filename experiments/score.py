@@ -5,10 +5,15 @@ one row per image.
   python -m experiments.score --run=runs/<run> --images=a.png,b.png --maps=2 # + anomaly maps
   python -m experiments.score --run=runs/<run> --images=batch.npy            # an array file
 
-Writes ``scores.csv`` (file, then per model its score and whether it is above the run's
-threshold) into a new folder (default ``<run>/<time>_score``) and prints how many images each
-model flags. ``--maps=N`` also writes, for each model's N highest-scoring images, the image,
-its reconstruction and the anomaly map (the squared residual, blurred as the run's
+Writes ``scores.csv`` (file, its kind, then per model its score and whether it is above the
+run's threshold) into a new folder (default ``<run>/<time>_score``) and prints how many images
+each model flags. A folder is read at any depth; a file's kind is its first folder under the
+given one (``good``, ``scratch``). Where the kinds include a normal one (``good``,
+``normal``) and others, each model's AUROC and F1 on them are printed, and written with the
+counts to ``summary.json``.
+
+``--maps=N`` also writes, for each model's N highest-scoring images, the image, its
+reconstruction and the anomaly map (the squared residual, blurred as the run's
 ``--score_smoothing`` scores it) as one PNG.
 
 Image files of another size or channel count than the run's images are resized (bilinear)
@@ -83,7 +88,7 @@ def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: 
     Returns:
       Per model, its threshold and how many images it flagged.
     """
-    from jax_vae import data  # noqa: PLC0415  (after the flag checks)
+    from jax_vae import data, metrics  # noqa: PLC0415  (after the flag checks)
     from jax_vae.detector import Detector  # noqa: PLC0415
 
     height, width, channels = runs.read_config(run).get("image_shape", (28, 28, 1))  # Older: MNIST.
@@ -97,21 +102,50 @@ def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: 
     detectors = {m: Detector.load(run, model=m) for m in models}
     scores = {m: d.score(images) for m, d in detectors.items()}
     flags_ = {m: (scores[m] > d.threshold).astype(int) for m, d in detectors.items()}
+    kinds = [kind_of(name) for name in names]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", *(f"{m}_{c}" for m in models for c in ("score", "flagged"))])
+    writer.writerow(["file", "kind", *(f"{m}_{c}" for m in models for c in ("score", "flagged"))])
     for i, name in enumerate(names):
-        writer.writerow([name, *(v for m in models for v in (f"{scores[m][i]:.6g}", flags_[m][i]))])
+        writer.writerow([name, kinds[i], *(v for m in models
+                                           for v in (f"{scores[m][i]:.6g}", flags_[m][i]))])
     atomic_write_bytes(os.path.join(output, "scores.csv"), buffer.getvalue().encode())
+    labels = _labels(kinds)
     summary = {}
     for m, d in detectors.items():
         summary[m] = {"threshold": d.threshold, "flagged": int(flags_[m].sum())}
         sys.stdout.write(f"{m}: {summary[m]['flagged']} of {len(names)} images flagged "
                          f"(score > {d.threshold:.5g})\n")  # fmt: skip
+        if labels is not None:  # Normal and anomalous kinds: how well the model tells them.
+            known = labels >= 0
+            found = metrics.detection_metrics(labels[known], scores[m][known],
+                                              threshold=d.threshold)._asdict()  # fmt: skip
+            summary[m].update(found, images=int(known.sum()))
+            sys.stdout.write(f"{m}: AUROC {found['auroc']:.4f}, F1 {found['f1']:.4f} "
+                             f"(precision {found['precision']:.4f}, recall "
+                             f"{found['recall']:.4f}) on {int(known.sum())} images of "
+                             f"{', '.join(sorted(set(k for k in kinds if k)))}\n")  # fmt: skip
         if maps:
             _maps(d, images, names, scores[m], maps, output)
+    runs.write_json(os.path.join(output, "summary.json"), summary)
     logging.info("scores in %s", output)
     return summary
+
+
+def kind_of(name: str) -> str:
+    """The kind of a scored file: the first folder of its path under the scored folder
+    (``scratch/003.png`` -> ``scratch``); empty for a file at its top or given by name."""
+    head, sep, _ = name.partition("/")
+    return head if sep else ""
+
+
+def _labels(kinds: list[str]) -> np.ndarray | None:
+    """Per image 0 (a normal kind: ``good``, ``normal``), 1 (any other kind) or -1 (no kind);
+    None unless there are both normal and anomalous kinds."""
+    from jax_vae.data import NORMAL_FOLDERS  # noqa: PLC0415
+
+    labels = np.array([-1 if not k else int(k.lower() not in NORMAL_FOLDERS) for k in kinds])
+    return labels if {0, 1} <= set(labels.tolist()) else None
 
 
 def _maps(detector, images: np.ndarray, names: list[str], scores: np.ndarray, n: int,

@@ -121,6 +121,35 @@ def test_score_command_on_files_arrays_and_a_saved_detector(run, mnist, tmp_path
     np.testing.assert_allclose(again[:30], [float(r["ae_score"]) for r in rows], rtol=1e-6)
 
 
+def test_score_command_on_a_test_folder_reports_each_kind_and_the_metrics(run, mnist, tmp_path):
+    """A folder with good/ and kinds of anomaly (any depth): a kind per file, and each
+    model's AUROC and F1 against scikit-learn on the same scores."""
+    from sklearn.metrics import f1_score  # noqa: PLC0415
+
+    from experiments.score import score  # noqa: PLC0415
+
+    root = tmp_path / "test"
+    picks = {"good": mnist.test_images[mnist.test_labels == 1][:20],  # The run's normal class.
+             "seven/batch1": mnist.test_images[mnist.test_labels == 7][:10],
+             "three": mnist.test_images[mnist.test_labels == 3][:10]}  # fmt: skip
+    for folder, images in picks.items():
+        (root / folder).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(root / folder / f"{i:02d}.png")
+    Image.fromarray(picks["good"][0]).save(root / "loose.png")  # No kind: not in the metrics.
+    summary = score(str(run), str(root), ("ae", "vae"), str(tmp_path / "scored"))
+    rows = list(csv.DictReader((tmp_path / "scored" / "scores.csv").open()))
+    assert [r["kind"] for r in rows] == [""] + ["good"] * 20 + ["seven"] * 10 + ["three"] * 10
+    assert json.loads((tmp_path / "scored" / "summary.json").read_text()) == summary
+    labels = np.array([r["kind"] != "good" for r in rows[1:]], int)
+    for name in ("ae", "vae"):
+        scores = np.array([float(r[f"{name}_score"]) for r in rows[1:]])
+        assert summary[name]["images"] == 40
+        assert summary[name]["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
+        flagged = scores > summary[name]["threshold"]
+        assert summary[name]["f1"] == pytest.approx(f1_score(labels, flagged), abs=1e-2)
+
+
 def test_image_sources_and_their_errors(tmp_path, mnist):
     for i in range(3):
         Image.fromarray(mnist.test_images[i]).save(tmp_path / f"{i}.png")

@@ -166,6 +166,43 @@ def test_default_output_dir_is_new(tmp_path, monkeypatch):
     assert pipeline.default_output_dir("run", grid) != first
 
 
+def test_a_user_folder_run_is_named_after_its_folder_and_models(tmp_path, monkeypatch):
+    from experiments import pipeline  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+
+    def name(**settings):
+        return pipeline.default_output_dir("run", pipeline.SweepConfig.single(
+            ExperimentConfig(**settings)))
+
+    assert name(dataset="folder", data_dir="/data/my_parts/", models=("ae",)).endswith(
+        "_my_parts_ae")  # No beta where no model reads one.
+    assert name(dataset="arrays", data_dir="x/scans.npz", beta=2.0).endswith("_scans_ae-vae_beta2")
+    assert name(models=("ae",), normal_class=3).endswith("_digit3_ae")
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=f"--data_dir {missing} does not exist"):
+        validate(ExperimentConfig(dataset="folder", data_dir=missing))
+
+
+def test_every_plot_of_a_run_labels_its_axes(small_run):
+    """The figures a run writes, rebuilt from its files: every panel with data names both
+    axes (the images and the anomaly maps, which are pictures, have none)."""
+    import json  # noqa: PLC0415
+
+    from experiments import plots  # noqa: PLC0415
+
+    record = json.loads((small_run / "metrics.json").read_text())["models"]
+    saved = np.load(small_run / "scores.npz")
+    test = {name: saved[f"{name}_test"] for name in record}
+    figures = [plots.score_histograms(saved["labels"], test,
+                                      {n: r["threshold"] for n, r in record.items()}),
+               plots.roc_curves(saved["labels"], test, {n: r["auroc"] for n, r in record.items()}),
+               plots.training_curves({n: r["history"] for n, r in record.items()})]  # fmt: skip
+    for figure in figures:
+        for ax in figure.axes:
+            assert ax.get_xlabel() and ax.get_ylabel(), (ax.get_title(), figure)
+
+
 BAD_CONFIGS = [
     (dict(beta=-1.0), "--beta must be >= 0"),
     (dict(beta=float("nan")), "--beta must be a finite number"),

@@ -288,7 +288,7 @@ def read_images(
         if not paths:
             raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         images = decode_images(paths, channels=channels, size=size, warn=warn)
-        return [os.path.relpath(p, folder) for p in paths], images
+        return [os.path.relpath(p, folder).replace(os.sep, "/") for p in paths], images
     if not paths:
         raise DataError("no images given")
     for path in paths:
