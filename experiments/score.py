@@ -100,7 +100,10 @@ def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: 
     images = data.as_images(raw)
     prepare_output_dir(output)
     detectors = {m: Detector.load(run, model=m) for m in models}
-    scores = {m: d.score(images) for m, d in detectors.items()}
+    scores = {}
+    for m, d in detectors.items():  # One compiled call per model: a line before each.
+        logging.info("scoring %d images with %s (%s)", len(images), m, d.settings["score"])
+        scores[m] = d.score(images)
     flags_ = {m: (scores[m] > d.threshold).astype(int) for m, d in detectors.items()}
     kinds = [kind_of(name) for name in names]
     buffer = io.StringIO()

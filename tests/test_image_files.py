@@ -120,3 +120,17 @@ def test_nested_folders_are_read_and_skipped_files_counted(tmp_path, caplog):
     names, images = data.read_images(str(root / "test"))
     assert names == ["stray.png", "good/3.png", "good/4.png", "scratch/6.png", "scratch/a/5.png"]
     np.testing.assert_array_equal(images, pixels[[7, 3, 4, 6, 5]])
+
+
+def test_a_long_load_says_how_far_it_is(tmp_path, caplog, monkeypatch):
+    from jax_vae.data import images as images_module  # noqa: PLC0415
+
+    for i in range(130):  # Three chunks of at most 64 files.
+        Image.fromarray(np.full((4, 4), i, np.uint8)).save(tmp_path / f"{i:03d}.png")
+    monkeypatch.setattr(images_module, "PROGRESS_SECONDS", -1.0)  # Every chunk is "long".
+    caplog.set_level(logging.INFO, logger="absl")
+    got = data.decode_images(sorted(str(p) for p in tmp_path.glob("*.png")))
+    np.testing.assert_array_equal(got[:, 0, 0], np.arange(130))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoded")]
+    assert [line.split(" images/s")[0].split(" (")[0] for line in lines] == [
+        "decoded 64 of 130 images", "decoded 128 of 130 images", "decoded 130 of 130 images"]

@@ -6,6 +6,7 @@ import concurrent.futures
 import functools
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -20,6 +21,7 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 NORMAL_FOLDERS = ("good", "normal")  # MVTec AD's and anomalib's names for normal images.
 _DECODE_CHUNK = 64  # Files per task of the decoding threads (a chunk's pixels at a time).
 PARALLEL_MIN_PIXELS = 128 * 128  # Images this large (pixels x channels) decode in threads.
+PROGRESS_SECONDS = 5.0  # A load that takes longer logs a progress line this often.
 
 
 def image_files(folder: str, *, recursive: bool = False,
@@ -139,9 +141,15 @@ def _decode_images(paths: list[str], *, channels: int, size: tuple[int, int] | N
         results = pool.map(task, chunks)  # In order: the first bad file is the one named.
         parts: list[np.ndarray] = []
         changed: list[str] = []
+        start = last = time.monotonic()
         for pixels, resized in results:
             parts.append(pixels)
             changed += resized
+            if time.monotonic() - last > PROGRESS_SECONDS:  # A long load says how far it is.
+                last = time.monotonic()
+                done = sum(len(p) for p in parts)
+                logging.info("decoded %d of %d images (%.0f images/s)", done, len(paths),
+                             done / (last - start))  # fmt: skip
     # 8-bit files stay uint8; with any wider file, every image is float32 in [0, 1].
     wide = any(p.dtype != np.uint8 for p in parts)
     out = np.concatenate([_as_float(p) if wide else p for p in parts])
