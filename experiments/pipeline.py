@@ -32,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from experiments.config import (
+    SETTING_HPARAMS,
     ConfigError,
     SweepConfig,
     as_flags,
@@ -519,7 +520,8 @@ def _hparams(grid: SweepConfig, model: registry.Model, points: list[dict], mesh)
     train_keys = _keys(grid, model.name, points).train
     # Per model, the hyperparameters its loss reads: each point's value on a grid axis, else
     # the setting of that name (--kl_warmup_epochs), else the registry entry's default.
-    hparams = {h: np.array([p[h] if p.get(h) is not None else getattr(base, h, default)
+    hparams = {h: np.array([p[h] if p.get(h) is not None else
+                            getattr(base, h) if h in SETTING_HPARAMS else default
                             for p in points], np.float32)
                for h, default in model.hparams.items()}  # fmt: skip
     if len(grid.rates) > 1:  # Injected into the optimizer (see _run_classes).
