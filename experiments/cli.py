@@ -88,7 +88,11 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     if "models" in values:
         values["models"] = tuple(m.strip().lower() for m in values["models"])
     if "hparams" in FLAGS and "hparams" not in overrides:
-        for name, value in parse_assignments(FLAGS["hparams"].value or [], flag="hparams"):
+        for name, text in parse_assignments(FLAGS["hparams"].value or [], flag="hparams"):
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"--hparams {name} must be a number, got {text!r}") from None
             if name in SETTING_HPARAMS:  # --hparams=beta=2 is --beta=2.
                 if name in FLAGS and FLAGS[name].present:
                     raise ConfigError(f"--hparams sets {name} and so does --{name}; give one")
@@ -100,9 +104,9 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
     return ExperimentConfig(**values)
 
 
-def parse_assignments(items: Iterable[str], *, flag: str) -> list[tuple[str, Any]]:
-    """``name=value`` items (``noise=0.3``; with a comma list of values, ``noise=0.1,0.4``
-    for ``--grid``) as (name, float or tuple of floats) pairs, each name once."""
+def parse_assignments(items: Iterable[str], *, flag: str) -> list[tuple[str, str]]:
+    """``name=value`` items (``noise=0.3``; for ``--grid`` the value a comma list,
+    ``noise=0.1,0.4``) as (name, value text) pairs, each name once."""
     pairs, seen = [], set()
     for item in items:
         name, eq, text = item.partition("=")
@@ -113,13 +117,7 @@ def parse_assignments(items: Iterable[str], *, flag: str) -> list[tuple[str, Any
         if name in seen:
             raise ConfigError(f"--{flag} gives {name} twice")
         seen.add(name)
-        if flag == "grid":
-            pairs.append((name, text))
-            continue
-        try:
-            pairs.append((name, float(text)))
-        except ValueError:
-            raise ConfigError(f"--{flag} {name} must be a number, got {text!r}") from None
+        pairs.append((name, text))
     return pairs
 
 

@@ -20,6 +20,7 @@ from absl import flags
 
 from experiments import cli
 from experiments.config import (
+    SETTING_HPARAMS,
     ConfigError,
     SweepConfig,
     load_config,
@@ -86,8 +87,8 @@ def _axes(base) -> dict:
             texts[axis] = FLAGS[flag].value
     if texts["learning_rate"] is not None and FLAGS["learning_rate"].present:
         raise ConfigError("--learning_rates and --learning_rate: give one")
-    for name in given:
-        if name in base.__dataclass_fields__ and FLAGS[name].present:
+    for name in set(given) & set(SETTING_HPARAMS):  # --kl_warmup_epochs, as an axis too.
+        if FLAGS[name].present:
             raise ConfigError(f"--grid={name}=... and --{name} give the same axis; give one")
     return dict(
         betas=parse_list(texts["beta"], name="betas", item=float),

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from jax_vae import vocab
 from jax_vae.errors import CheckpointError
 
 CONFIG = "config.json"
@@ -56,9 +57,7 @@ def is_complete(run: str, kind: str = "run") -> bool:
 
 def model_slug(dataset: str, normal_class: int, model: str) -> str:
     """A model kind's name in the folder: ``digit3_vae``; a detector's: its model."""
-    from jax_vae.vocab import class_slug  # noqa: PLC0415
-
-    return f"{class_slug(dataset, normal_class)}_{model}"
+    return f"{vocab.class_slug(dataset, normal_class)}_{model}"
 
 
 def checkpoint_dir(run: str, slug: str) -> str:

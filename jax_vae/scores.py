@@ -119,10 +119,6 @@ Component = tuple[str, float | None]  # A plain score at a smoothing (None: it r
 
 def label(component: Component) -> str:
     """A component's name in saved files: ``latent_distance``, ``residual@1``."""
-    return _label(component)
-
-
-def _label(component: Component) -> str:
     name, smoothing = component
     return name if smoothing is None else f"{name}@{smoothing:g}"
 
@@ -173,7 +169,7 @@ class Scorer:
                 chunk_size=chunk_size, stacked=stacked))  # fmt: skip
             if spec.reduce is not None:
                 bank = (jax.vmap(spec.reduce) if stacked else spec.reduce)(bank)
-            fitted[_label(component)] = bank
+            fitted[label(component)] = bank
         return fitted
 
     def inputs(self, params: Any, fitted: Mapping[str, Any]) -> Any:
@@ -187,7 +183,7 @@ class Scorer:
         stats = {}
         for component in self.fused:
             column = val[..., self.components.index(component)]
-            stats[_label(component)] = (np.mean(column, axis=-1, keepdims=True),
+            stats[label(component)] = (np.mean(column, axis=-1, keepdims=True),
                                         np.std(column, axis=-1, keepdims=True))  # fmt: skip
         return stats
 
@@ -203,7 +199,7 @@ class Scorer:
             total = None
             for part in spec.parts:
                 component = _component(part, smoothing)
-                mean, std = (np.asarray(a) for a in stats[_label(component)])
+                mean, std = (np.asarray(a) for a in stats[label(component)])
                 z = (scores[..., self.components.index(component)] - mean) / np.where(
                     std > 0, std, 1.0)
                 total = z if total is None else total + z
@@ -244,7 +240,7 @@ def _scorer(model: Any, columns: tuple, options: tuple) -> Scorer:
                 components.append(component)
     fns = [_plain(model, name, tuple(sorted({**dict(options), "smoothing": s or 0.0}.items())))
            for name, s in components]
-    labels = [_label(c) for c in components]
+    labels = [label(c) for c in components]
     if not any(get(name).features for name, _ in components):
         from jax_vae import scoring  # noqa: PLC0415
 

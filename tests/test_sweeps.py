@@ -188,6 +188,7 @@ def test_sweep_rules_name_their_flag(fields, needle):
 
 @pytest.mark.parametrize("args,needle", [  # The list rules: test_parse_lists, in-process.
     (["--betas=1,abc"], "--betas"),
+    (["--grid=imports=1"], "no selected model reads 'imports'"),  # A setting, not an axis.
     (["--beta=2"], "beta"),  # The sweep takes --betas, not --beta.
     (["--dataset=fashion_mnist", "--digits=1"], "--digits is for MNIST"),
 ])  # fmt: skip
