@@ -45,6 +45,7 @@ from experiments.tensorboard import Board, run_name
 from experiments.timing import Timings
 from jax_vae import (
     data,
+    health,
     keys,
     registry,
     rules,
@@ -57,8 +58,7 @@ from jax_vae import (
     vocab,
 )
 from jax_vae.checkpoints import Checkpointer
-from jax_vae.detector import FEW_HELD_OUT
-from jax_vae.metrics import evaluate, separation_auroc
+from jax_vae.metrics import evaluate, separation_auroc, threshold_warning
 
 GRID_IMAGES = 8  # Normal and anomalous test images each in a run's reconstruction plot.
 LATENT_POINTS = 5000  # Test images in a run's latent scatter plot.
@@ -238,14 +238,9 @@ def _check_splits(dataset: data.Dataset, grid: SweepConfig) -> tuple[SweepConfig
                          "--batch_size sets another)", base.batch_size, smallest,
                          spec.BATCH_SIZE)  # fmt: skip
     for normal, idx in indices.items():
-        held_out = int(idx.val.size)
-        if held_out < FEW_HELD_OUT:
-            logging.warning(
-                "%s: only %d held-out normal image(s) set the threshold (the %gth percentile "
-                "of their scores); with fewer than %d it is uncertain: the share of normal "
-                "images flagged may be far from %g%%. More normal images, or a larger "
-                "--val_fraction, make it firmer", _name(base, normal), held_out,
-                base.threshold_percentile, FEW_HELD_OUT, 100 - base.threshold_percentile)
+        warning = threshold_warning(int(idx.val.size), percentile=base.threshold_percentile)
+        if warning:
+            logging.warning("%s: %s", _name(base, normal), warning)
         if set(base.models) - set(vocab.BASELINES):
             with as_flags(f" ({_name(base, normal)})"):
                 train.check_args(idx.train.size, batch_size=base.batch_size, epochs=base.epochs)
@@ -472,6 +467,7 @@ def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: di
     of a folder's test labels, the AUROC of each kind of anomaly), timing, history."""
     columns = variants(grid) if group.history is not None else [(None, None)]
     rows, labels = [], split.test_labels
+    findings = _health(group, grid, split.train_images)
     for s, (score_name, smoothing) in enumerate(columns):
         for p, point in enumerate(group.points):
             scores = [part[p, :, s] for part in group.scores]
@@ -485,9 +481,28 @@ def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: di
                 **({"kinds": per_kind} if per_kind else {}),
                 **timing,
                 **({} if group.history is None else
-                   {"history": {k: [float(v) for v in h[p]] for k, h in group.history.items()}}),
+                   {"history": {k: [float(v) for v in h[p]] for k, h in group.history.items()},
+                    "health": findings[p]}),
             })  # fmt: skip
     return rows
+
+
+def _health(group: Group, grid: SweepConfig, train_images: np.ndarray) -> list[list[str]]:
+    """Each trained point's training-health findings (:func:`jax_vae.health.check`), each
+    logged once as a warning naming the model; [] for a baseline's points."""
+    if group.history is None:
+        return [[] for _ in group.points]
+    baseline = health.baseline_loss(train_images, likelihood=grid.base.likelihood)
+    texts = []
+    for p, point in enumerate(group.points):
+        found = health.check({k: h[p] for k, h in group.history.items()}, baseline=baseline)
+        texts.append([f.text for f in found])
+        name = _label(grid, group.normal, group.name)
+        if len(group.points) > 1:  # Which model of the kind: its axes and seed.
+            name += "".join(f" {a}={v:g}" for a, v in point.items() if v is not None)
+        for finding in found:
+            logging.warning("%s", finding.message(name))
+    return texts
 
 
 def _fit_baselines(grid, normal, name, split, images) -> tuple[Group, dict]:

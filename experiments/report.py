@@ -25,7 +25,8 @@ from jax_vae.runs import atomic_write_bytes
 CSV_FIELDS = (
     "model", "beta", "learning_rate", "seed", "normal_class", "smoothing", "score", "auroc",
     "auprc", "f1",
-    "precision", "recall", "fpr", "threshold", "synthetic_auroc",
+    "precision", "recall", "fpr", "threshold", "held_out", "fpr_low", "fpr_high",
+    "synthetic_auroc", "health",
 )  # fmt: skip
 TABLE_COLUMNS = (
     ("AUROC", "auroc", ".4f"),
@@ -58,13 +59,15 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
         table = _run_header(result.grid.base) + format_table(models) + _kinds_table(models)
         if result.rows and result.rows[0]["auroc"] is None:
             table += _no_test_note(result)
+        table += _threshold_note(models, result.grid.base.threshold_percentile)
+        table += _health_note(result.rows)
     else:
         axes = tuple(result.grid.hparams)
         summary = summarize(result.rows, axes=axes)
         record = {"config": result.record, "rows": result.rows, "summary": summary}
         names = _labels(result.grid.base.dataset)  # Columns: "digit 3", "Sandal".
         table = _tables(result.rows, summary, select=result.kind == "sweep", names=names,
-                        axes=axes)  # fmt: skip
+                        axes=axes) + _health_note(result.rows, names, axes)  # fmt: skip
     (out or sys.stdout).write(table)
     if writer:
         if result.kind == "run":
@@ -165,6 +168,34 @@ def _kinds_table(models: dict[str, dict[str, Any]]) -> str:
         cells = "  ".join(f"{kind} {auroc:.4f}" for kind, auroc in r.get("kinds", {}).items())
         lines.append(f"{name.upper():<8}{cells}")
     return "\n".join(lines) + "\n"
+
+
+def _threshold_note(models: dict[str, dict[str, Any]], percentile: float) -> str:
+    """How firm each model's threshold is: the held-out normals it was set from and the 95%
+    interval of the share of normal images it flags (:func:`jax_vae.metrics.fpr_interval`)."""
+    firm = {(r["held_out"], r["fpr_low"], r["fpr_high"]) for r in models.values()
+            if r.get("held_out") is not None}  # fmt: skip
+    if len(firm) != 1:  # Baselines only, or (never in one run) different hold-outs.
+        return ""
+    ((held_out, low, high),) = firm
+    return (f"\nthreshold: the {percentile:g}th percentile of {held_out} held-out normal "
+            f"images' scores; it flags {low:.1%} to {high:.1%} of normal images (95% "
+            f"interval; nominal {100 - percentile:g}%)\n")
+
+
+def _health_note(rows: list[dict[str, Any]], classes: tuple[str, ...] | None = None,
+                 axes: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """Every training-health finding of the rows (:mod:`jax_vae.health`), once each, naming
+    the model (in a grid, with ``classes`` given: its axes, class and seed)."""
+    lines = []
+    for r in rows:
+        who = r["model"] if classes is None else \
+            f"{_label(r, False, True, axes)}, {classes[r['normal_class']]}, seed {r['seed']}"
+        lines += [f"{who}: {text}" for text in r.get("health", ())]
+    if not lines:
+        return ""
+    return "\ntraining health (signs that a model did not train well):\n" + "".join(
+        f"  warning: {line}\n" for line in dict.fromkeys(lines))
 
 
 def _no_test_note(result: Result) -> str:
@@ -324,5 +355,6 @@ def rows_to_csv(rows: list[dict[str, Any]], *, axes: tuple[str, ...] = ()) -> st
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
+        writer.writerow({k: ("" if r.get(k) is None else
+                             "; ".join(r[k]) if k == "health" else r[k]) for k in fields})
     return buffer.getvalue()

@@ -102,6 +102,8 @@ def score(run: str, source: str, models: tuple[str, ...], output: str, *, maps: 
     detectors = {m: Detector.load(run, model=m) for m in models}
     scores = {}
     for m, d in detectors.items():  # One compiled call per model: a line before each.
+        for line in d.health:  # What the run found about its training, said again here.
+            logging.warning("the run's %s", line)
         logging.info("scoring %d images with %s (%s)", len(images), m, d.settings["score"])
         scores[m] = d.score(images)
     flags_ = {m: (scores[m] > d.threshold).astype(int) for m, d in detectors.items()}

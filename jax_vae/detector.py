@@ -23,6 +23,7 @@ from absl import logging
 
 from jax_vae import (
     data,
+    health,
     keys,
     metrics,
     plugins,
@@ -38,10 +39,9 @@ from jax_vae import (
 from jax_vae.checkpoints import Checkpointer, CheckpointError
 
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
-FEW_HELD_OUT = 50  # Held-out normals below which the threshold is called uncertain.
 SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs", "batch_size",
             "learning_rate", "val_fraction", "threshold_percentile", "vae_score", "mc_samples",
-            "score_smoothing", "score", "image_shape")  # fmt: skip
+            "score_smoothing", "score", "image_shape", "threshold_folds")  # fmt: skip
 
 
 class Detector:
@@ -64,7 +64,7 @@ class Detector:
                     "val_fraction": spec.VAL_FRACTION,
                     "threshold_percentile": spec.THRESHOLD_PERCENTILE,
                     "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0,
-                    "score": "residual"}  # fmt: skip
+                    "score": "residual", "threshold_folds": 0}  # fmt: skip
         self.settings = {**defaults, "image_shape": None, **settings}
         rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
         self.name, self._hparams = model, hparams or {}
@@ -72,6 +72,9 @@ class Detector:
         self.params: Any = None
         self.threshold: float | None = None
         self.history: dict[str, np.ndarray] | None = None
+        self.health: list[str] = []  # Training-health warnings (jax_vae.health), one line each.
+        self.held_out: int | None = None  # Held-out normals that set the threshold ...
+        self.fpr_interval: tuple[float, float] | None = None  # ... and the share it flags.
         self._state: Any = None
         self._fitted: dict[str, Any] = {}  # What the score fit: banks, fusion statistics.
         self._stats: dict[str, Any] = {}
@@ -106,33 +109,82 @@ class Detector:
         self.settings["image_shape"] = image_shape
         self._build(image_shape)  # Any size and channel count: the model takes this one.
         images = data.as_images(normal_images, name="normal_images")
-        n = images.shape[0]
-        held = rules.held_out("val_fraction", self.settings["val_fraction"], n, "the images")
+        n, folds = images.shape[0], self.settings["threshold_folds"]
+        percentile = self.settings["threshold_percentile"]
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, HOLD_OUT), n))
-        val, fit = images[np.sort(order[:held])], images[np.sort(order[held:])]
-        batch_size = min(self.settings["batch_size"], fit.shape[0])
-        if batch_size < self.settings["batch_size"]:
-            logging.info("batch size %d: the training set has %d images", batch_size,
-                         fit.shape[0])  # fmt: skip
-        if held < FEW_HELD_OUT:
-            logging.warning("only %d held-out normal image(s) set the threshold; with fewer "
-                            "than %d the share of normal images flagged may be far from "
-                            "%g%%", held, FEW_HELD_OUT,
-                            100 - self.settings["threshold_percentile"])  # fmt: skip
-        result = train.train(
-            jax.random.fold_in(key, keys.TRAIN), fit, self.hparams, model=self.model,
-            tx=train.adam(self.settings["learning_rate"]), epochs=self.settings["epochs"],
-            batch_size=batch_size, hooks=(),
-        )  # fmt: skip
-        self.params, self.history, self._state = result.params, result.history, result.state
+        train_key = jax.random.fold_in(key, keys.TRAIN)
         self._score_key = jax.random.fold_in(key, keys.SCORE)
+        if folds:  # Every normal image scored by a model that did not train on it.
+            if not 2 <= folds <= n:
+                raise rules.InvalidArgument(
+                    f"threshold_folds must be 0 (a held-out share) or 2 to the {n} images, "
+                    f"got {folds}")  # fmt: skip
+            fit, held = images, n
+            val_components = self._cross_fit(train_key, images, np.array_split(order, folds))
+        else:
+            held = rules.held_out("val_fraction", self.settings["val_fraction"], n,
+                                  "the images")  # fmt: skip
+            val, fit = images[np.sort(order[:held])], images[np.sort(order[held:])]
+        warning = metrics.threshold_warning(held, percentile=percentile)
+        if warning:
+            logging.warning("%s", warning)
+        result = self._train(train_key, fit)
+        self.params, self.history, self._state = result.params, result.history, result.state
+        findings = health.check(result.history, baseline=health.baseline_loss(
+            fit, likelihood=self.settings["likelihood"]))  # fmt: skip
+        self.health = [f.message(self.name) for f in findings]
+        for line in self.health:
+            logging.warning("%s", line)
         # The score fits the training images (a k-NN bank) and, a fusion, the held-out ones.
         self._fitted = self.scorer.fit(self.params, fit)
-        self._stats = self.scorer.standardize(self._components(val))
-        val_scores = self.score(val)
-        self.threshold = metrics.threshold_from_normals(
-            val_scores, percentile=self.settings["threshold_percentile"])
+        if not folds:
+            val_components = self._components(val)
+        self._stats = self.scorer.standardize(val_components)
+        val_scores = self.scorer.combine(val_components, self._stats)[..., 0]
+        self.threshold = metrics.threshold_from_normals(val_scores, percentile=percentile)
+        self.held_out = held
+        self.fpr_interval = metrics.fpr_interval(held, percentile=percentile)
         return self
+
+    def _batch_size(self, n: int) -> int:
+        return min(self.settings["batch_size"], n)
+
+    def _train(self, key: jax.Array, images: np.ndarray, pad_to: int | None = None,
+               steps: int | None = None):  # fmt: skip
+        """Trains on ``images`` for the set epochs or, given, about ``steps`` steps."""
+        n = images.shape[0]
+        batch_size, epochs = self._batch_size(n), self.settings["epochs"]
+        if steps is not None:
+            epochs = max(1, round(steps / train.num_batches(n, batch_size)))
+        if batch_size < self.settings["batch_size"] and pad_to is None:
+            logging.info("batch size %d: the training set has %d images", batch_size, n)
+        return train.train(
+            key, images, self.hparams, model=self.model, batch_size=batch_size,
+            tx=train.adam(self.settings["learning_rate"]), epochs=epochs, hooks=(),
+            pad_to=pad_to,
+        )  # fmt: skip
+
+    def _cross_fit(self, key: jax.Array, images: np.ndarray, folds: list) -> np.ndarray:
+        """The plain score components of every image from the model trained without its fold
+        (each fold's model from its own branch of ``key``, the folds' trainings padded to
+        one size: one compiled program), in the order of the folds. A fold's model takes as
+        many optimizer steps as the detector's own model on all the images: with fewer
+        (the same epochs of fewer batches) it would be less trained, score its fold higher,
+        and set the threshold too high."""
+        rest = [np.sort(np.concatenate(folds[:j] + folds[j + 1:])) for j in range(len(folds))]
+        pad_to, n = max(len(r) for r in rest), len(images)
+        steps = self.settings["epochs"] * train.num_batches(n, self._batch_size(n))
+        components = []
+        for j, (fold, others) in enumerate(zip(folds, rest, strict=True)):
+            logging.info("threshold fold %d/%d: training on %d images", j + 1, len(folds),
+                         len(others))  # fmt: skip
+            params = self._train(jax.random.fold_in(key, j + 1), images[others], pad_to,
+                                 steps).params  # fmt: skip
+            fitted = self.scorer.fit(params, images[others])
+            components.append(scoring.map_chunked(
+                self.scorer.fn, self.scorer.inputs(params, fitted), images[np.sort(fold)],
+                key=self._score_key))  # fmt: skip
+        return np.concatenate(components)
 
     def score(self, images: Any) -> np.ndarray:
         """Anomaly scores [N] (higher: more anomalous); image i's key depends on i alone."""
@@ -173,6 +225,7 @@ class Detector:
         os.makedirs(directory)
         record = {**{k: v for k, v in self.settings.items()}, "models": [self.model.name],
                   "detector": {"model": self.model.name, "threshold": self.threshold,
+                               "held_out": self.held_out, "health": self.health,
                                "hparams": {k: float(v) for k, v in self.hparams.items()},
                                "score_key": np.asarray(jax.random.key_data(
                                    self._score_key)).tolist()}}  # fmt: skip
@@ -209,9 +262,11 @@ class Detector:
                     if k in SETTINGS}  # fmt: skip
         if saved:
             slug, threshold, hparams = name, saved["threshold"], saved["hparams"]
+            found = saved
         else:  # A run folder: the threshold in metrics.json.
             try:
-                threshold = runs.read_completion(directory)["models"][name]["threshold"]
+                found = runs.read_completion(directory)["models"][name]
+                threshold = found["threshold"]
             except KeyError:
                 raise CheckpointError(f"{directory}: not a finished run (no metrics.json with "
                                       f"{name}'s threshold)") from None  # fmt: skip
@@ -242,6 +297,11 @@ class Detector:
         state, history = checkpointer.restore(template)
         checkpointer.close()
         detector.params, detector._state, detector.threshold = state.params, state, threshold
+        detector.health = list(found.get("health", ()))
+        detector.held_out = found.get("held_out")
+        if detector.held_out:
+            detector.fpr_interval = metrics.fpr_interval(
+                detector.held_out, percentile=detector.settings["threshold_percentile"])
         detector.history = train.stack_history(history)
         if saved:
             detector._score_key = jax.random.wrap_key_data(

@@ -1,0 +1,122 @@
+"""Training health: whether a trained model failed, read from its loss history.
+
+A model can train without an error and still be useless: a VAE whose posterior collapsed
+(its code carries nothing, so every image is reconstructed as the average one), a run whose
+loss rose again (too high a learning rate), a model that never got below what the mean
+image achieves. Its scores then rank images by how far they are from the average, or at
+random, and nothing in a table of AUROCs says why. :func:`check` names each such symptom
+with a remedy; the commands log each finding as a warning and write it to ``results.txt``
+and ``metrics.json``, and :meth:`jax_vae.detector.Detector.fit` warns the same::
+
+    findings = health.check(result.history, baseline=health.baseline_loss(images))
+    for finding in findings:
+        logging.warning("%s", finding.message("vae"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_vae import losses
+
+# A posterior carrying under 1 nat per image (KL to the prior, summed over the latents)
+# tells the decoder less than 1.44 bits about the image: the code is empty. Counting inactive
+# latents instead would flag healthy beta-VAEs, which use a few of their latents (the seed
+# spec's VAE at beta 2 on digit 0 carries ~5.6 nats in a handful of its 20).
+COLLAPSED_NATS = 1.0
+# The loss at the last epoch above its minimum by this share of that minimum.
+RISE = 0.1
+# The reconstruction term no better than this share above the mean image's.
+NO_LEARNING = 0.95
+# A loss still falling by this share per epoch at the end: more epochs may yet help.
+STILL_FALLING = 0.01
+
+
+class Finding(NamedTuple):
+    """One symptom of a failed training."""
+
+    symptom: str  # ``posterior collapse``, ``diverging`` or ``no learning``.
+    detail: str  # The evidence, with its numbers.
+    remedy: str
+
+    @property
+    def text(self) -> str:
+        """``posterior collapse: <detail>; <remedy>``."""
+        return f"{self.symptom}: {self.detail}; {self.remedy}"
+
+    def message(self, name: str) -> str:
+        """The one line a user reads: ``vae: posterior collapse: ...; try ...``."""
+        return f"{name}: {self.text}"
+
+
+def baseline_loss(images: Any, *, likelihood: str = "gaussian") -> float:
+    """The reconstruction term a constant predictor reaches on ``images`` [N, pixels] in
+    [0, 1]: each image reconstructed as their mean image (the loss of a model that learned
+    nothing about the individual images), under the models' term
+    (:func:`jax_vae.losses.reconstruction_nll`)."""
+    images = jnp.asarray(images, jnp.float32)
+    mean = jnp.clip(jnp.mean(images, axis=0), 1e-6, 1 - 1e-6)
+    logits = jnp.log(mean) - jnp.log1p(-mean)  # The sigmoid of these is the mean image.
+    per_image = jax.vmap(losses.reconstruction_nll, in_axes=(0, None, None))(
+        images, logits, likelihood)  # fmt: skip
+    return float(jnp.mean(per_image))
+
+
+def check(history: Mapping[str, Any], *, baseline: float | None = None) -> list[Finding]:
+    """The symptoms of a failed training in one model's loss history.
+
+    Args:
+      history: Per-epoch means of each loss term, [epochs] each (``total``; ``reconstruction``
+        and ``kl`` where the loss has them), as :func:`jax_vae.train.train` returns for one
+        model.
+      baseline: The reconstruction term of a constant predictor on the training images
+        (:func:`baseline_loss`); None skips the no-learning check.
+
+    Returns:
+      Each finding: ``posterior collapse`` (the final KL under :data:`COLLAPSED_NATS` nats
+      per image), ``diverging`` (a non-finite loss, or the last epoch's loss above its
+      minimum by more than :data:`RISE` of it), ``no learning`` (the final reconstruction
+      term above :data:`NO_LEARNING` of ``baseline``: train longer while the loss still
+      falls, else lower the learning rate).
+    """
+    total = np.asarray(history["total"], np.float64)
+    epochs, found = total.size, []
+    if not np.all(np.isfinite(total)):
+        bad = int(np.flatnonzero(~np.isfinite(total))[0]) + 1
+        return [Finding("diverging", f"the loss is not finite from epoch {bad}/{epochs}",
+                        "try a lower learning rate")]  # fmt: skip
+    best = int(np.argmin(total))
+    if total[-1] - total[best] > RISE * abs(total[best]):
+        found.append(Finding(
+            "diverging",
+            f"the loss rose from {total[best]:.4g} (epoch {best + 1}) to {total[-1]:.4g} "
+            f"(epoch {epochs})",
+            "try a lower learning rate",
+        ))  # fmt: skip
+    if "kl" in history:
+        kl = float(np.asarray(history["kl"])[-1])
+        if kl < COLLAPSED_NATS:
+            found.append(Finding(
+                "posterior collapse",
+                f"the code carries {kl:.3g} nats per image (KL to the prior, under "
+                f"{COLLAPSED_NATS:g}): the decoder ignores it",
+                "try a smaller beta or a KL warm-up (kl_warmup_epochs), or the AE",
+            ))  # fmt: skip
+    if baseline is not None:
+        final = float(np.asarray(history.get("reconstruction", total))[-1])
+        if final > NO_LEARNING * baseline:
+            falling = epochs > 1 and total[-1] < (1 - STILL_FALLING) * total[-2]
+            found.append(Finding(
+                "no learning",
+                f"reconstruction error {final:.4g}, the mean image's {baseline:.4g}, "
+                + ("still falling" if falling else "no longer falling"),
+                "train longer (more epochs)" if falling else
+                "try a lower learning rate (a VAE: a smaller beta)",
+            ))  # fmt: skip
+    return found
+

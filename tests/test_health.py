@@ -1,0 +1,140 @@
+"""Training health (jax_vae.health) on histories and on models made to fail, in the library,
+the detector and a run's files; the threshold's interval (jax_vae.metrics.fpr_interval)
+against a known score distribution."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+from helpers import SIZES, run_single
+from scipy import stats
+
+from experiments.config import ExperimentConfig
+from jax_vae import detector, health, metrics, registry, train
+
+FAIL = dict(epochs=10, batch_size=32)  # 256 images: 8 steps an epoch.
+
+
+@pytest.fixture(scope="module")
+def ones(split0):
+    return split0.train_images[:256]
+
+
+def _train(images, name, hparams, tx):
+    model = registry.build(name, **SIZES)
+    result = train.train(jax.random.key(0), images, hparams, model=model, tx=tx, hooks=(),
+                         **FAIL)  # fmt: skip
+    return health.check(result.history, baseline=health.baseline_loss(images))
+
+
+def test_baseline_loss_is_the_mean_images_error_as_numpy_computes_it(ones):
+    x = np.asarray(ones, np.float64)
+    mean = x.mean(axis=0)
+    np.testing.assert_allclose(health.baseline_loss(ones),
+                               np.mean(np.sum((x - mean) ** 2, axis=1)), rtol=1e-5)  # fmt: skip
+    p = np.clip(mean, 1e-6, 1 - 1e-6)
+    bce = -(x * np.log(p) + (1 - x) * np.log1p(-p)).sum(axis=1).mean()
+    np.testing.assert_allclose(health.baseline_loss(ones, likelihood="bernoulli"), bce,
+                               rtol=1e-4)  # fmt: skip
+
+
+def test_each_symptom_of_a_known_history():
+    falling = np.array([60.0, 30, 20, 15, 12, 10])
+    assert health.check({"total": falling}, baseline=50.0) == []
+    kl = {"total": falling + 3, "reconstruction": falling, "kl": np.array([3, 2, 1, .5, .2, .1])}
+    assert [f.symptom for f in health.check(kl)] == ["posterior collapse"]
+    rising = np.array([60.0, 30, 20, 21, 24, 26])  # 30% above its best.
+    assert [f.symptom for f in health.check({"total": rising})] == ["diverging"]
+    assert [f.symptom for f in health.check({"total": np.array([60.0, np.nan])})] == [
+        "diverging"]
+    # No better than the mean image: still falling (train longer) or stalled (lower the rate).
+    slow, stalled = np.array([90.0, 80, 70]), np.array([90.0, 70, 70])
+    (a,), (b,) = health.check({"total": slow}, baseline=60), health.check({"total": stalled},
+                                                                          baseline=60)
+    assert a.symptom == b.symptom == "no learning"
+    assert "longer" in a.remedy and "lower learning rate" in b.remedy
+
+
+def test_models_made_to_fail_are_named_and_a_healthy_one_is_not(ones):
+    adam = train.adam(1e-2)
+    assert _train(ones, "ae", {}, adam) == []
+    assert _train(ones, "vae", {"beta": 1.0}, adam) == []
+    # A VAE at a large beta on a tiny set: its posterior collapses.
+    collapsed = _train(ones, "vae", {"beta": 50.0}, adam)
+    assert "posterior collapse" in [f.symptom for f in collapsed]
+    # A learning rate that doubles every epoch: the loss falls, then climbs.
+    growing = optax.adam(optax.exponential_decay(1e-2, 8, 2.0))
+    assert "diverging" in [f.symptom for f in _train(ones, "ae", {}, growing)]
+
+
+def test_the_detector_warns_and_keeps_its_findings(ones, caplog, tmp_path):
+    caplog.set_level(logging.WARNING)
+    d = detector.Detector("vae", hparams={"beta": 50.0}, **SIZES, **FAIL, learning_rate=1e-2)
+    d.fit(jax.random.key(0), ones)
+    assert any("posterior collapse" in line for line in d.health)
+    assert all(line in caplog.text for line in d.health)
+    # 26 held-out normals: the warning gives the interval of the share flagged.
+    assert d.held_out == 26 and d.fpr_interval == metrics.fpr_interval(26)
+    assert "held-out normal image(s)" in caplog.text
+    d.save(str(tmp_path / "d"))
+    again = detector.Detector.load(str(tmp_path / "d"))
+    assert again.health == d.health and again.fpr_interval == d.fpr_interval
+
+
+@pytest.mark.slow
+def test_a_run_writes_its_findings_and_the_thresholds_interval(tmp_path):
+    out = tmp_path / "run"
+    run_single(ExperimentConfig(models=("ae", "vae"), beta=300.0, epochs=2, normal_class=1,
+                                anomaly_fraction=0.1, output_dir=str(out), **SIZES))  # fmt: skip
+    models = json.loads((out / "metrics.json").read_text())["models"]
+    results = (out / "results.txt").read_text()
+    assert any(line.startswith("posterior collapse") for line in models["vae"]["health"])
+    for name in ("ae", "vae"):
+        for line in models[name]["health"]:
+            assert f"warning: {name}: {line}" in results
+    held_out = models["ae"]["held_out"]
+    low, high = metrics.fpr_interval(held_out)
+    assert (models["ae"]["fpr_low"], models["ae"]["fpr_high"]) == (low, high)
+    assert f"{held_out} held-out normal images" in results and f"{high:.1%}" in results
+    assert os.path.exists(out / "scores.npz")
+
+
+def test_the_interval_covers_the_share_flagged_by_a_uniform_scores_threshold():
+    # Scores U(0, 1): a threshold t flags a share 1 - t of all normals, exactly.
+    rng = np.random.default_rng(0)
+    for n in (15, 21, 60):  # 21: the 95th percentile is one order statistic (the 20th).
+        low, high = metrics.fpr_interval(n)
+        flagged = 1 - np.percentile(rng.uniform(size=(20000, n)), 95, axis=1)
+        covered = np.mean((flagged >= low) & (flagged <= high))
+        assert 0.94 <= covered <= 0.99, (n, covered)
+    # One order statistic: the Beta quantiles exactly, as scipy computes them.
+    np.testing.assert_allclose(metrics.fpr_interval(21), stats.beta(2, 20).ppf([.025, .975]))
+    flagged = 1 - np.percentile(rng.uniform(size=(20000, 21)), 95, axis=1)
+    np.testing.assert_allclose(np.quantile(flagged, [.025, .975]), metrics.fpr_interval(21),
+                               atol=0.005)  # fmt: skip
+    # Wider with fewer held-out normals, around the nominal 5%.
+    (a, b), (c, d) = metrics.fpr_interval(50), metrics.fpr_interval(500)
+    assert a < c < 0.05 < d < b
+
+
+def test_a_cross_fitted_threshold_flags_nearer_the_nominal_share(mnist):
+    # 150 normal images: held out, 15 set the threshold; cross-fitted, all 150 do. Judged by
+    # the share of 5,000 other normal images (of the same distribution) each flags.
+    zeros = mnist.train_images[mnist.train_labels == 0]
+    errors = {0: [], 5: []}
+    for seed in range(3):
+        pick = np.random.default_rng(seed).permutation(len(zeros))
+        small, fresh = zeros[pick[:150]], zeros[pick[150:5150]]
+        for folds in errors:
+            d = detector.Detector("ae", threshold_folds=folds).fit(jax.random.key(seed), small)
+            errors[folds].append(abs(d.predict(fresh).mean() - 0.05))
+            assert d.held_out == (150 if folds else 15)
+    assert np.mean(errors[5]) < np.mean(errors[0]) / 2, errors
+    with pytest.raises(ValueError, match="threshold_folds"):
+        detector.Detector("ae", threshold_folds=200, **SIZES).fit(jax.random.key(0), small)
