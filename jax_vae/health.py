@@ -114,7 +114,7 @@ def check(history: Mapping[str, Any], *, baseline: float | None = None) -> list[
             found.append(Finding(
                 "no learning",
                 f"reconstruction error {final:.4g}, the mean image's {baseline:.4g}, "
-                + ("still falling" if falling else "no longer falling"),
+                + ("still falling" if falling else "stalled"),
                 "train longer (more epochs)" if falling else
                 "try a lower learning rate (a VAE: a smaller beta)",
             ))  # fmt: skip

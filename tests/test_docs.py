@@ -3,12 +3,14 @@ test here, not a user."""
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import ROOT, cli_argv
 
@@ -102,3 +104,58 @@ def test_every_link_between_the_docs_reaches_a_file_and_heading():
                     assert anchor in anchors[where], f"{os.path.basename(path)}: {target}"
                 checked += 1
     assert checked > 20
+
+
+def _tables_script():
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("tables", os.path.join(ROOT, "scripts",
+                                                                          "tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_results_tables_are_the_ones_their_files_give():
+    tables = _tables_script()
+    used = set()
+    for path in DOCS:
+        with open(path) as f:
+            text = f.read()
+        used |= set(tables.BLOCK_NAMES.findall(text))
+        assert tables.render(text) == text, (
+            f"{os.path.relpath(path, ROOT)}: a table differs from experiments/results; "
+            "run python scripts/tables.py")
+    assert used == set(tables.TABLES), set(tables.TABLES) ^ used
+    # One cell against its file, computed here from the CSV rows: MNIST's seed-spec AE.
+    with open(os.path.join(ROOT, "experiments", "results", "selection_e30", "sweep.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == "ae" and r["smoothing"] == "0.0"]
+    per_seed = {s: np.mean([float(r["auroc"]) for r in rows if r["seed"] == s])
+                for s in {r["seed"] for r in rows}}  # fmt: skip
+    mean, std = np.mean(list(per_seed.values())), np.std(list(per_seed.values()))
+    assert f"| {tables.num(mean)} +- {tables.num(std)} |" in tables.TABLES["mnist"]()
+
+
+# A date of work, a diary phrase, a commit hash: history, which belongs to `git log`.
+DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b|\b(?:January|February|March|April|May|June|July|"
+                  r"August|September|October|November|December) 20\d\d\b")
+HASH = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+DIARY = re.compile(r"\b(?:so far|was then|on this machine|this session|this work|for now|"
+                   r"no longer|not yet|until now|at the moment|former(?:ly)?|today|yesterday|"
+                   r"issue \d+)\b", re.I)
+
+
+def test_the_docs_state_what_is_not_when_it_became_so():
+    found = []
+    for path in DOCS:
+        with open(path) as f:
+            text = re.sub(r"^```.*?^```", "", f.read(), flags=re.S | re.M)  # Code blocks.
+        for line in text.splitlines():
+            prose = re.sub(r"`[^`]*`|\([^)]*\.(?:md|png|json|py)[^)]*\)", "", line)
+            hashes = HASH.findall(prose)
+            # Commit hashes only as the selection protocol's evidence (benchmarks.md).
+            if hashes and path.endswith("benchmarks.md") and re.search(r"\bcommits?\b", prose):
+                hashes = []
+            for what in (*DATE.findall(prose), *hashes, *DIARY.findall(prose)):
+                found.append(f"{os.path.basename(path)}: {what!r} in {line.strip()[:80]!r}")
+    assert not found, "\n".join(found)
