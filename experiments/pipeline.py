@@ -610,6 +610,7 @@ def _train(grid, normal, model, split, *, tx, mesh, checkpointer, board, timings
         "train_seconds": trained.train_seconds, "compile_seconds": trained.compile_seconds,
         "images_per_second": trained.epochs_run * k * len(split.train_images)
         / trained.train_seconds if trained.epochs_run else None,
+        "microbatches": trained.microbatches,
     }  # fmt: skip
     return Group(normal, name, points, None, trained.history, trained.params, model), timing
 

@@ -366,7 +366,24 @@ def _threshold_folds() -> str:
     return table(["threshold", "normals that set it", "share of other normals flagged"], rows)
 
 
+def _large_images() -> str:
+    rows = []
+    for label, name in (("sliced batches (the default: 32 slices of 4 images)",
+                         "large_images"), ("whole batches (`microbatches=1`)", "whole_batches")):
+        with open(os.path.join(RESULTS, "large_images", f"{name}.json")) as f:
+            record = json.load(f)
+        j, t = record["jax"], record["torch"]
+        rows.append([f"JAX, {label}", f"{j['images_per_second']:.0f}",
+                     f"{j['seconds_per_epoch']:.2f}", f"{j['peak_rss_mb']:.0f}",
+                     f"{j['seconds_per_epoch'] / t['seconds_per_epoch']:.2f}"])
+        rows.append(["PyTorch 2.13 (same run)", f"{t['images_per_second']:.0f}",
+                     f"{t['seconds_per_epoch']:.2f}", f"{t['peak_rss_mb']:.0f}", "1"])
+    return table(["conv AE, 128x128 RGB, 270 images", "images/s", "s/epoch", "peak RSS (MB)",
+                  "/ PyTorch s/epoch"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "large_images": _large_images,
     "threshold_folds": _threshold_folds,
     "time_to_result": _time_to_result,
     "extensions": _extensions,

@@ -139,3 +139,19 @@ def test_image_loading_suite_reduced(tmp_path, capsys):
     record = json.loads(output.read_text())
     assert record["images"] == 2000 and record["images_per_second"] > 0
     assert "images/s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_large_images_suite_reduced(tmp_path, capsys):
+    from absl import flags  # noqa: PLC0415
+
+    from benchmarks import large_images  # noqa: PLC0415
+
+    output = tmp_path / "large.json"
+    flags.FLAGS(["large_images", "--reduced", f"--output={output}"])
+    large_images.common.suite_body("large_images", large_images.measure)()(None)
+    record = json.loads(output.read_text())
+    run = record["jax"]
+    assert record["photos"] == 24 and run["train_images"] == 22
+    assert run["peak_rss_mb"] > 100 and run["seconds_per_epoch"] > 0 and run["microbatches"]
+    assert "peak RSS MB" in capsys.readouterr().out

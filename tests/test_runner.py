@@ -40,6 +40,7 @@ METRIC_KEYS = {
     "train_seconds",
     "compile_seconds",
     "images_per_second",
+    "microbatches",
     "history",
     "health",
 }

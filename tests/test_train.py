@@ -15,6 +15,7 @@ import pytest
 from helpers import SIZES
 
 from jax_vae import data, keys, registry, scoring, train
+from jax_vae.train import driver
 
 
 def _images(n=300, seed=0):
@@ -245,3 +246,22 @@ def test_a_restore_template_is_shaped_as_the_initial_state_without_an_init_progr
     assert jax.tree.structure(template) == jax.tree.structure(state)
     for got, want in zip(jax.tree.leaves(template), jax.tree.leaves(state), strict=True):
         assert (got.shape, got.dtype) == (want.shape, want.dtype)
+
+
+def test_a_gradient_accumulated_over_slices_trains_as_the_whole_batch(split0, monkeypatch):
+    images = split0.train_images[:300]
+    model = registry.build("vae", **SIZES)
+    whole = train.train(jax.random.key(0), images, model=model, epochs=2, hooks=(),
+                        microbatches=1)  # fmt: skip
+    sliced = train.train(jax.random.key(0), images, model=model, epochs=2, hooks=(),
+                         microbatches=4)  # fmt: skip
+    assert sliced.microbatches == 4
+    chex.assert_trees_all_close(sliced.params, whole.params, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(sliced.history, whole.history, rtol=1e-5)
+    # Chosen by the step's memory: over the budget, the fewest slices that fit it.
+    monkeypatch.setattr(driver, "STEP_MEMORY", 1)
+    auto = train.train(jax.random.key(0), images, model=model, epochs=2, hooks=())
+    assert auto.microbatches == 128  # One image at a time: nothing else fits in 1 byte.
+    chex.assert_trees_all_close(auto.params, whole.params, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="microbatches"):
+        train.make_train(model, microbatches=3)

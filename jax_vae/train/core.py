@@ -111,6 +111,9 @@ class Trainer:
       batch_size: Examples per step.
       batch_sharding: Optional sharding of each ``[batch, ...]`` batch, e.g.
         the batch axis split over devices (data parallel).
+      microbatches: Slices each batch's gradient is accumulated over, one after another
+        (``batch_size`` must divide by it): the same update up to float rounding, with the
+        memory of one slice's activations (1: the whole batch at once).
     """
 
     model: Any
@@ -118,6 +121,7 @@ class Trainer:
     epochs: int
     batch_size: int
     batch_sharding: jax.sharding.Sharding | None = None
+    microbatches: int = 1
 
     def init(self, key: jax.Array, images: jax.Array, hparams: Mapping[str, Any]) -> TrainState:
         """The epoch-0 state of one model from its training key (:mod:`jax_vae.keys`)."""
@@ -184,13 +188,47 @@ class Trainer:
             sums = {name: jnp.sum(w * t) for name, t in terms.items()}
             return sums["total"] / jnp.sum(w), sums
 
+        def summed_objective(params, x, w, keys):  # One microbatch: the weighted sums.
+            sums = {name: jnp.sum(w * t) for name, t in
+                    batched_loss(params, x, keys, hparams).items()}  # fmt: skip
+            return sums["total"], sums
+
+        def accumulated_grads(params, index, w, k):
+            """The batch's gradient from ``microbatches`` slices of it, one after another
+            (each example with the key it has in the whole batch): the same gradient up to
+            float rounding, with the activations of one slice alive at a time; a partial
+            last batch computes only its slices that hold real images."""
+            m = self.microbatches
+            split = lambda a: a.reshape(m, batch_size // m, *a.shape[1:])  # noqa: E731
+
+            def one(grads, part):
+                index, w, keys = part
+                g, sums = jax.grad(summed_objective, has_aux=True)(params, images[index], w,
+                                                                   keys)  # fmt: skip
+                return jax.tree.map(jnp.add, grads, g), sums
+
+            def real(grads, part):  # A slice of padding only adds zeros: skipped.
+                empty = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype),
+                                     jax.eval_shape(one, grads, part)[1])  # fmt: skip
+                return jax.lax.cond(jnp.any(part[1] > 0), one, lambda g, _: (g, empty),
+                                    grads, part)  # fmt: skip
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            grads, sums = jax.lax.scan(real, zeros, (split(index), split(w),
+                                                    split(jax.random.split(k, batch_size))))
+            total = jnp.sum(w)
+            return jax.tree.map(lambda g: g / total, grads), jax.tree.map(jnp.sum, sums)
+
         def step(carry, batch):
             params, opt_state = carry
             index, w, k = batch
-            x = images[index]
-            if self.batch_sharding is not None:
-                x = jax.lax.with_sharding_constraint(x, self.batch_sharding)
-            grads, sums = jax.grad(batch_objective, has_aux=True)(params, x, w, k)
+            if self.microbatches > 1:
+                grads, sums = accumulated_grads(params, index, w, k)
+            else:
+                x = images[index]
+                if self.batch_sharding is not None:
+                    x = jax.lax.with_sharding_constraint(x, self.batch_sharding)
+                grads, sums = jax.grad(batch_objective, has_aux=True)(params, x, w, k)
             updates, opt_state = self.tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), sums
 
@@ -279,6 +317,7 @@ def make_train(
     epochs: int = spec.EPOCHS,
     batch_size: int = spec.BATCH_SIZE,
     batch_sharding: jax.sharding.Sharding | None = None,
+    microbatches: int = 1,
 ) -> Trainer:
     """The training run of ``model`` as a pure function ``train(key, images, hparams)``.
 
@@ -290,13 +329,18 @@ def make_train(
       epochs: Passes over the data.
       batch_size: Examples per step.
       batch_sharding: Sharding of each batch (data parallel); None: none.
+      microbatches: Accumulate each batch's gradient over this many slices of it (less
+        memory; see :class:`Trainer`).
 
     Returns:
       A :class:`Trainer`: ``trainer(key, images [N, ...], hparams)`` ->
       ``(state, history)``, with ``history`` the per-epoch mean of each loss
       term; ``hparams`` missing a model hyperparameter take its default.
     """
-    return Trainer(model, tx or ADAM, epochs, batch_size, batch_sharding)
+    if microbatches < 1 or batch_size % microbatches:
+        raise rules.InvalidArgument(f"microbatches must divide batch_size {batch_size}, got "
+                                    f"{microbatches}")  # fmt: skip
+    return Trainer(model, tx or ADAM, epochs, batch_size, batch_sharding, microbatches)
 
 
 def state_template(init: Callable[..., TrainState], key: jax.Array, *args: Any) -> TrainState:
