@@ -136,6 +136,27 @@ FUSION_CANDIDATES = {
     "scores": ("shift", "latent_knn", "pixel_knn", "shift_latent_knn", "shift_pixel_knn"),
     "knn": 5, "shifts": 1,
 }  # fmt: skip
+# Selection within a dataset (the leave-classes-out protocol, docs/benchmarks.md), fixed before
+# any candidate new to it (the RaPP scores) met a test set. The validation tasks use the
+# training split only: task c' is normal class c''s held-out training images against
+# `validation_images` (100) training images of each other class (a sweep's
+# --validation_images). For the headline of class c the rule sees no task in which c is
+# normal, nor c's images as anomalies: candidate i's validation score for c is the mean, over
+# the tasks c' != c and seeds 0-2, of the mean AUROC against the classes other than c and c'.
+# The pick is the first candidate of this list (the simplest first) whose validation score
+# is within one standard error (over the tasks c') of the best one's. Class c's headline is
+# its pick's test AUROC on task c. The candidates: the AE and the beta-VAE at beta 1, 60
+# epochs, smoothing 1, scored by the residual, the shift score, shift_latent_knn, and rapp
+# (the residual z-fused with RaPP's NAP: the encoder's activations on the image minus on its
+# reconstruction, whitened by the training images' principal axes; Kim et al., ICLR 2020).
+WITHIN_CANDIDATES = (
+    {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "residual"},
+    {"model": "vae", "beta": 1.0, "epochs": 60, "smoothing": 1.0, "score": "residual"},
+    {"model": "vae", "beta": 1.0, "epochs": 60, "smoothing": 1.0, "score": "shift"},
+    {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "shift_latent_knn"},
+    {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "rapp"},
+    {"model": "vae", "beta": 1.0, "epochs": 60, "smoothing": 1.0, "score": "rapp"},
+)
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "best": {
         # The transfer picks over both families (58 candidates; experiments.select over
@@ -180,6 +201,9 @@ class SweepConfig:
     hparams: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     group_size: int | None = None  # Models vmapped together; None: backend default.
     mesh_layout: str = "models"  # With several devices: spread models, or split batches.
+    # Training images sampled per class (0: none) to score each class's models on: the
+    # validation tasks of the within-dataset selection (experiments.select; no test image).
+    validation_images: int = 0
     base: ExperimentConfig = ExperimentConfig()
 
     @classmethod
@@ -405,6 +429,7 @@ def validate_sweep(config: SweepConfig) -> None:
     if config.group_size is not None:
         rules.at_least("--group_size", config.group_size, 0)
     rules.choice("--mesh_layout", config.mesh_layout, vocab.LAYOUTS)
+    rules.at_least("--validation_images", config.validation_images, 0)
     rules.choices("--score", config.scores, scores.names())
     for name in set(config.hparams) & {"beta", "learning_rate"}:
         raise ConfigError(f"the {name} axis is SweepConfig's "

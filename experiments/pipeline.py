@@ -82,6 +82,10 @@ class Group:
     params: Any = None  # The first point's (an ensemble's first member), for a run's previews.
     model: registry.Model | None = None
     fitted: tuple | None = None  # A single model's fitted scores: (banks, statistics).
+    # With the grid's validation_images: the scores [points, images, columns] of other
+    # classes' training images, and each image's class.
+    validation: np.ndarray | None = None
+    validation_classes: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -377,6 +381,7 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     # Adam. One learning rate: a constant, as the seed spec (bit for bit as it always was).
     # Several: injected, so that each model reads its own (a vmapped axis; see _hparams).
     tx = train.adam(grid.rates[0], injected=len(grid.rates) > 1)
+    others = _validation_sample(dataset, grid)
     for normal in grid.classes:
         with timings.phase("data"):
             split = data.take_split(dataset, indices[normal], normal)
@@ -402,7 +407,9 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
                 )  # fmt: skip
                 with timings.phase("scoring"):
                     group = _score(group, grid, images, split.train_images,
-                                   keep_params=kind == "run")  # fmt: skip
+                                   keep_params=kind == "run",
+                                   others=others and tuple(a[others[1] != normal]
+                                                           for a in others))  # fmt: skip
             result.groups.append(group)
             with timings.phase("metrics"):
                 result.rows.extend(_rows(group, grid, split, timing, dataset.class_names))
@@ -413,6 +420,21 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     for checkpointer in checkpointers:
         checkpointer.close()
         timings.add("checkpoints", checkpointer.save_seconds)
+
+
+def _validation_sample(dataset: data.Dataset, grid: SweepConfig) -> tuple | None:
+    """``validation_images`` training images of each class (the same for every task and
+    seed: drawn by the split seed), and their classes; None when the grid asks for none."""
+    if not grid.validation_images:
+        return None
+    rng = np.random.default_rng(grid.base.split_seed)
+    picks = np.concatenate([
+        np.sort(rng.choice(np.flatnonzero(dataset.train_labels == k),
+                           size=min(grid.validation_images,
+                                    int((dataset.train_labels == k).sum())), replace=False))
+        for k in np.unique(dataset.train_labels)
+    ])  # fmt: skip
+    return dataset.train_images[picks], dataset.train_labels[picks]
 
 
 def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group],
@@ -474,11 +496,15 @@ def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: di
             per_kind = {kind: separation_auroc(scores[1][split.test_classes == 0],
                                                scores[1][split.test_classes == k])
                         for k, kind in enumerate(kinds) if k and labels.size}  # fmt: skip
+            validation = {} if group.validation is None else {"validation": {
+                int(k): separation_auroc(scores[0], group.validation[p, group.validation_classes
+                                                                     == k, s])
+                for k in np.unique(group.validation_classes)}}  # fmt: skip
             rows.append({
                 "model": group.name, **point, "normal_class": group.normal,
                 "smoothing": smoothing, "score": score_name,
                 **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
-                **({"kinds": per_kind} if per_kind else {}),
+                **({"kinds": per_kind} if per_kind else {}), **validation,
                 **timing,
                 **({} if group.history is None else
                    {"history": {k: [float(v) for v in h[p]] for k, h in group.history.items()},
@@ -623,7 +649,7 @@ def model_scorer(model: registry.Model, grid: SweepConfig) -> scores.Scorer:
 
 
 def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images: np.ndarray, *,
-           keep_params: bool) -> Group:  # fmt: skip
+           keep_params: bool, others: tuple | None = None) -> Group:  # fmt: skip
     """Scores every trained model of a group every way of the grid (:func:`variants`): each
     score fit on the training split and, a fusion, on the held-out normals
     (:class:`jax_vae.scores.Scorer`); averages ensemble members."""
@@ -649,10 +675,20 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images:
         np.reshape(v, (len(points), members, *v.shape[-2:])).mean(axis=1)
         for v in (scorer.combine(c, stats) for c in components)
     ))  # fmt: skip
+    validation = None
+    if others:  # Other classes' training images: the validation tasks' anomalies.
+        key = score_keys if k > 1 else score_keys[0]
+        found = scoring.map_chunked(
+            scorer.fn, scorer.inputs(one, fitted), others[0],
+            key=jax.vmap(keys.validation_key)(key) if k > 1 else keys.validation_key(key),
+            chunk_size=base.chunk_size, stacked=k > 1)  # fmt: skip
+        found = np.reshape(scorer.combine(found, stats), (k, *np.shape(found)[-2:-1], -1))
+        validation = found.reshape(len(points), members, *found.shape[1:]).mean(axis=1)
     first = jax.tree.map(lambda a: a[0], params) if keep_params else None
     kept = (jax.tree.map(np.asarray, fitted), stats) if keep_params and k == 1 else None
     return dataclasses.replace(group, scores=columns, history=history, params=first,
-                               fitted=kept)  # fmt: skip
+                               fitted=kept, validation=validation,
+                               validation_classes=others[1] if others else None)  # fmt: skip
 
 
 def _label(grid: SweepConfig, normal: int, name: str) -> str:

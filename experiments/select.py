@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 from absl import flags
 
 from experiments import cli
@@ -24,6 +25,9 @@ from experiments.config import ConfigError
 
 flags.DEFINE_list("mnist", [], "Sweep folders of the MNIST candidates.")
 flags.DEFINE_list("fashion_mnist", [], "Sweep folders of the Fashion-MNIST candidates.")
+flags.DEFINE_list("within", [], "Sweep folders of one dataset's within-dataset candidates "
+                  "(experiments.config.WITHIN_CANDIDATES, scored with --validation_images): "
+                  "each class's pick by the leave-classes-out rule, and its test AUROC.")
 FLAGS = flags.FLAGS
 DATASETS = ("mnist", "fashion_mnist")
 
@@ -68,7 +72,102 @@ def select(candidates: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, str]
     return picks
 
 
+def _matches(row: dict, candidate: dict, epochs: int) -> bool:
+    return (epochs == candidate["epochs"] and row["model"] == candidate["model"]
+            and row.get("beta") == candidate["beta"]
+            and row.get("smoothing") == candidate["smoothing"]
+            and (row.get("score") or "residual") == candidate["score"])  # fmt: skip
+
+
+def within(rows_by_epochs: dict[int, list[dict]], candidates=None) -> dict:
+    """The leave-classes-out rule of ``experiments.config.WITHIN_CANDIDATES`` on one
+    dataset's rows (by the epochs of their sweep).
+
+    Returns:
+      ``{"picks": {class: candidate index}, "validation": {class: [score per candidate]},
+      "test": [{class: [test AUROC per seed]} per candidate], "headline": {class: [test
+      AUROC per seed]}}``. Validation scores use the rows' ``validation`` AUROCs only.
+    """
+    from experiments.config import WITHIN_CANDIDATES  # noqa: PLC0415
+
+    candidates = candidates or WITHIN_CANDIDATES
+    found = []  # Per candidate: {task: {seed: row}}.
+    for candidate in candidates:
+        rows = {}
+        for epochs, group in rows_by_epochs.items():
+            for r in group:
+                if _matches(r, candidate, epochs):
+                    rows.setdefault(int(r["normal_class"]), {})[r["seed"]] = r
+        if not rows:
+            raise ConfigError(f"no sweep row of the candidate {candidate}")
+        found.append(rows)
+    classes = sorted(found[0])
+    if any(sorted(f) != classes for f in found):
+        raise ConfigError("the candidates' sweeps cover different classes")
+    if any("validation" not in r for f in found for t in f.values() for r in t.values()):
+        raise ConfigError("the sweeps have no validation scores (run them with "
+                          "--validation_images)")  # fmt: skip
+    picks, validation = {}, {}
+    for c in classes:
+        means, errors = [], []
+        for rows in found:
+            tasks = [np.mean([np.mean([v for k, v in r["validation"].items()
+                                       if int(k) not in (c, task)]) for r in seeds.values()])
+                     for task, seeds in rows.items() if task != c]  # fmt: skip
+            means.append(float(np.mean(tasks)))
+            errors.append(float(np.std(tasks) / np.sqrt(len(tasks))))
+        top = int(np.argmax(means))
+        picks[c] = next(i for i, m in enumerate(means) if m >= means[top] - errors[top])
+        validation[c] = means
+    test = [{c: [r["auroc"] for _, r in sorted(rows[c].items())] for c in classes}
+            for rows in found]  # fmt: skip
+    return {"picks": picks, "validation": validation, "test": test,
+            "headline": {c: test[picks[c]][c] for c in classes}}
+
+
+def class_means(per_class: dict) -> tuple[float, float]:
+    """The mean over classes and its std over seeds (each seed's mean over classes)."""
+    per_seed = np.mean(np.array(list(per_class.values())), axis=0)
+    return float(np.mean(per_seed)), float(np.std(per_seed))
+
+
+def load_rows(folders: list[str]) -> dict[int, list[dict]]:
+    """The rows of each sweep folder, by its epochs."""
+    from jax_vae import runs  # noqa: PLC0415
+
+    rows: dict[int, list[dict]] = {}
+    for folder in folders:
+        try:
+            record = runs.read_completion(folder, "sweep")
+        except runs.RunFolderError as e:
+            raise ConfigError(f"{folder}: not a finished sweep ({e})") from None
+        rows.setdefault(record["config"]["epochs"], []).extend(
+            {"normal_class": r.get("digit"), **r} for r in record["rows"])
+    return rows
+
+
+def _write_within(result: dict) -> None:
+    from experiments.config import WITHIN_CANDIDATES  # noqa: PLC0415
+
+    out = sys.stdout
+    out.write("within the dataset (leave-classes-out on the training split):\n")
+    for c, i in result["picks"].items():
+        cand = WITHIN_CANDIDATES[i]
+        out.write(f"  class {c}: {cand['model']} {cand['score']:<17} validation "
+                  f"{result['validation'][c][i]:.4f}, test AUROC "
+                  f"{np.mean(result['headline'][c]):.4f}\n")  # fmt: skip
+    mean, std = class_means(result["headline"])
+    out.write(f"  headline: {mean:.4f} +- {std:.4f}\n")
+    for i, per_class in enumerate(result["test"]):
+        cand = WITHIN_CANDIDATES[i]
+        m, sd = class_means(per_class)
+        out.write(f"  candidate {i} {cand['model']} {cand['score']:<17} test AUROC {m:.4f} +- "
+                  f"{sd:.4f} (not a result: all classes' own test labels)\n")  # fmt: skip
+
+
 def body():
+    if FLAGS.within:
+        return lambda _: _write_within(within(load_rows(FLAGS.within)))
     candidates = {}
     for dataset in DATASETS:
         if not getattr(FLAGS, dataset):

@@ -57,11 +57,16 @@ flags.DEFINE_string(
     _S.mesh_layout,
     "With several devices: models (spread them) or data (split batches).",
 )
+flags.DEFINE_integer(
+    "validation_images", _S.validation_images,
+    "Training images sampled per class to score every class's models on (0: none): the "
+    "within-dataset selection's validation tasks (docs/benchmarks.md; no test image).",
+)
 flags.DEFINE_string("resume", None, "Continue the interrupted sweep in this folder.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 GRID_FLAGS = ("betas", "seeds", "classes", "digits", "score_smoothing", "score", "group_size",
-              "mesh_layout", "learning_rates", "grid", "import")  # fmt: skip
+              "mesh_layout", "learning_rates", "grid", "import", "validation_images")  # fmt: skip
 
 
 # The axes with flags of their own, by their --grid names: --grid=seed=0,1 is --seeds=0,1.
@@ -116,7 +121,8 @@ def body():
     else:
         base = cli.experiment_config_from_flags(score_smoothing=0.0, score="residual")  # Axes.
         config = SweepConfig(**_axes(base), group_size=FLAGS.group_size,
-                             mesh_layout=FLAGS.mesh_layout, base=base)  # fmt: skip
+                             mesh_layout=FLAGS.mesh_layout,
+                             validation_images=FLAGS.validation_images, base=base)  # fmt: skip
         validate_sweep(config)
     return cli.pipeline_work(config, kind="sweep", resume=bool(FLAGS.resume))
 

@@ -34,7 +34,7 @@ from jax_vae import rules
 
 TRAIN, SCORE, MEMBERS = 0, 1, 2
 BUILTIN_MODEL_IDS = {"ae": 0, "vae": 1}
-VAL, TEST, SYNTHETIC = 0, 1, 2
+VAL, TEST, SYNTHETIC, VALIDATION = 0, 1, 2, 3  # VALIDATION: other classes' training images.
 
 
 class ModelKeys(NamedTuple):
@@ -124,6 +124,12 @@ def epoch_keys(epoch_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 def score_keys(score_key: jax.Array) -> ScoreKeys:
     """The per-part keys of a scoring key (vmap it for stacked keys)."""
     return ScoreKeys(*(jax.random.fold_in(score_key, part) for part in (VAL, TEST, SYNTHETIC)))
+
+
+def validation_key(score_key: jax.Array) -> jax.Array:
+    """The key of the other classes' training images a model is scored on (the validation
+    tasks of a sweep's ``validation_images``; vmap it for stacked keys)."""
+    return jax.random.fold_in(score_key, VALIDATION)
 
 
 def image_keys(part_key: jax.Array, indices: jax.Array) -> jax.Array:

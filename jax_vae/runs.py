@@ -163,7 +163,11 @@ def write_fitted_scores(run: str, slug: str, fitted: Mapping[str, Any],
     normals. Nothing is written when nothing was fit (the plain residual)."""
     if not fitted and not stats:
         return
-    arrays = {f"fitted/{label}": np.asarray(bank) for label, bank in fitted.items()}
+    arrays = {}
+    for label, bank in fitted.items():  # A bank, or a dict of arrays (e.g. an SVD's).
+        parts = bank.items() if isinstance(bank, Mapping) else ((None, bank),)
+        arrays.update({f"fitted/{label}" + (f"/{name}" if name else ""): np.asarray(a)
+                       for name, a in parts})  # fmt: skip
     for label, (mean, std) in stats.items():
         arrays[f"mean/{label}"], arrays[f"std/{label}"] = np.asarray(mean), np.asarray(std)
     path = fitted_scores_path(run, slug)
@@ -214,7 +218,14 @@ def read_fitted_scores(run: str, slug: str) -> tuple[dict[str, np.ndarray], dict
             arrays = dict(f)
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{path}: unreadable ({e})") from None
-    fitted = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("fitted/")}
+    fitted: dict[str, Any] = {}
+    for key, value in arrays.items():
+        if key.startswith("fitted/"):
+            _, label, *name = key.split("/")
+            if name:  # One array of a dict.
+                fitted.setdefault(label, {})[name[0]] = value
+            else:
+                fitted[label] = value
     stats = {k.split("/", 1)[1]: (v, arrays[f"std/{k.split('/', 1)[1]}"])
              for k, v in arrays.items() if k.startswith("mean/")}  # fmt: skip
     return fitted, stats

@@ -19,7 +19,12 @@ smoothing; for the VAE as ``vae_score`` says), ``shift`` (its minimum over one-p
 ``latent_distance`` and ``pixel_distance`` (the mean squared distance to the 5 nearest
 training images' codes or pixels), and the fusions ``latent_knn``, ``pixel_knn`` (the
 residual with a distance) and ``shift_latent_knn``, ``shift_pixel_knn`` (the shift score
-with one). Like :mod:`jax_vae.registry`, this module imports no JAX until an entry is used.
+with one); RaPP (Kim et al., ICLR 2020: the encoder's activations on the image against on its
+reconstruction, layer by layer): ``rapp_sap`` (their summed squares), ``rapp_nap`` (whitened
+by the principal axes of the training images' differences) and the fusion ``rapp``
+(residual + NAP); and scores of the anomaly map rather than its mean, as anomalib scores
+images: ``residual_max`` (its largest value) and ``residual_top`` (the mean of its largest
+1%). Like :mod:`jax_vae.registry`, this module imports no JAX until an entry is used.
 """
 
 from __future__ import annotations
@@ -64,9 +69,12 @@ class ScoreSpec:
 
 _REGISTRY: dict[str, ScoreSpec] = {}
 BUILTIN = ("residual", "shift", "latent_knn", "pixel_knn", "shift_latent_knn", "shift_pixel_knn",
-           "latent_distance", "pixel_distance")  # fmt: skip
+           "latent_distance", "pixel_distance", "rapp_sap", "rapp_nap", "rapp",
+           "residual_max", "residual_top")  # fmt: skip
 SHIFTS = 1  # The shift score: images shifted by up to one pixel each way (9 copies).
 NEIGHBOURS = 5  # The distances: the mean over the 5 nearest training images.
+TOP = 0.01  # residual_top: the mean of the largest 1% of the anomaly map's values.
+RANK_TOLERANCE = 1e-5  # rapp_nap: directions with singular values below this share: dropped.
 
 
 def register(name: str, spec: ScoreSpec, *, replace: bool = False) -> None:
@@ -273,7 +281,10 @@ def _plain(model: Any, name: str, options: tuple) -> Callable[..., Any]:
 
 
 def _builtins() -> dict[str, ScoreSpec]:
-    from jax_vae import scoring  # noqa: PLC0415  (JAX: only when used)
+    import jax  # noqa: PLC0415  (JAX: only when used)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from jax_vae import scoring  # noqa: PLC0415
 
     def own(model, **options):  # The model's own score (its registry entry's).
         inner = model.score(**options)
@@ -295,8 +306,60 @@ def _builtins() -> dict[str, ScoreSpec]:
     def pixel(model, **_):
         return lambda params, bank, x, key: scoring.knn_distance(x, bank, NEIGHBOURS)
 
+    def rapp_diffs(model):  # RaPP: the encoder's activations on x minus on its reconstruction.
+        reconstruct = model.reconstruct()
+
+        def hidden(params, x):
+            _, state = model.module.apply(params, x, method="encode",
+                                          capture_intermediates=True, mutable=["intermediates"])
+            return jnp.concatenate([a.reshape(-1) for a in jax.tree.leaves(state)])
+
+        return lambda params, x: hidden(params, x) - hidden(params, reconstruct(params, x))
+
+    def sap(model, **_):
+        diffs = rapp_diffs(model)
+        return lambda params, fitted, x, key: jnp.sum(jnp.square(diffs(params, x)))
+
+    def nap(model, **_):
+        diffs = rapp_diffs(model)
+
+        def score(params, fitted, x, key):
+            z = (diffs(params, x) - fitted["mean"]) @ fitted["basis"] * fitted["inverse"]
+            return jnp.sum(jnp.square(z))
+
+        return score
+
+    def whiten(bank):  # The training normals' differences: their mean and principal axes.
+        mean = jnp.mean(bank, axis=0)
+        _, singular, rows = jnp.linalg.svd(bank - mean, full_matrices=False)
+        keep = singular > RANK_TOLERANCE * singular[0]
+        return {"mean": mean, "basis": rows.T,
+                "inverse": jnp.where(keep, 1.0 / jnp.where(keep, singular, 1.0), 0.0)}
+
+    def map_score(reduce):
+        def make(model, *, smoothing=0.0, **_):
+            shape, reconstruct = model.module.image_shape, model.reconstruct()
+            anomaly_map = scoring.anomaly_map(smoothing, shape)
+
+            def score(params, fitted, x, key):
+                return reduce(anomaly_map(x, reconstruct(params, x)).reshape(-1))
+
+            return score
+
+        return make
+
+    def top(values):
+        k = max(1, int(round(TOP * values.size)))
+        return jnp.mean(jax.lax.top_k(values, k)[0])
+
     return {
         "residual": ScoreSpec(score=own),
+        "rapp_sap": ScoreSpec(score=sap, smoothed=False, needs_code=True),
+        "rapp_nap": ScoreSpec(score=nap, features=rapp_diffs, reduce=whiten, smoothed=False,
+                              needs_code=True),
+        "rapp": ScoreSpec(parts=("residual", "rapp_nap")),
+        "residual_max": ScoreSpec(score=map_score(jnp.max)),
+        "residual_top": ScoreSpec(score=map_score(top)),
         "shift": ScoreSpec(score=shift),
         "latent_distance": ScoreSpec(score=latent, features=code, smoothed=False,
                                      needs_code=True),

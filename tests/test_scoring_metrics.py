@@ -9,7 +9,7 @@ import pytest
 from helpers import SIZES
 from sklearn import metrics as skm
 
-from jax_vae import metrics, models, registry, scoring
+from jax_vae import data, metrics, models, registry, scoring, train
 
 
 def _model_and_params(name):
@@ -245,3 +245,52 @@ def test_a_fusion_standardizes_its_parts_on_the_held_out_scores():
     np.testing.assert_allclose(scorer.combine(val, stats)[:, 1].mean(), 0.0, atol=1e-12)
     constant = np.ones((10, 2))  # No spread on the held-out normals: divided by 1, not 0.
     np.testing.assert_array_equal(scorer.combine(constant, scorer.standardize(constant))[:, 1], 0)
+
+
+def test_rapp_and_map_scores_against_numpy(split0):
+    from scipy import ndimage  # noqa: PLC0415
+
+    from jax_vae import scores  # noqa: PLC0415
+
+    model = registry.build("ae", **SIZES)
+    train_images = split0.train_images[:400]
+    params = train.train(jax.random.key(0), train_images, model=model, epochs=1, hooks=()).params
+    columns = [(s, 1.0) for s in ("rapp_sap", "rapp_nap", "residual_max", "residual_top")]
+    scorer = scores.scorer(model, columns, vae_score="mean", mc_samples=1, likelihood="gaussian")
+    fitted = scorer.fit(params, train_images)
+    x = np.asarray(data.as_images(split0.test_images[:50]), np.float64)
+    got = scorer.combine(scoring.map_chunked(scorer.fn, scorer.inputs(params, fitted), x), {})
+
+    w = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+    enc, dec = w["encoder"], w["decoder"]["mlp"]
+
+    def dense(h, layer):
+        return h @ layer["kernel"] + layer["bias"]
+
+    def relu(h):
+        return np.maximum(h, 0)
+
+    def hidden(v):  # The encoder's layer outputs (the code twice: the MLP's and its layer's).
+        first = dense(v, enc["dense_0"])
+        code = dense(relu(first), enc["dense_1"])
+        return np.concatenate([code, first, code], axis=-1)
+
+    def reconstruct(v):
+        logits = dense(relu(dense(hidden(v)[..., -4:], dec["dense_0"])), dec["dense_1"])
+        return 1 / (1 + np.exp(-logits))
+
+    def diffs(v):
+        return hidden(v) - hidden(reconstruct(v))
+
+    np.testing.assert_allclose(got[:, 0], np.sum(diffs(x) ** 2, axis=1), rtol=2e-3)
+    bank = diffs(np.asarray(data.as_images(train_images), np.float64))
+    mean = bank.mean(axis=0)
+    _, singular, rows = np.linalg.svd(bank - mean, full_matrices=False)
+    keep = singular > scores.RANK_TOLERANCE * singular[0]
+    z = (diffs(x) - mean) @ rows[keep].T / singular[keep]
+    np.testing.assert_allclose(got[:, 1], np.sum(z**2, axis=1), rtol=2e-2)
+    blurred = np.stack([ndimage.gaussian_filter(r.reshape(28, 28), 1.0, mode="constant")
+                        for r in x - reconstruct(x)]) ** 2  # fmt: skip
+    flat = np.sort(blurred.reshape(len(x), -1), axis=1)
+    np.testing.assert_allclose(got[:, 2], flat[:, -1], rtol=2e-3, atol=1e-7)
+    np.testing.assert_allclose(got[:, 3], flat[:, -8:].mean(axis=1), rtol=2e-3, atol=1e-7)

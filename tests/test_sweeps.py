@@ -252,6 +252,62 @@ def test_selection_rules_across_datasets():
     assert picks["other datasets"]["best mean test AUROC over both"] == "AE e30"  # .945 > .94
 
 
+def test_the_within_dataset_rule_sees_no_task_of_the_class_it_picks_for():
+    from experiments import select  # noqa: PLC0415
+
+    simple = {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "residual"}
+    fused = {**simple, "score": "rapp"}
+
+    def row(candidate, task, validation, auroc, seed=0):
+        return {"model": candidate["model"], "beta": candidate["beta"], "seed": seed,
+                "normal_class": task, "smoothing": 1.0, "score": candidate["score"],
+                "auroc": auroc, "validation": {str(k): v for k, v in validation.items()}}
+
+    # Three classes. The fused candidate is far better on every task's class-2 anomalies, and
+    # slightly worse otherwise: only the decision for class 2 excludes them.
+    rows = []
+    for task in range(3):
+        others = [k for k in range(3) if k != task]
+        rows.append(row(simple, task, {k: 0.90 for k in others}, 0.5 + task / 10))
+        rows.append(row(fused, task, {k: 0.99 if k == 2 else 0.89 for k in others}, 0.9))
+    result = select.within({60: rows}, candidates=(simple, fused))
+    # Class 0: tasks 1 (anomaly 2 only: .90 vs .99) and 2 (anomaly 1: .90 vs .89): the fused
+    # one is best (.94 vs .90). Class 1: tasks 0 (.90 vs .99) and 2 (.90 vs .89): the same.
+    # Class 2: tasks 0 and 1, anomalies 1 and 0 only: .90 vs .89, the simple one.
+    assert result["validation"][0] == pytest.approx([0.90, 0.94])
+    assert result["validation"][2] == pytest.approx([0.90, 0.89])
+    assert result["picks"] == {0: 1, 1: 1, 2: 0}
+    assert result["headline"] == {0: [0.9], 1: [0.9], 2: [0.7]}
+    # Within one standard error of the best, the simpler candidate. The fused one scores .89,
+    # .93, .93 on tasks 0, 1, 2, the simple one .90 on each: for class 0 (tasks 1, 2: .93
+    # with no spread) the fused; for classes 1 and 2 (.91 +- .02 / sqrt 2) the simple one.
+    close = [row(simple, t, {k: 0.90 for k in range(3) if k != t}, 0.5) for t in range(3)] + [
+        row(fused, t, {k: (0.89, 0.93, 0.93)[t] for k in range(3) if k != t}, 0.9)
+        for t in range(3)]
+    assert select.within({60: close}, candidates=(simple, fused))["picks"] == {0: 1, 1: 0, 2: 0}
+
+
+def test_a_sweep_scores_each_task_on_the_other_classes_training_images(tmp_path):
+    from experiments import select  # noqa: PLC0415
+
+    base = ExperimentConfig(epochs=1, models=("ae",), checkpoint_every=0, **SIZES,
+                            anomaly_fraction=0.1, output_dir=str(tmp_path / "s"))
+    grid = SweepConfig(betas=(1.0,), seeds=(0,), classes=(1, 7), smoothings=(1.0,),
+                       scores=("residual", "rapp"), validation_images=20, base=base)
+    rows = run_grid(grid, kind="sweep")["rows"]
+    for r in rows:  # Every other class of MNIST, none of the normal one.
+        assert sorted(map(int, r["validation"])) == [k for k in range(10) if k !=
+                                                     r["normal_class"]]
+        assert all(0 <= v <= 1 for v in r["validation"].values())
+    candidates = [{"model": "ae", "beta": None, "epochs": 1, "smoothing": 1.0, "score": s}
+                  for s in ("residual", "rapp")]
+    result = select.within(select.load_rows([str(tmp_path / "s")]), candidates=candidates)
+    assert set(result["picks"]) == {1, 7}
+    by_score = {(r["normal_class"], r["score"]): r["auroc"] for r in rows}
+    for c, i in result["picks"].items():
+        assert result["headline"][c] == [by_score[(c, candidates[i]["score"])]]
+
+
 @pytest.mark.slow
 def test_sweep_preset_reproduces_the_headline_row(tmp_path):
     from experiments.config import preset_values  # noqa: PLC0415
