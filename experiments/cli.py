@@ -71,12 +71,14 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
         elif field.name in FLAGS and field.metadata.get("flag", True):  # Else: the default.
             values[field.name] = FLAGS[field.name].value
     dataset = values.get("dataset", "mnist")
-    # An unknown preset sets nothing here; validate() names it.
-    for name, value in preset_values(values.get("preset"), dataset).items():
-        if name in values and name not in overrides and not FLAGS[name].present:
-            values[name] = value
     if "normal_class" in FLAGS and "normal_class" not in overrides:
         values["normal_class"] = _normal_class(dataset)
+    # An unknown preset sets nothing here; validate() names it. A run's preset may depend on
+    # its class (--preset=best on a benchmark: that class's pick).
+    for name, value in preset_values(values.get("preset"), dataset,
+                                     values.get("normal_class")).items():  # fmt: skip
+        if name in values and name not in overrides and not FLAGS[name].present:
+            values[name] = value
     for name in ("hidden_dims", "image_size"):
         if name in values:
             try:

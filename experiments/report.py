@@ -19,7 +19,7 @@ from absl import logging
 
 from experiments.pipeline import Result
 from experiments.tensorboard import Board
-from jax_vae import registry, runs, sharding, vocab
+from jax_vae import health, registry, runs, sharding, vocab
 from jax_vae.runs import atomic_write_bytes
 
 CSV_FIELDS = (
@@ -56,11 +56,19 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
         models = {r["model"]: {k: v for k, v in r.items() if k not in identity}
                   for r in result.rows}  # fmt: skip
         record = {"config": result.record, "models": models}
+        trained = {n: (r["health"], r["synthetic_auroc"]) for n, r in models.items()
+                   if "health" in r}  # fmt: skip
+        if len(trained) > 1:  # Which of them to use, from normal data and health alone.
+            name, why = health.recommend(trained)
+            record["recommended"] = {"model": name, "why": why}
         table = _run_header(result.grid.base) + format_table(models) + _kinds_table(models)
         if result.rows and result.rows[0]["auroc"] is None:
             table += _no_test_note(result)
         table += _threshold_note(models, result.grid.base.threshold_percentile)
         table += _health_note(result.rows)
+        if "recommended" in record:
+            table += (f"\nrecommended: {record['recommended']['model'].upper()}, "
+                      f"{record['recommended']['why']} (Detector.load takes it)\n")
     else:
         axes = tuple(result.grid.hparams)
         summary = summarize(result.rows, axes=axes)

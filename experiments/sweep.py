@@ -110,6 +110,13 @@ def _axes(base) -> dict:
     )  # fmt: skip
 
 
+def _validation_images(base) -> int:
+    """--validation_images, or the preset's where the flag is not given."""
+    preset = preset_values(base.preset, base.dataset).get("validation_images")
+    return FLAGS.validation_images if FLAGS["validation_images"].present or preset is None \
+        else int(preset)
+
+
 def body():
     if FLAGS.resume:
         given = [n for n in GRID_FLAGS if FLAGS[n].present] + list(cli.explicit_flag_values())
@@ -122,7 +129,7 @@ def body():
         base = cli.experiment_config_from_flags(score_smoothing=0.0, score="residual")  # Axes.
         config = SweepConfig(**_axes(base), group_size=FLAGS.group_size,
                              mesh_layout=FLAGS.mesh_layout,
-                             validation_images=FLAGS.validation_images, base=base)  # fmt: skip
+                             validation_images=_validation_images(base), base=base)  # fmt: skip
         validate_sweep(config)
     return cli.pipeline_work(config, kind="sweep", resume=bool(FLAGS.resume))
 

@@ -48,13 +48,14 @@ class Detector:
     """One model trained on normal images; its threshold the percentile of held-out scores.
 
     Args:
-      model: A registered model name (``ae``, ``vae``, yours).
+      model: A registered model name (``ae``, ``vae``, yours); by default the AE, which
+        cannot collapse as a VAE can on small or simple data (docs/usage.md#troubleshooting).
       hparams: The hyperparameters its loss reads (e.g. ``{"beta": 1.0}``); defaults fill in.
       **settings: Any of ``SETTINGS``, with the commands' defaults and meaning
         (``hidden_dims``, ``epochs``, ``threshold_percentile``, ``score_smoothing`` ...).
     """
 
-    def __init__(self, model: str = "vae", *, hparams: dict | None = None, **settings: Any):
+    def __init__(self, model: str = "ae", *, hparams: dict | None = None, **settings: Any):
         unknown = set(settings) - set(SETTINGS)
         if unknown:
             raise TypeError(f"Detector got unknown settings {sorted(unknown)}; use {SETTINGS}")
@@ -255,7 +256,12 @@ class Detector:
             raise CheckpointError(f"{directory} holds a sweep or baselines run; give a single "
                                   "run or a saved detector")  # fmt: skip
         names = [m for m in config.get("models", ()) if m not in vocab.BASELINES]
-        name = model or (saved["model"] if saved else (names or [None])[0])
+        try:
+            completion = {} if saved else runs.read_completion(directory)
+        except runs.RunFolderError:  # Not finished: said below, once the model is known.
+            completion = {}
+        recommended = completion.get("recommended", {}).get("model")  # A run's (report).
+        name = model or (saved["model"] if saved else recommended or (names or [None])[0])
         if name not in names:
             raise CheckpointError(f"{directory} has no model {name!r} (it has {names})")
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
@@ -265,7 +271,7 @@ class Detector:
             found = saved
         else:  # A run folder: the threshold in metrics.json.
             try:
-                found = runs.read_completion(directory)["models"][name]
+                found = completion["models"][name]
                 threshold = found["threshold"]
             except KeyError:
                 raise CheckpointError(f"{directory}: not a finished run (no metrics.json with "

@@ -15,7 +15,7 @@ and ``metrics.json``, and :meth:`jax_vae.detector.Detector.fit` warns the same::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -120,3 +120,27 @@ def check(history: Mapping[str, Any], *, baseline: float | None = None) -> list[
             ))  # fmt: skip
     return found
 
+
+def recommend(candidates: Mapping[str, tuple[Sequence[Any], float | None]], *,
+              fallback: str = "ae") -> tuple[str, str]:
+    """The model to use of a run's models, from what a user has: each model's training-health
+    findings and its synthetic AUROC (held-out normals against their synthetic corruptions;
+    :func:`jax_vae.metrics.separation_auroc`). No test label is read.
+
+    Args:
+      candidates: By model name: (findings, synthetic AUROC).
+      fallback: The model preferred on a tie, and the answer when every model has findings
+        (the AE: it cannot collapse).
+
+    Returns:
+      (name, why): the healthy model with the highest synthetic AUROC (``fallback`` on a
+      tie), and the reason in words.
+    """
+    healthy = {n: auroc for n, (found, auroc) in candidates.items() if not found}
+    failed = sorted(set(candidates) - set(healthy))
+    note = f"; {', '.join(failed)} did not train well" if failed else ""
+    if not healthy:
+        return fallback, f"every model has training-health warnings{note}"
+    best = max(healthy, key=lambda n: (healthy[n] or 0.0, n == fallback))
+    scores = ", ".join(f"{n} {a:.3f}" for n, a in healthy.items() if a is not None)
+    return best, f"the highest synthetic AUROC of the healthy models ({scores}){note}"

@@ -138,3 +138,23 @@ def test_a_cross_fitted_threshold_flags_nearer_the_nominal_share(mnist):
     assert np.mean(errors[5]) < np.mean(errors[0]) / 2, errors
     with pytest.raises(ValueError, match="threshold_folds"):
         detector.Detector("ae", threshold_folds=200, **SIZES).fit(jax.random.key(0), small)
+
+
+def test_the_recommended_model_is_the_healthy_one_with_the_best_synthetic_auroc():
+    collapsed = ["posterior collapse: ..."]
+    assert health.recommend({"ae": ([], 0.80), "vae": ([], 0.85)})[0] == "vae"
+    assert health.recommend({"ae": ([], 0.80), "vae": (collapsed, 0.95)})[0] == "ae"
+    assert health.recommend({"ae": ([], 0.85), "vae": ([], 0.85)})[0] == "ae"  # A tie.
+    name, why = health.recommend({"ae": (["no learning"], 0.9), "vae": (collapsed, 0.9)})
+    assert name == "ae" and "ae, vae did not train well" in why
+
+
+@pytest.mark.slow
+def test_a_run_recommends_a_model_and_the_detector_loads_it(tmp_path):
+    out = tmp_path / "run"
+    run_single(ExperimentConfig(models=("ae", "vae"), beta=300.0, epochs=2, normal_class=1,
+                                anomaly_fraction=0.1, output_dir=str(out), **SIZES))  # fmt: skip
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["recommended"]["model"] == "ae"  # Both warned: the fallback.
+    assert "recommended: AE" in (out / "results.txt").read_text()
+    assert detector.Detector.load(str(out)).name == "ae"

@@ -60,7 +60,7 @@ def test_end_to_end_files_and_schema(e2e):
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # No temp files left.
     assert sorted(os.listdir(out / "checkpoints" / "digit0_vae")) == ["2"]  # The final epoch.
     record = json.loads((out / "metrics.json").read_text())
-    assert set(record) == {"config", "models", "timings"}
+    assert set(record) == {"config", "models", "timings", "recommended"}
     # Where the run's time went: measured phases that add up to the total.
     timings = record["timings"]
     assert {"data", "compile", "train", "scoring", "metrics", "plots", "files"} <= set(timings)
@@ -354,7 +354,13 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     """One command: --preset=best on Fashion-MNIST's Ankle boot (MNIST where its files are
     missing), with --verbosity=0 (the libraries' INFO lines too)."""
     from experiments import pipeline  # noqa: PLC0415
-    from experiments.config import SweepConfig, preset_values  # noqa: PLC0415
+    from experiments.config import (  # noqa: PLC0415
+        WITHIN_CANDIDATES,
+        WITHIN_PICKS,
+        SweepConfig,
+        candidate_settings,
+        preset_values,
+    )
 
     fashion = fashion_mnist_dir()
     dataset, label = ("fashion_mnist", "ankle boot") if fashion else ("mnist", "1")
@@ -365,7 +371,7 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "best" and config["epochs"] == 1  # Explicit flag wins.
-    preset = preset_values("best", dataset)
+    preset = preset_values("best", dataset, config["normal_class"])  # The class's pick.
     for name, value in preset.items():
         if name != "epochs":
             assert config[name] == (list(value) if isinstance(value, tuple) else value), name
@@ -380,9 +386,13 @@ def test_preset_sets_defaults_and_explicit_flags_override(tmp_path, monkeypatch)
     grid = SweepConfig.single(ExperimentConfig(preset="best"))
     folder = pipeline.default_output_dir("run", grid)
     assert folder.endswith("_digit0_preset-best"), folder
-    # Each dataset has its own pick (its headline); unknown datasets get the shared one.
-    assert preset_values("best", "fashion_mnist") != preset_values("best", "mnist")
-    assert preset_values("best", "kmnist") == preset_values("best", "*")
+    # A benchmark's class has the within-dataset rule's pick, a grid the rule's whole pool
+    # (scored on the validation tasks too); other data the robust preset.
+    for name, picks in WITHIN_PICKS.items():
+        assert preset_values("best", name, 3) == candidate_settings(WITHIN_CANDIDATES[picks[3]])
+        assert preset_values("best", name)["validation_images"] > 0
+    assert preset_values("best", "kmnist") == preset_values("best", "folder")
+    assert preset_values("best", "arrays")["models"] == ("ae", "vae")
     assert preset_values(None, "mnist") == {} == preset_values("fastest", "mnist")
     if not fashion:
         return

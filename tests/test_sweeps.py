@@ -308,19 +308,34 @@ def test_a_sweep_scores_each_task_on_the_other_classes_training_images(tmp_path)
         assert result["headline"][c] == [by_score[(c, candidates[i]["score"])]]
 
 
+def test_the_presets_picks_are_the_rules_picks_on_the_committed_grids():
+    from experiments import select  # noqa: PLC0415
+    from experiments.config import WITHIN_PICKS  # noqa: PLC0415
+
+    folders = {"mnist": "within_e60", "fashion_mnist": "fmnist_within_e60"}
+    for dataset, picks in WITHIN_PICKS.items():
+        folder = os.path.join(os.path.dirname(__file__), "..", "experiments", "results",
+                              folders[dataset])  # fmt: skip
+        result = select.within(select.load_rows([folder]))
+        assert tuple(result["picks"][c] for c in range(10)) == picks, dataset
+
+
 @pytest.mark.slow
-def test_sweep_preset_reproduces_the_headline_row(tmp_path):
+def test_sweep_preset_trains_the_rules_pool(tmp_path):
     from experiments.config import preset_values  # noqa: PLC0415
 
     proc = cli("sweep", "--preset=best", "--digits=1", "--seeds=0", "--epochs=1",
                "--hidden_dims=32", "--anomaly_fraction=0.1", "--checkpoint_every=0",
-               f"--output_dir={tmp_path / 's'}")  # fmt: skip
+               "--validation_images=5", f"--output_dir={tmp_path / 's'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     preset = preset_values("best", "mnist")
     assert config["models"] == list(preset["models"]) and config["epochs"] == 1  # Flag wins.
     assert config["smoothings"] == [preset["score_smoothing"]]
-    assert config["scores"] == [preset.get("score", "residual")]
+    assert config["scores"] == preset["score"].split(",")
+    assert config["validation_images"] == 5  # Flag wins.
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())["rows"]
+    assert all(len(r["validation"]) == 9 for r in rows)
 
 
 def _snapshot(folder):
