@@ -113,9 +113,9 @@ CANDIDATES = {
     "models": ("ae", "vae"), "betas": (0.5, 1.0, 2.0), "epochs": (30, 60),
     "smoothings": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
 }  # fmt: skip
-# The second candidate family (issue 24), fixed on 2026-12-02 before any of its candidates was
+# The second candidate family, fixed (commit 6f54570) before any of its candidates was
 # evaluated on a test set, and designed after both datasets' results for the first family were
-# known (README, "Choosing honestly across datasets"). Trained models: the AE and the
+# known (docs/benchmarks.md, "Choosing honestly across datasets"). Trained models: the AE and the
 # beta-VAE at beta 1, 60 epochs, otherwise the seed spec; every class 0-9, seeds 0-2, split
 # seed 0, the full test set. Each model is scored five ways, each a candidate (10):
 #   shift              -- the minimum, over the nine one-pixel shifts of the image (dy, dx in
