@@ -670,20 +670,19 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images:
         key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,
     )  # fmt: skip
     stats = scorer.standardize(components.val)  # A fusion's, on the held-out normals.
-    # Each model's columns, then [points * members, N, V] -> the members' mean [points, N, V].
-    columns = scoring.Parts(*(
-        np.reshape(v, (len(points), members, *v.shape[-2:])).mean(axis=1)
-        for v in (scorer.combine(c, stats) for c in components)
-    ))  # fmt: skip
+
+    def columns_of(c):  # Each model's columns, [points * members, N, V] -> [points, N, V].
+        v = scorer.combine(c, stats)
+        return np.reshape(v, (len(points), members, *v.shape[-2:])).mean(axis=1)
+
+    columns = scoring.Parts(*map(columns_of, components))
     validation = None
     if others:  # Other classes' training images: the validation tasks' anomalies.
         key = score_keys if k > 1 else score_keys[0]
-        found = scoring.map_chunked(
+        validation = columns_of(scoring.map_chunked(
             scorer.fn, scorer.inputs(one, fitted), others[0],
             key=jax.vmap(keys.validation_key)(key) if k > 1 else keys.validation_key(key),
-            chunk_size=base.chunk_size, stacked=k > 1)  # fmt: skip
-        found = np.reshape(scorer.combine(found, stats), (k, *np.shape(found)[-2:-1], -1))
-        validation = found.reshape(len(points), members, *found.shape[1:]).mean(axis=1)
+            chunk_size=base.chunk_size, stacked=k > 1))  # fmt: skip
     first = jax.tree.map(lambda a: a[0], params) if keep_params else None
     kept = (jax.tree.map(np.asarray, fitted), stats) if keep_params and k == 1 else None
     return dataclasses.replace(group, scores=columns, history=history, params=first,
