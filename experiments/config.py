@@ -156,6 +156,21 @@ WITHIN_CANDIDATES = (
     {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "rapp"},
     {"model": "vae", "beta": 1.0, "epochs": 60, "smoothing": 1.0, "score": "rapp"},
 )
+# The transform-classifier family (GEOM/GOAD: jax_vae.transforms, the scores geom and
+# residual_geom), fixed before any of its candidates met a test set: a second decision after
+# the rule above, by the same rule (leave-classes-out validation scores, no task in which c
+# is normal; the first candidate within one standard error of the best). Class c's pool,
+# simplest first: the first decision's pick for c, then the candidates below: the AE scored
+# by the classifier alone (geom: its mean negative log-likelihood of the right transform over
+# GEOM's 72 transforms), and the AE and the beta-VAE (beta 1, 60 epochs, smoothing 1) scored
+# by residual_geom (the residual z-fused with geom). Their sweeps: --models=ae,vae --betas=1
+# --epochs=60 --smoothings=1 --scores=residual,geom,residual_geom --validation_images=100,
+# classes 0-9, seeds 0-2 (GEOM_PICKS below).
+GEOM_CANDIDATES = (
+    {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "geom"},
+    {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0, "score": "residual_geom"},
+    {"model": "vae", "beta": 1.0, "epochs": 60, "smoothing": 1.0, "score": "residual_geom"},
+)
 # The rule's picks (indices into WITHIN_CANDIDATES) for classes 0-9, computed by
 # `experiments.select --within` from experiments/results/within_e60 and fmnist_within_e60
 # (a test recomputes them): --preset=best on a benchmark class runs its pick.
@@ -191,7 +206,7 @@ def preset_values(name: str | None, dataset: str,
     """
     if name == "best" and dataset in WITHIN_PICKS:
         if normal_class is None:
-            scores = dict.fromkeys(c["score"] for c in WITHIN_CANDIDATES)
+            scores = dict.fromkeys(c["score"] for c in WITHIN_CANDIDATES + GEOM_CANDIDATES)
             return {"models": ("ae", "vae"), "beta": 1.0, "epochs": 60, "score_smoothing": 1.0,
                     "score": ",".join(scores), "validation_images": 100}  # fmt: skip
         return candidate_settings(WITHIN_CANDIDATES[WITHIN_PICKS[dataset][normal_class]])

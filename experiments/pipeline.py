@@ -663,8 +663,9 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images:
                for f, h in history.items()}  # fmt: skip
     one = params if k > 1 else jax.tree.map(lambda a: a[0], params)
     scorer = model_scorer(group.model, grid)
-    fitted = scorer.fit(one, train_images, chunk_size=base.chunk_size, stacked=k > 1)
     score_keys = _keys(grid, group.name, points).score
+    fitted = scorer.fit(one, train_images, key=score_keys if k > 1 else score_keys[0],
+                        chunk_size=base.chunk_size, stacked=k > 1)  # fmt: skip
     components = scoring.score_parts(
         scorer.inputs(one, fitted), images, score_fn=scorer.fn,
         key=score_keys if k > 1 else score_keys[0], chunk_size=base.chunk_size, stacked=k > 1,

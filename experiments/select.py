@@ -79,20 +79,28 @@ def _matches(row: dict, candidate: dict, epochs: int) -> bool:
             and (row.get("score") or "residual") == candidate["score"])  # fmt: skip
 
 
-def within(rows_by_epochs: dict[int, list[dict]], candidates=None) -> dict:
-    """The leave-classes-out rule of ``experiments.config.WITHIN_CANDIDATES`` on one
-    dataset's rows (by the epochs of their sweep).
+def within(rows_by_epochs: dict[int, list[dict]], candidates=None, incumbents=None) -> dict:
+    """The leave-classes-out rule (``experiments.config``: ``WITHIN_CANDIDATES``, and the
+    second decision over ``GEOM_CANDIDATES``) on one dataset's rows (by their sweep's epochs).
+
+    Args:
+      rows_by_epochs: :func:`load_rows`' rows.
+      candidates: The pool, simplest first (default ``WITHIN_CANDIDATES``).
+      incumbents: Optional ``{class: candidate}``: put first in that class's pool (a second
+        decision: the first's pick, then ``candidates``).
 
     Returns:
-      ``{"picks": {class: candidate index}, "validation": {class: [score per candidate]},
-      "test": [{class: [test AUROC per seed]} per candidate], "headline": {class: [test
-      AUROC per seed]}}``. Validation scores use the rows' ``validation`` AUROCs only.
+      ``{"picks": {class: index into its pool}, "pools": {class: [candidate]}, "validation":
+      {class: [score per pool candidate]}, "test": {class: [[test AUROC per seed] per pool
+      candidate]}, "headline": {class: [test AUROC per seed]}}``. Validation scores use the
+      rows' ``validation`` AUROCs only.
     """
     from experiments.config import WITHIN_CANDIDATES  # noqa: PLC0415
 
-    candidates = candidates or WITHIN_CANDIDATES
-    found = []  # Per candidate: {task: {seed: row}}.
-    for candidate in candidates:
+    candidates = list(candidates or WITHIN_CANDIDATES)
+    everyone = candidates + [c for c in (incumbents or {}).values() if c not in candidates]
+    found = []  # Per candidate of `everyone`: {task: {seed: row}}.
+    for candidate in everyone:
         rows = {}
         for epochs, group in rows_by_epochs.items():
             for r in group:
@@ -107,22 +115,25 @@ def within(rows_by_epochs: dict[int, list[dict]], candidates=None) -> dict:
     if any("validation" not in r for f in found for t in f.values() for r in t.values()):
         raise ConfigError("the sweeps have no validation scores (run them with "
                           "--validation_images)")  # fmt: skip
-    picks, validation = {}, {}
+    result = {"picks": {}, "pools": {}, "validation": {}, "test": {}, "headline": {}}
     for c in classes:
+        pool = ([incumbents[c]] if incumbents else []) + [
+            x for x in candidates if not incumbents or x != incumbents[c]]
+        pool_rows = [found[everyone.index(x)] for x in pool]
         means, errors = [], []
-        for rows in found:
+        for rows in pool_rows:
             tasks = [np.mean([np.mean([v for k, v in r["validation"].items()
                                        if int(k) not in (c, task)]) for r in seeds.values()])
                      for task, seeds in rows.items() if task != c]  # fmt: skip
             means.append(float(np.mean(tasks)))
             errors.append(float(np.std(tasks) / np.sqrt(len(tasks))))
         top = int(np.argmax(means))
-        picks[c] = next(i for i, m in enumerate(means) if m >= means[top] - errors[top])
-        validation[c] = means
-    test = [{c: [r["auroc"] for _, r in sorted(rows[c].items())] for c in classes}
-            for rows in found]  # fmt: skip
-    return {"picks": picks, "validation": validation, "test": test,
-            "headline": {c: test[picks[c]][c] for c in classes}}
+        pick = next(i for i, m in enumerate(means) if m >= means[top] - errors[top])
+        test = [[r["auroc"] for _, r in sorted(rows[c].items())] for rows in pool_rows]
+        result["picks"][c], result["pools"][c] = pick, pool
+        result["validation"][c], result["test"][c] = means, test
+        result["headline"][c] = test[pick]
+    return result
 
 
 def class_means(per_class: dict) -> tuple[float, float]:
@@ -146,28 +157,39 @@ def load_rows(folders: list[str]) -> dict[int, list[dict]]:
     return rows
 
 
-def _write_within(result: dict) -> None:
-    from experiments.config import WITHIN_CANDIDATES  # noqa: PLC0415
-
+def _write_within(result: dict, title: str) -> None:
     out = sys.stdout
-    out.write("within the dataset (leave-classes-out on the training split):\n")
+    out.write(f"{title}:\n")
     for c, i in result["picks"].items():
-        cand = WITHIN_CANDIDATES[i]
+        cand = result["pools"][c][i]
         out.write(f"  class {c}: {cand['model']} {cand['score']:<17} validation "
                   f"{result['validation'][c][i]:.4f}, test AUROC "
                   f"{np.mean(result['headline'][c]):.4f}\n")  # fmt: skip
     mean, std = class_means(result["headline"])
     out.write(f"  headline: {mean:.4f} +- {std:.4f}\n")
-    for i, per_class in enumerate(result["test"]):
-        cand = WITHIN_CANDIDATES[i]
-        m, sd = class_means(per_class)
-        out.write(f"  candidate {i} {cand['model']} {cand['score']:<17} test AUROC {m:.4f} +- "
-                  f"{sd:.4f} (not a result: all classes' own test labels)\n")  # fmt: skip
+    pools = {tuple(map(id, p)) for p in result["pools"].values()}
+    if len(pools) == 1:  # One pool for every class: each candidate's mean over the classes.
+        for i, cand in enumerate(next(iter(result["pools"].values()))):
+            m, sd = class_means({c: t[i] for c, t in result["test"].items()})
+            out.write(f"  candidate {i} {cand['model']} {cand['score']:<17} test AUROC "
+                      f"{m:.4f} +- {sd:.4f} (not a result: all classes' own test labels)\n")
 
 
 def body():
     if FLAGS.within:
-        return lambda _: _write_within(within(load_rows(FLAGS.within)))
+
+        def work(_):
+            from experiments.config import GEOM_CANDIDATES  # noqa: PLC0415
+
+            rows = load_rows(FLAGS.within)
+            first = within(rows)
+            _write_within(first, "within the dataset (leave-classes-out on the training split)")
+            if any(_matches(r, GEOM_CANDIDATES[0], e) for e, g in rows.items() for r in g):
+                picks = {c: first["pools"][c][i] for c, i in first["picks"].items()}
+                _write_within(within(rows, GEOM_CANDIDATES, picks),
+                              "the transform-classifier family after it (GEOM_CANDIDATES)")
+
+        return work
     candidates = {}
     for dataset in DATASETS:
         if not getattr(FLAGS, dataset):

@@ -137,7 +137,7 @@ class Detector:
         for line in self.health:
             logging.warning("%s", line)
         # The score fits the training images (a k-NN bank) and, a fusion, the held-out ones.
-        self._fitted = self.scorer.fit(self.params, fit)
+        self._fitted = self.scorer.fit(self.params, fit, key=self._score_key)
         if not folds:
             val_components = self._components(val)
         self._stats = self.scorer.standardize(val_components)
@@ -181,7 +181,8 @@ class Detector:
                          len(others))  # fmt: skip
             params = self._train(jax.random.fold_in(key, j + 1), images[others], pad_to,
                                  steps).params  # fmt: skip
-            fitted = self.scorer.fit(params, images[others])
+            fitted = self.scorer.fit(params, images[others],
+                                     key=jax.random.fold_in(key, j + 1))  # The fold's branch.
             components.append(scoring.map_chunked(
                 self.scorer.fn, self.scorer.inputs(params, fitted), images[np.sort(fold)],
                 key=self._score_key))  # fmt: skip

@@ -12,8 +12,10 @@ names children the same way), so two paths never meet and no key is used twice::
        │  ├─ 0: init (params: 0, the VAE's init sample: 1)
        │  └─ 1: epoch 1 -> (0: epoch 2 ..., 1: shuffle, 2: steps -> step s -> example i)
        ├─ 1 SCORE: scoring of member 0
-       │  ├─ 0 VAL, 1 TEST, 2 SYNTHETIC: one key per part
+       │  ├─ 0 VAL, 1 TEST, 2 SYNTHETIC, 3 VALIDATION: one key per part
        │  │  └─ fold_in(part, i): image i of the part, whatever the chunking
+       │  └─ 4 FIT: what a score fits on the training split (a classifier's training)
+       │     └─ one child per component, by its label (fit_key)
        └─ 2 MEMBERS
           └─ i: member i >= 1, a node like m: (0 TRAIN, 1 SCORE) below it
 
@@ -35,6 +37,7 @@ from jax_vae import rules
 TRAIN, SCORE, MEMBERS = 0, 1, 2
 BUILTIN_MODEL_IDS = {"ae": 0, "vae": 1}
 VAL, TEST, SYNTHETIC, VALIDATION = 0, 1, 2, 3  # VALIDATION: other classes' training images.
+FIT = 4  # Under a scoring key: what the scores fit on the training split.
 
 
 class ModelKeys(NamedTuple):
@@ -135,3 +138,11 @@ def validation_key(score_key: jax.Array) -> jax.Array:
 def image_keys(part_key: jax.Array, indices: jax.Array) -> jax.Array:
     """The keys of images ``indices`` of a scored part: a function of the index alone."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(part_key, indices)
+
+
+def fit_key(score_key: jax.Array, label: str) -> jax.Array:
+    """The key a score component (``label``, e.g. ``geom``) fits with on the training split,
+    under a model's scoring key: derived from the label alone, so adding a score never
+    changes another's key (vmap over stacked keys with ``in_axes=(0, None)``)."""
+    return jax.random.fold_in(jax.random.fold_in(score_key, FIT), zlib.crc32(label.encode())
+                              % 2**31)

@@ -24,7 +24,10 @@ reconstruction, layer by layer): ``rapp_sap`` (their summed squares), ``rapp_nap
 by the principal axes of the training images' differences) and the fusion ``rapp``
 (residual + NAP); and scores of the anomaly map rather than its mean, as anomalib scores
 images: ``residual_max`` (its largest value) and ``residual_top`` (the mean of its largest
-1%). Like :mod:`jax_vae.registry`, this module imports no JAX until an entry is used.
+1%); and a self-supervised transform classifier (GEOM/GOAD, :mod:`jax_vae.transforms`,
+trained on the training images): ``geom`` (its negative log-likelihood of the right
+transforms) and the fusion ``residual_geom`` (residual + geom). Like
+:mod:`jax_vae.registry`, this module imports no JAX until an entry is used.
 """
 
 from __future__ import annotations
@@ -51,12 +54,15 @@ class ScoreSpec:
       features: Optional ``features(model) -> fn(params, x) -> array``: applied to every
         training image of the model, stacked into a bank [N, ...].
       reduce: Optional ``reduce(bank) -> fitted`` (an array or a dict of arrays, e.g. the
-        SVD of the bank); None keeps the bank as it is.
+        SVD of the bank, or a classifier's parameters); None keeps the bank as it is.
+        With ``keyed``, ``reduce(bank, key, model)``: the key is the component's own
+        (:func:`jax_vae.keys.fit_key` under the model's scoring key).
       parts: A fusion: the names of the scores it sums, each standardized by its mean and
         standard deviation over the held-out normals (per model).
       smoothed: Whether the score reads ``smoothing`` (one component per smoothing of a
         grid) or not (one for all).
       needs_code: Whether it needs a model with a latent code (``ModelSpec.encode``).
+      keyed: Whether ``reduce`` is random (it trains something): it takes a key and the model.
     """
 
     score: Callable[..., Any] | None = None
@@ -65,12 +71,13 @@ class ScoreSpec:
     parts: tuple[str, ...] = ()
     smoothed: bool = True
     needs_code: bool = False
+    keyed: bool = False
 
 
 _REGISTRY: dict[str, ScoreSpec] = {}
 BUILTIN = ("residual", "shift", "latent_knn", "pixel_knn", "shift_latent_knn", "shift_pixel_knn",
            "latent_distance", "pixel_distance", "rapp_sap", "rapp_nap", "rapp",
-           "residual_max", "residual_top")  # fmt: skip
+           "residual_max", "residual_top", "geom", "residual_geom")  # fmt: skip
 SHIFTS = 1  # The shift score: images shifted by up to one pixel each way (9 copies).
 NEIGHBOURS = 5  # The distances: the mean over the 5 nearest training images.
 TOP = 0.01  # residual_top: the mean of the largest 1% of the anomaly map's values.
@@ -161,23 +168,39 @@ class Scorer:
         return tuple(c for c in self.components
                      if any(c[0] in get(s).parts for s, _ in self.columns))  # fmt: skip
 
-    def fit(self, params: Any, train_images: Any, *, chunk_size: int = 2048,
+    def fit(self, params: Any, train_images: Any, *, key: Any = None, chunk_size: int = 2048,
             stacked: bool = False) -> dict[str, Any]:  # fmt: skip
         """What the components fit on the training split, by component label (``{}`` when
-        none does): each bank is its features of every training image, reduced."""
+        none does): each bank is its features of every training image, reduced.
+
+        Args:
+          params: The model's parameters ([K, ...] with ``stacked``).
+          train_images: The model's training images.
+          key: The model's scoring key ([K] with ``stacked``); needed by a ``keyed`` score.
+          chunk_size: Images per chunk of the features' map.
+          stacked: ``params`` and ``key`` hold K models.
+
+        Raises:
+          ValueError: A keyed score and no key.
+        """
         import jax  # noqa: PLC0415
 
-        from jax_vae import scoring  # noqa: PLC0415
+        from jax_vae import keys, scoring  # noqa: PLC0415
 
         fitted = {}
         for component in self.fits:
-            spec = get(component[0])
+            spec, name = get(component[0]), label(component)
             bank = jax.numpy.asarray(scoring.map_chunked(
                 _features(self.model, component[0]), params, train_images,
                 chunk_size=chunk_size, stacked=stacked))  # fmt: skip
-            if spec.reduce is not None:
+            if spec.keyed:
+                if key is None:
+                    raise ValueError(f"score {name} trains on the training split: pass a key")
+                reduce = functools.partial(_keyed_reduce, spec.reduce, self.model, name)
+                bank = (jax.vmap(reduce) if stacked else reduce)(bank, keys.as_typed(key))
+            elif spec.reduce is not None:
                 bank = (jax.vmap(spec.reduce) if stacked else spec.reduce)(bank)
-            fitted[label(component)] = bank
+            fitted[name] = bank
         return fitted
 
     def inputs(self, params: Any, fitted: Mapping[str, Any]) -> Any:
@@ -270,6 +293,12 @@ def _features(model: Any, name: str) -> Callable[..., Any]:
     return lambda params, x, key: features(params, x)
 
 
+def _keyed_reduce(reduce: Callable[..., Any], model: Any, name: str, bank: Any, key: Any) -> Any:
+    from jax_vae import keys  # noqa: PLC0415
+
+    return reduce(bank, keys.fit_key(key, name), model)
+
+
 def _no_fit(fn: Callable[..., Any], params: Any, x: Any, key: Any) -> Any:
     return fn(params, None, x, key)
 
@@ -348,6 +377,17 @@ def _builtins() -> dict[str, ScoreSpec]:
 
         return make
 
+    def geom_fit(bank, key, model):
+        from jax_vae import transforms  # noqa: PLC0415
+
+        return transforms.fit(key, bank, model.module.image_shape)
+
+    def geom(model, **_):
+        from jax_vae import transforms  # noqa: PLC0415
+
+        shape = model.module.image_shape
+        return lambda params, fitted, x, key: transforms.score(fitted, x, shape)
+
     def top(values):
         k = max(1, int(round(TOP * values.size)))
         return jnp.mean(jax.lax.top_k(values, k)[0])
@@ -360,6 +400,9 @@ def _builtins() -> dict[str, ScoreSpec]:
         "rapp": ScoreSpec(parts=("residual", "rapp_nap")),
         "residual_max": ScoreSpec(score=map_score(jnp.max)),
         "residual_top": ScoreSpec(score=map_score(top)),
+        "geom": ScoreSpec(score=geom, features=lambda model: lambda p, x: x, reduce=geom_fit,
+                          smoothed=False, keyed=True),
+        "residual_geom": ScoreSpec(parts=("residual", "geom")),
         "shift": ScoreSpec(score=shift),
         "latent_distance": ScoreSpec(score=latent, features=code, smoothed=False,
                                      needs_code=True),

@@ -287,6 +287,28 @@ def test_the_within_dataset_rule_sees_no_task_of_the_class_it_picks_for():
     assert select.within({60: close}, candidates=(simple, fused))["picks"] == {0: 1, 1: 0, 2: 0}
 
 
+def test_the_second_decision_puts_each_classs_first_pick_first_in_its_pool():
+    from experiments import select  # noqa: PLC0415
+
+    base = {"model": "ae", "beta": None, "epochs": 60, "smoothing": 1.0}
+    a, b, new = ({**base, "score": s} for s in ("residual", "shift", "residual_geom"))
+
+    def row(candidate, task, value, auroc):
+        return {"model": "ae", "beta": None, "seed": 0, "normal_class": task, "smoothing": 1.0,
+                "score": candidate["score"], "auroc": auroc,
+                "validation": {str(k): value for k in range(3) if k != task}}
+
+    # Validation means: a .90, b .95 and the new candidate .93 on every task (no spread).
+    rows = [row(c, t, v, au) for t in range(3)
+            for c, v, au in ((a, 0.90, 0.1), (b, 0.95, 0.2), (new, 0.93, 0.3))]  # fmt: skip
+    result = select.within({60: rows}, [new], incumbents={0: a, 1: b, 2: a})
+    assert result["pools"] == {0: [a, new], 1: [b, new], 2: [a, new]}
+    # Classes 0 and 2: the new candidate beats a by more than its standard error (0); class 1:
+    # b, its first pick, is the best.
+    assert result["picks"] == {0: 1, 1: 0, 2: 1}
+    assert result["headline"] == {0: [0.3], 1: [0.2], 2: [0.3]}
+
+
 def test_a_sweep_scores_each_task_on_the_other_classes_training_images(tmp_path):
     from experiments import select  # noqa: PLC0415
 
