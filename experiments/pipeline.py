@@ -382,44 +382,46 @@ def _run_classes(result: Result, dataset, indices, *, mesh, board, run_dir, eval
     # Several: injected, so that each model reads its own (a vmapped axis; see _hparams).
     tx = train.adam(grid.rates[0], injected=len(grid.rates) > 1)
     others = _validation_sample(dataset, grid)
-    for normal in grid.classes:
-        with timings.phase("data"):
-            split = data.take_split(dataset, indices[normal], normal)
-            synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed,
-                                                 image_shape=dataset.image_shape)  # fmt: skip
-        images = scoring.Parts(split.val_images, split.test_images, synthetic)
-        for name in base.models:
-            if name in vocab.BASELINES:
-                with timings.phase("baselines"):
-                    group, timing = _fit_baselines(grid, normal, name, split, images)
-            else:
-                model = models[name]
-                checkpointer = None
-                if base.checkpoint_every or eval_only:
-                    checkpointer = Checkpointer(
-                        runs.checkpoint_dir(run_dir or output_dir,
-                                            runs.model_slug(base.dataset, normal, name)),
-                        every=max(base.checkpoint_every, 1))  # fmt: skip
-                    checkpointers.append(checkpointer)
-                group, timing = (_restore if eval_only else _train)(
-                    grid, normal, model, split, tx=tx, mesh=mesh, checkpointer=checkpointer,
-                    board=board, timings=timings, pad_to=pad_to.get(len(split.train_images)),
-                )  # fmt: skip
-                with timings.phase("scoring"):
-                    group = _score(group, grid, images, split.train_images,
-                                   keep_params=kind == "run",
-                                   others=others and tuple(a[others[1] != normal]
-                                                           for a in others))  # fmt: skip
-            result.groups.append(group)
-            with timings.phase("metrics"):
-                result.rows.extend(_rows(group, grid, split, timing, dataset.class_names))
-        if kind == "run":
-            result.splits[normal] = split
-            with timings.phase("previews"):
-                result.previews = _previews(grid, split, result.groups, dataset)
-    for checkpointer in checkpointers:
-        checkpointer.close()
-        timings.add("checkpoints", checkpointer.save_seconds)
+    try:
+        for normal in grid.classes:
+            with timings.phase("data"):
+                split = data.take_split(dataset, indices[normal], normal)
+                synthetic = data.synthetic_anomalies(split.val_images, seed=base.split_seed,
+                                                     image_shape=dataset.image_shape)  # fmt: skip
+            images = scoring.Parts(split.val_images, split.test_images, synthetic)
+            for name in base.models:
+                if name in vocab.BASELINES:
+                    with timings.phase("baselines"):
+                        group, timing = _fit_baselines(grid, normal, name, split, images)
+                else:
+                    model = models[name]
+                    checkpointer = None
+                    if base.checkpoint_every or eval_only:
+                        checkpointer = Checkpointer(
+                            runs.checkpoint_dir(run_dir or output_dir,
+                                                runs.model_slug(base.dataset, normal, name)),
+                            every=max(base.checkpoint_every, 1))  # fmt: skip
+                        checkpointers.append(checkpointer)
+                    group, timing = (_restore if eval_only else _train)(
+                        grid, normal, model, split, tx=tx, mesh=mesh, checkpointer=checkpointer,
+                        board=board, timings=timings, pad_to=pad_to.get(len(split.train_images)),
+                    )  # fmt: skip
+                    with timings.phase("scoring"):
+                        group = _score(group, grid, images, split.train_images,
+                                       keep_params=kind == "run",
+                                       others=others and tuple(a[others[1] != normal]
+                                                               for a in others))  # fmt: skip
+                result.groups.append(group)
+                with timings.phase("metrics"):
+                    result.rows.extend(_rows(group, grid, split, timing, dataset.class_names))
+            if kind == "run":
+                result.splits[normal] = split
+                with timings.phase("previews"):
+                    result.previews = _previews(grid, split, result.groups, dataset)
+    finally:  # Also on an error: Orbax's threads must end before the interpreter does.
+        for checkpointer in checkpointers:
+            checkpointer.close()
+            timings.add("checkpoints", checkpointer.save_seconds)
 
 
 def _validation_sample(dataset: data.Dataset, grid: SweepConfig) -> tuple | None:

@@ -215,4 +215,10 @@ class Checkpointer:
         try:
             self.wait()
         finally:
+            # Orbax's close does not wait for the removal of a killed save's leftovers that
+            # its constructor starts in a thread; a process that exits first (an error right
+            # after opening the folder) printed that thread's traceback.
+            cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+            if cleanup is not None:
+                cleanup()
             self._manager.close()

@@ -164,6 +164,12 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"error: --resume {foreign} is not a run folder (no config.json)"
     ]
+    # A run without its final checkpoint cannot be re-scored: one line, and no traceback from
+    # a checkpoint thread still running when the process exits.
+    shutil.rmtree(run / "checkpoints" / "digit1_ae")
+    proc = _main(f"--eval_only={run}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "no final checkpoint" in proc.stderr.strip().splitlines()[-1]
     changed = _main(f"--resume={run}", "--latent_dim=10")
     assert changed.returncode == 1
     assert "--latent_dim=10 differs from the run's latent_dim=4" in changed.stderr
