@@ -29,8 +29,10 @@ from jax_vae import losses
 # latents instead would flag healthy beta-VAEs, which use a few of their latents (the seed
 # spec's VAE at beta 2 on digit 0 carries ~5.6 nats in a handful of its 20).
 COLLAPSED_NATS = 1.0
-# The loss at the last epoch above its minimum by this share of that minimum.
+# The loss in each of the last RECENT epochs above its minimum by this share of that minimum
+# (one noisy epoch of a small training set, three steps long, is not a trend).
 RISE = 0.1
+RECENT = 2
 # The reconstruction term no better than this share above the mean image's.
 NO_LEARNING = 0.95
 # A loss still falling by this share per epoch at the end: more epochs may yet help.
@@ -79,10 +81,10 @@ def check(history: Mapping[str, Any], *, baseline: float | None = None) -> list[
 
     Returns:
       Each finding: ``posterior collapse`` (the final KL under :data:`COLLAPSED_NATS` nats
-      per image), ``diverging`` (a non-finite loss, or the last epoch's loss above its
-      minimum by more than :data:`RISE` of it), ``no learning`` (the final reconstruction
-      term above :data:`NO_LEARNING` of ``baseline``: train longer while the loss still
-      falls, else lower the learning rate).
+      per image), ``diverging`` (a non-finite loss, or the loss of each of the last
+      :data:`RECENT` epochs above its minimum by more than :data:`RISE` of it), ``no
+      learning`` (the final reconstruction term above :data:`NO_LEARNING` of ``baseline``:
+      train longer while the loss still falls, else lower the learning rate).
     """
     total = np.asarray(history["total"], np.float64)
     epochs, found = total.size, []
@@ -91,11 +93,11 @@ def check(history: Mapping[str, Any], *, baseline: float | None = None) -> list[
         return [Finding("diverging", f"the loss is not finite from epoch {bad}/{epochs}",
                         "try a lower learning rate")]  # fmt: skip
     best = int(np.argmin(total))
-    if total[-1] - total[best] > RISE * abs(total[best]):
+    if np.min(total[-RECENT:]) - total[best] > RISE * abs(total[best]):
         found.append(Finding(
             "diverging",
             f"the loss rose from {total[best]:.4g} (epoch {best + 1}) to {total[-1]:.4g} "
-            f"(epoch {epochs})",
+            f"(epoch {epochs}), above it in each of the last {min(RECENT, epochs)} epochs",
             "try a lower learning rate",
         ))  # fmt: skip
     if "kl" in history:
@@ -129,18 +131,34 @@ def recommend(candidates: Mapping[str, tuple[Sequence[Any], float | None]], *,
 
     Args:
       candidates: By model name: (findings, synthetic AUROC).
-      fallback: The model preferred on a tie, and the answer when every model has findings
-        (the AE: it cannot collapse).
+      fallback: The model kept unless another beats it (the AE: it cannot collapse).
 
     Returns:
-      (name, why): the healthy model with the highest synthetic AUROC (``fallback`` on a
-      tie), and the reason in words.
+      (name, why): ``fallback``, unless a model with no findings has a higher synthetic
+      AUROC than it (then the highest such one), and the reason in words. Without
+      ``fallback`` among the candidates: the healthy model with the highest synthetic AUROC
+      (the first of them when none is healthy).
     """
-    healthy = {n: auroc for n, (found, auroc) in candidates.items() if not found}
+    def auroc(name: str) -> float:
+        value = candidates[name][1]
+        return -np.inf if value is None or not np.isfinite(value) else float(value)
+
+    healthy = [n for n, (found, _) in candidates.items() if not found]
     failed = sorted(set(candidates) - set(healthy))
     note = f"; {', '.join(failed)} did not train well" if failed else ""
+    scores = ", ".join(f"{n} {candidates[n][1]:.3f}" for n in candidates
+                       if candidates[n][1] is not None)  # fmt: skip
+    if fallback not in candidates:
+        if not healthy:
+            return next(iter(candidates)), f"every model has training-health warnings{note}"
+        best = max(healthy, key=auroc)
+        return best, f"the highest synthetic AUROC of the healthy models ({scores}){note}"
+    better = [n for n in healthy if n != fallback and auroc(n) > auroc(fallback)]
+    if better:
+        best = max(better, key=auroc)
+        return best, (f"healthy, with a higher synthetic AUROC than {fallback} "
+                      f"({scores}){note}")  # fmt: skip
     if not healthy:
         return fallback, f"every model has training-health warnings{note}"
-    best = max(healthy, key=lambda n: (healthy[n] or 0.0, n == fallback))
-    scores = ", ".join(f"{n} {a:.3f}" for n, a in healthy.items() if a is not None)
-    return best, f"the highest synthetic AUROC of the healthy models ({scores}){note}"
+    return fallback, (f"no healthy model has a higher synthetic AUROC than {fallback} "
+                      f"({scores}){note}")  # fmt: skip

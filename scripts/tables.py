@@ -267,31 +267,33 @@ def _pool_rules() -> str:
     ])  # fmt: skip
 
 
-def _pick_words(dataset: str) -> str:
-    """The within-dataset picks in words: one candidate, or how many classes each took."""
-    from experiments.config import WITHIN_CANDIDATES  # noqa: PLC0415
-
-    counts = {}
-    for i in _within(dataset)["picks"].values():
-        counts[i] = counts.get(i, 0) + 1
-    words = [f"{c['model'].upper()}{' beta 1' if c['beta'] else ''}, {c['score']}"
-             for c in (WITHIN_CANDIDATES[i] for i in counts)]  # fmt: skip
+def _pick_words(dataset: str, decision: int = 1) -> str:
+    """A decision's picks in words: one candidate, or how many classes each took."""
+    result = _decisions(dataset)[decision]
+    counts: dict[str, int] = {}
+    for c, i in sorted(result["picks"].items()):
+        cand = result["pools"][c][i]
+        words = f"{cand['model'].upper()}{' beta 1' if cand['beta'] else ''}, {cand['score']}"
+        counts[words] = counts.get(words, 0) + 1
     if len(counts) == 1:
-        return f"{words[0]}, every class"
-    return "; ".join(f"{w} x{n}" for w, n in zip(words, counts.values(), strict=True))
+        return f"{next(iter(counts))}, every class"
+    return "; ".join(f"{w} x{n}" for w, n in counts.items())
 
 
 def _readme() -> str:
-    from experiments.config import WITHIN_CANDIDATES  # noqa: PLC0415
+    from experiments.config import GEOM_CANDIDATES, WITHIN_CANDIDATES  # noqa: PLC0415
 
     m30, f30 = "selection_e30", "fmnist_selection_e30"
     m, f = _headline("mnist"), _headline("fashion_mnist")
-    wm, wf = _within_headline("mnist"), _within_headline("fashion_mnist")
+    wm, wf = _within_headline("mnist", 1), _within_headline("fashion_mnist", 1)
     bases = (("PCA", "pca"), ("kNN", "knn"), ("OC-SVM", "ocsvm"), ("IsolationForest", "iforest"))
     best_m = max(bases, key=lambda b: base("baselines_all_digits", b[1])["mean"][0])
     best_f = max(bases, key=lambda b: base("fmnist_baselines", b[1])["mean"][0])
-    pool = {d: max(stats(WITHIN[d], model=c["model"], score=c["score"])["mean"][0]
-                   for c in WITHIN_CANDIDATES) for d in WITHIN}  # fmt: skip
+    pool = {d: max([stats(WITHIN[d], model=c["model"], score=c["score"])["mean"][0]
+                    for c in WITHIN_CANDIDATES] + [stats(GEOM[d], model=c["model"],
+                                                         score=c["score"])["mean"][0]
+                                                   for c in GEOM_CANDIDATES])
+            for d in WITHIN}  # fmt: skip
     oracle_m = max(pool["mnist"], vae("fusion_e60", 1.0, score="shift")["mean"][0])
     oracle_f = max(pool["fashion_mnist"],
                    ae("fmnist_fusion_e60", score="shift_latent_knn")["mean"][0])
@@ -406,39 +408,82 @@ def _large_images() -> str:
 def _small_data() -> str:
     with open(os.path.join(RESULTS, "small_data", "results.json")) as f:
         record = json.load(f)
+    photos = ("the temple", "the flower")  # scikit-learn's sample images, 0 and 1.
     rows = []
     for t in record["tasks"]:
         plain, best = t["plain AE"]["auroc"], t["preset best"]
         vae = t["VAE beta 1, 60 epochs, smoothing 1"]["models"]["vae"]
-        name = "MNIST" if t["dataset"] == "mnist" else "Fashion-MNIST"
-        rows.append([f"{name} {vocab.class_label(t['dataset'], t['normal_class'])}, "
-                     f"{t['side']}x{t['side']}", num(plain),
+        if t["dataset"] == "photos":
+            task = f"RGB crops of {photos[t['normal_class']]}"
+        else:
+            name = "MNIST" if t["dataset"] == "mnist" else "Fashion-MNIST"
+            task = f"{name} {vocab.class_label(t['dataset'], t['normal_class'])}"
+        rows.append([f"{task}, {t['side']}x{t['side']}", num(plain),
                      f"{num(best['auroc'])} ({best['model'].upper()})",
                      f"{round(best['auroc'] - plain, 4) + 0.0:+.4f}",
+                     num(t["AE, 60 epochs"]["auroc"]),
                      num(vae["auroc"]) + (" (warned)" if vae["health"] else "")])
     return table(["task (300 training images)", "plain AE", "`--preset=best` (its pick)",
-                  "difference", "VAE beta 1, 60 ep., s 1"], rows)
+                  "difference", "AE, 60 ep.", "VAE beta 1, 60 ep., s 1"], rows)
 
 
 WITHIN = {"mnist": "within_e60", "fashion_mnist": "fmnist_within_e60"}
-SHORT = {"residual": "res.", "shift": "shift", "shift_latent_knn": "shift+kNN", "rapp": "RaPP"}
+SHORT = {"residual": "res.", "shift": "shift", "shift_latent_knn": "shift+kNN", "rapp": "RaPP",
+         "geom": "GEOM", "residual_geom": "res.+GEOM"}
+
+
+GEOM = {"mnist": "geom_e60", "fashion_mnist": "fmnist_geom_e60"}
 
 
 @functools.cache
+def _decisions(dataset: str) -> tuple[dict, dict]:
+    """The leave-classes-out rule's result on a dataset's within grid, and the second
+    decision's over the transform-classifier family (its grid beside it)."""
+    from experiments import select  # noqa: PLC0415
+
+    return select.decisions(select.load_rows([os.path.join(RESULTS, WITHIN[dataset]),
+                                              os.path.join(RESULTS, GEOM[dataset])]))
+
+
 def _within(dataset: str) -> dict:
-    """The leave-classes-out rule's result on a dataset's within grid."""
+    """The first decision's result."""
+    return _decisions(dataset)[0]
+
+
+def _summary(per_class: dict) -> dict:
+    """A :func:`per_class` row's summary from {class: [value per seed]}."""
     from experiments import select  # noqa: PLC0415
 
-    return select.within(select.load_rows([os.path.join(RESULTS, WITHIN[dataset])]))
+    return {"classes": {c: (float(np.mean(v)), float(np.std(v))) for c, v in per_class.items()},
+            "mean": select.class_means(per_class)}
 
 
-def _within_headline(dataset: str) -> dict:
-    """The headline as a summary: per class (mean, std) over seeds, and the class mean."""
-    from experiments import select  # noqa: PLC0415
+def _geom_table(dataset: str) -> str:
+    from experiments.config import GEOM_CANDIDATES  # noqa: PLC0415
 
-    headline = _within(dataset)["headline"]
-    return {"classes": {c: (float(np.mean(v)), float(np.std(v))) for c, v in headline.items()},
-            "mean": select.class_means(headline)}
+    result = _decisions(dataset)[1]
+    pools = [result["pools"][c] for c in sorted(result["pools"])]
+    rows = [("**the second decision's pick: the headline**", _summary(result["headline"])),
+            ("its pick", "|".join(f"{p[i]['model'].upper()} {SHORT[p[i]['score']]}"
+                                  for p, i in zip(pools, (result["picks"][c] for c in
+                                                          sorted(result["picks"])), strict=True))
+             + "|")]  # fmt: skip
+    candidates = [("the first decision's pick", 0)] + [
+        (f"{c['model'].upper()}, {c['score']}", i + 1) for i, c in enumerate(GEOM_CANDIDATES)]
+    summaries = [_summary({c: result["test"][c][i] for c in result["test"]})
+                 for _, i in candidates]  # fmt: skip
+    oracle = max(range(len(summaries)), key=lambda i: summaries[i]["mean"][0])
+    for j, ((label, _), summary) in enumerate(zip(candidates, summaries, strict=True)):
+        rows.append((f"*{label}: the best by test AUROC, an upper bound*" if j == oracle
+                     else label, summary))  # fmt: skip
+    rows.append(("VAE, geom (not in the pool)", stats(GEOM[dataset], model="vae", score="geom")))
+    text = per_class(dataset, rows)
+    return text.replace("| model |", "| candidate (60 epochs, smoothing 1) |", 1)
+
+
+def _within_headline(dataset: str, decision: int = 0) -> dict:
+    """A decision's headline as a summary (0: the first, 1: the second, the final one)."""
+    return _summary(_decisions(dataset)[decision]["headline"])
 
 
 def _within_table(dataset: str) -> str:
@@ -446,7 +491,7 @@ def _within_table(dataset: str) -> str:
 
     folder, result = WITHIN[dataset], _within(dataset)
     picks = [WITHIN_CANDIDATES[i] for _, i in sorted(result["picks"].items())]
-    rows = [("**the within-dataset pick: the headline**", _within_headline(dataset)),
+    rows = [("**the first decision's pick**", _within_headline(dataset)),
             ("its pick", "|".join(f"{c['model'].upper()} {SHORT[c['score']]}" for c in picks)
              + "|")]
     summaries = [stats(folder, model=c["model"], score=c["score"]) for c in WITHIN_CANDIDATES]
@@ -466,6 +511,8 @@ def _within_table(dataset: str) -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "within_mnist": lambda: _within_table("mnist"),
     "within_fashion_mnist": lambda: _within_table("fashion_mnist"),
+    "geom_mnist": lambda: _geom_table("mnist"),
+    "geom_fashion_mnist": lambda: _geom_table("fashion_mnist"),
     "small_data": _small_data,
     "large_images": _large_images,
     "threshold_folds": _threshold_folds,

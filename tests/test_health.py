@@ -49,8 +49,10 @@ def test_each_symptom_of_a_known_history():
     assert health.check({"total": falling}, baseline=50.0) == []
     kl = {"total": falling + 3, "reconstruction": falling, "kl": np.array([3, 2, 1, .5, .2, .1])}
     assert [f.symptom for f in health.check(kl)] == ["posterior collapse"]
-    rising = np.array([60.0, 30, 20, 21, 24, 26])  # 30% above its best.
+    rising = np.array([60.0, 30, 20, 21, 24, 26])  # The last two: 20% and 30% above its best.
     assert [f.symptom for f in health.check({"total": rising})] == ["diverging"]
+    blip = np.array([60.0, 30, 20, 20, 20, 23])  # One noisy epoch 15% up: not a trend.
+    assert health.check({"total": blip}) == []
     assert [f.symptom for f in health.check({"total": np.array([60.0, np.nan])})] == [
         "diverging"]
     # No better than the mean image: still falling (train longer) or stalled (lower the rate).
@@ -147,6 +149,12 @@ def test_the_recommended_model_is_the_healthy_one_with_the_best_synthetic_auroc(
     assert health.recommend({"ae": ([], 0.85), "vae": ([], 0.85)})[0] == "ae"  # A tie.
     name, why = health.recommend({"ae": (["no learning"], 0.9), "vae": (collapsed, 0.9)})
     assert name == "ae" and "ae, vae did not train well" in why
+    # A warned AE is kept unless a healthy model beats its synthetic AUROC (a diverged one's,
+    # NaN, is beaten by any).
+    assert health.recommend({"ae": (["diverging"], 0.75), "vae": ([], 0.66)})[0] == "ae"
+    assert health.recommend({"ae": (["diverging"], 0.75), "vae": ([], 0.80)})[0] == "vae"
+    assert health.recommend({"ae": (["diverging"], float("nan")), "vae": ([], 0.6)})[0] == "vae"
+    assert health.recommend({"vae": (collapsed, 0.9), "dae": ([], 0.7)})[0] == "dae"
 
 
 @pytest.mark.slow

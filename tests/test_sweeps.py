@@ -332,14 +332,24 @@ def test_a_sweep_scores_each_task_on_the_other_classes_training_images(tmp_path)
 
 def test_the_presets_picks_are_the_rules_picks_on_the_committed_grids():
     from experiments import select  # noqa: PLC0415
-    from experiments.config import WITHIN_PICKS  # noqa: PLC0415
+    from experiments.config import (  # noqa: PLC0415
+        GEOM_PICKS,
+        WITHIN_PICKS,
+        candidate_settings,
+        preset_values,
+    )
 
-    folders = {"mnist": "within_e60", "fashion_mnist": "fmnist_within_e60"}
+    folders = {"mnist": ("within_e60", "geom_e60"),
+               "fashion_mnist": ("fmnist_within_e60", "fmnist_geom_e60")}  # fmt: skip
+    results = os.path.join(os.path.dirname(__file__), "..", "experiments", "results")
     for dataset, picks in WITHIN_PICKS.items():
-        folder = os.path.join(os.path.dirname(__file__), "..", "experiments", "results",
-                              folders[dataset])  # fmt: skip
-        result = select.within(select.load_rows([folder]))
-        assert tuple(result["picks"][c] for c in range(10)) == picks, dataset
+        first, second = select.decisions(select.load_rows(
+            [os.path.join(results, f) for f in folders[dataset]]))  # fmt: skip
+        assert tuple(first["picks"][c] for c in range(10)) == picks, dataset
+        assert tuple(second["picks"][c] for c in range(10)) == GEOM_PICKS[dataset], dataset
+        for c in range(10):  # --preset=best runs the second decision's pick.
+            assert preset_values("best", dataset, c) == candidate_settings(
+                second["pools"][c][second["picks"][c]])
 
 
 @pytest.mark.slow
