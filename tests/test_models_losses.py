@@ -152,6 +152,8 @@ LAYERS = [  # (ours, the Flax layer it must equal, input shape, kernel, stride)
     (models.StridedConv, nn.Conv, (9, 7, 3), 3, 2),  # One image, odd sizes: uneven padding.
     (models.StridedConvTranspose, nn.ConvTranspose, (2, 7, 7, 4), 4, 2),
     (models.StridedConvTranspose, nn.ConvTranspose, (5, 4, 2), 3, 3),
+    (models.StridedConvTranspose, nn.ConvTranspose, (2, 5, 6, 3), 5, 2),  # A wider window.
+    (models.StridedConvTranspose, nn.ConvTranspose, (2, 5, 6, 3), 2, 2),  # No overlap.
 ]
 
 

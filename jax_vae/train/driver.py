@@ -130,7 +130,7 @@ def _place(mesh, key, hparams, images, batch_size, group_size):
 
 # On the CPU, a training step's temporary memory (XLA's analysis of the compiled epoch) above
 # which the batch's gradient is accumulated over slices of it (``microbatches``). Activations
-# grow with the image: the conv AE at 128x128 RGB needs 2.4 GB at batch 128 and 86 MB in 32
+# grow with the image: the conv AE at 128x128 RGB needs 2.1 GB at batch 128 and 75 MB in 32
 # slices, and runs 1.6x faster so (a slice's activations stay in the CPU's caches). The seed
 # spec's models (3 MB) and the conv models at 28x28 (110 MB) train whole batches. On a GPU or
 # TPU the budget is half the device's memory: slices only where a batch would not fit.
