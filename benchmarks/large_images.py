@@ -3,6 +3,7 @@ conv training at 128x128 beside the same network in PyTorch.
 
   python -m benchmarks.large_images                                   # 300 RGB 1024x1024 PNGs
   python -m benchmarks.large_images --torch_python=/path/to/python    # and PyTorch's epoch
+  python -m benchmarks.large_images --torch_python=... --repeats=5    # alternately, 5 times each
   python -m benchmarks.large_images --reduced                         # 24 of 256x256 (tests)
 
 Writes the photos into a temporary folder (``train/good/``), then runs
@@ -34,6 +35,8 @@ flags.adopt_module_key_flags(common)
 flags.DEFINE_string("torch_python", None, "A Python interpreter with PyTorch: its epoch of "
                     "the same network is printed beside (none: JAX only).")  # fmt: skip
 flags.DEFINE_integer("photos", 300, "Photos in the folder (--reduced: 24).")
+flags.DEFINE_integer("repeats", 1, "Runs of JAX and PyTorch, alternately; each framework's run "
+                     "with the median seconds per epoch is reported, and every run's ratio.")
 FLAGS = flags.FLAGS
 
 SIZE, CHANNELS, EPOCHS = 128, 3, 4
@@ -83,9 +86,21 @@ def measure(*, reduced: bool = False) -> dict:
                 "--architecture=conv", "--hidden_dims=32,64", "--models=ae",
                 f"--epochs={epochs}", "--checkpoint_every=0", "--notensorboard",
                 "--compilation_cache=", f"--output_dir={run}", "--verbosity=-1"]  # fmt: skip
-        _, rss = _run(argv)
-        with open(os.path.join(run, "metrics.json")) as f:
-            metrics = json.load(f)
+        runs, torch_runs = [], []
+        for repeat in range(max(FLAGS.repeats, 1)):  # Alternately: the machine's load drifts.
+            folder = f"{run}{repeat}"
+            _, rss = _run([*argv[:-2], f"--output_dir={folder}", argv[-1]])
+            with open(os.path.join(folder, "metrics.json")) as f:
+                runs.append((json.load(f), rss))
+            if FLAGS.torch_python:
+                n = runs[-1][0]["config"]["splits"]["0"]["train"]
+                out, torch_rss = _run([FLAGS.torch_python, TORCH, f"--size={SIZE}",
+                                       f"--channels={CHANNELS}", f"--images={n}",
+                                       f"--epochs={max(epochs, 2)}"])  # fmt: skip
+                torch_runs.append({**json.loads(out.strip().splitlines()[-1]),
+                                   "peak_rss_mb": torch_rss})  # fmt: skip
+    seconds = [m["models"]["ae"]["train_seconds"] for m, _ in runs]
+    metrics, rss = runs[int(np.argsort(seconds)[len(seconds) // 2])]  # The median run.
     ae = metrics["models"]["ae"]
     train_images = metrics["config"]["splits"]["0"]["train"]
     model = registry.build("ae", hidden_dims=(32, 64), architecture="conv",
@@ -101,10 +116,10 @@ def measure(*, reduced: bool = False) -> dict:
         "training_state_mb": params * 4 * 4 / 2**20,  # Params, gradients, Adam's moments.
         "microbatches": ae.get("microbatches"),
     }  # fmt: skip
-    if FLAGS.torch_python:
-        out, rss = _run([FLAGS.torch_python, TORCH, f"--size={SIZE}", f"--channels={CHANNELS}",
-                         f"--images={train_images}", f"--epochs={max(epochs, 2)}"])
-        record["torch"] = {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": rss}
+    if torch_runs:
+        torch_seconds = [t["seconds_per_epoch"] for t in torch_runs]
+        record["torch"] = torch_runs[int(np.argsort(torch_seconds)[len(torch_seconds) // 2])]
+        record["ratios"] = [s / epochs / t for s, t in zip(seconds, torch_seconds, strict=True)]
     _print(record)
     return record
 
@@ -131,8 +146,10 @@ def _print(record: dict) -> None:
         t = record["torch"]
         lines.append(f"{'PyTorch':<8}{t['images_per_second']:>10.0f}"
                      f"{t['seconds_per_epoch']:>10.2f}{'-':>9}{t['peak_rss_mb']:>13.0f}")
-        lines.append(f"JAX / PyTorch seconds per epoch: "
-                     f"{j['seconds_per_epoch'] / t['seconds_per_epoch']:.2f}")
+        ratios = record["ratios"]
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        lines.append(f"JAX / PyTorch seconds per epoch: {np.median(ratios):.2f}"
+                     + (f" (the median of {len(ratios)} runs: {each})" if len(ratios) > 1 else ""))
     lines.append(f"resized images {j['resized_images_mb']:.0f} MB, training state "
                  f"{j['training_state_mb']:.0f} MB")
     sys.stdout.write("\n".join(lines) + "\n")

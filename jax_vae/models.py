@@ -8,6 +8,7 @@ MNIST's 28x28x1 by default) and decode through a sigmoid. Use the methods with
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -178,35 +179,101 @@ class _Strided(nn.Module):
         return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
 
 
-class StridedConv(_Strided):
-    """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")`` as patches @ kernel.
+def strided_correlation(x: jax.Array, kernel: jax.Array, stride: int, *, top: int, left: int,
+                        out_h: int, out_w: int) -> jax.Array:  # fmt: skip
+    """``out[u, v] = sum_ab x[s*u + a - top, s*v + b - left] @ kernel[a, b]`` (x zero outside)
+    for x [..., H, W, in] and kernel [k, k, in, out], as one matrix product: the padded input
+    is folded into s x s blocks (space to depth), so a k x k window at stride s is
+    ceil(k / s)^2 unit-stride slices of the blocks, and the kernel (zero-padded to a multiple
+    of s) is regrouped to match."""
+    k, s, (height, width, channels) = kernel.shape[0], stride, x.shape[-3:]
+    features = kernel.shape[-1]
+    blocks = -(-k // s)  # Window size in blocks.
+    kernel = jnp.pad(kernel, [(0, blocks * s - k)] * 2 + [(0, 0)] * 2)
+    rows, cols = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
+    lead = x.shape[:-3]
+    # lax.pad: negative amounts crop (input rows no window reaches).
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] * len(lead) + [
+        (top, rows - height - top, 0), (left, cols - width - left, 0), (0, 0, 0)])  # fmt: skip
+    x = x.reshape(*lead, rows // s, s, cols // s, s, channels)
+    x = jnp.moveaxis(x, -4, -3).reshape(*lead, rows // s, cols // s, s * s * channels)
+    patches = jnp.concatenate(
+        [_window(x, a, b, out_h, out_w) for a in range(blocks) for b in range(blocks)], axis=-1,
+    )  # Order (block row, block col, row in block, col in block, channel).
+    kernel = kernel.reshape(blocks, s, blocks, s, channels, features)
+    return patches @ jnp.moveaxis(kernel, 2, 1).reshape(-1, features)
 
-    The padded input is folded into s x s blocks (space to depth), so a k x k window
-    at stride s is ceil(k / s)^2 unit-stride slices of the blocks, and the kernel
-    (zero-padded to a multiple of s) is regrouped to match.
-    """
+
+def _transpose_padding(k: int, s: int) -> int:
+    """lax.conv_transpose's "SAME": the input dilated by s, padded by this in front."""
+    return k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
+
+
+def _phase_products(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """The transposed convolution (no bias) as one matrix product; see StridedConvTranspose."""
+    k, s, (height, width, channels) = kernel.shape[0], stride, x.shape[-3:]
+    features, pad = kernel.shape[-1], _transpose_padding(k, s)
+    taps = [[(a, (r + a - pad) // s) for a in range(k) if (r + a - pad) % s == 0]
+            for r in range(s)]  # fmt: skip
+    offsets = sorted({o for phase in taps for _, o in phase})
+    low, high, span = -offsets[0], offsets[-1], len(offsets)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(low, high), (low, high), (0, 0)])
+    patches = jnp.concatenate([_window(x, low + oa, low + ob, height, width)
+                               for oa in offsets for ob in offsets], axis=-1)  # fmt: skip
+    weights = jnp.zeros((span, span, channels, s, s, features), kernel.dtype)
+    for r, row_taps in enumerate(taps):
+        for q, col_taps in enumerate(taps):
+            for a, oa in row_taps:
+                for b, ob in col_taps:
+                    weights = weights.at[offsets.index(oa), offsets.index(ob), :, r,
+                                         q].set(kernel[a, b])  # fmt: skip
+    y = patches @ weights.reshape(span * span * channels, s * s * features)
+    y = jnp.moveaxis(y.reshape(*y.shape[:-1], s, s, features), -3, -4)  # [..., H, r, W, q, F]
+    return y.reshape(*y.shape[:-5], height * s, width * s, features)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``lax.conv_transpose(x, kernel, (s, s), "SAME")`` for x [..., H, W, in] and kernel
+    [k, k, in, out], without XLA's convolutions (see StridedConvTranspose). Its gradient with
+    respect to x is a strided correlation of the output's gradient with the flipped kernel,
+    computed so (:func:`strided_correlation`): the differentiated matrix product would build
+    the gradient of the patch matrix, 9 x in wide, and sum its nine shifted slices."""
+    return _phase_products(x, kernel, stride)
+
+
+def _conv_transpose_fwd(x, kernel, stride):
+    return _phase_products(x, kernel, stride), (x, kernel)
+
+
+def _conv_transpose_bwd(stride, saved, grad):
+    x, kernel = saved
+    k, (height, width) = kernel.shape[0], x.shape[-3:-1]
+    # y[s*i + pad - a] += x[i] @ kernel[a], so dx[i] = sum_a dy[s*i + pad - a] @ kernel[a].T:
+    # a correlation at stride s with the kernel flipped, its channels swapped.
+    before = k - 1 - _transpose_padding(k, stride)
+    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+    dx = strided_correlation(grad, flipped, stride, top=before, left=before, out_h=height,
+                             out_w=width)  # fmt: skip
+    _, kernel_vjp = jax.vjp(lambda w: _phase_products(x, w, stride), kernel)
+    return dx, kernel_vjp(grad)[0]
+
+
+conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+class StridedConv(_Strided):
+    """``nn.Conv(features, (k, k), strides=(s, s), padding="SAME")`` as patches @ kernel
+    (:func:`strided_correlation`)."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s, (height, width, channels) = self.kernel_size, self.stride, x.shape[-3:]
         kernel, bias = self.parameters(channels)
-        blocks = -(-k // s)  # Window size in blocks.
-        kernel = jnp.pad(kernel, [(0, blocks * s - k)] * 2 + [(0, 0)] * 2)
-        out_h, out_w = -(-height // s), -(-width // s)
-        top, left = _same_padding_before(height, k, s), _same_padding_before(width, k, s)
-        rows, cols = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
-        lead = x.shape[:-3]
-        x = jnp.pad(x, [(0, 0)] * len(lead) + [(top, rows - height - top),
-                                              (left, cols - width - left), (0, 0)])  # fmt: skip
-        x = x.reshape(*lead, rows // s, s, cols // s, s, channels)
-        x = jnp.moveaxis(x, -4, -3).reshape(*lead, rows // s, cols // s, s * s * channels)
-        patches = jnp.concatenate(
-            [_window(x, a, b, out_h, out_w) for a in range(blocks) for b in range(blocks)],
-            axis=-1,
-        )  # Order (block row, block col, row in block, col in block, channel).
-        kernel = kernel.reshape(blocks, s, blocks, s, channels, self.features)
-        kernel = jnp.moveaxis(kernel, 2, 1).reshape(-1, self.features)
-        return patches @ kernel + bias
+        return strided_correlation(
+            x, kernel, s, top=_same_padding_before(height, k, s),
+            left=_same_padding_before(width, k, s), out_h=-(-height // s), out_w=-(-width // s),
+        ) + bias  # fmt: skip
 
 
 class StridedConvTranspose(_Strided):
@@ -220,27 +287,8 @@ class StridedConvTranspose(_Strided):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k, s, (height, width, channels) = self.kernel_size, self.stride, x.shape[-3:]
-        kernel, bias = self.parameters(channels)
-        # lax.conv_transpose's "SAME": the input dilated by s, padded by `pad` in front.
-        pad = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
-        taps = [[(a, (r + a - pad) // s) for a in range(k) if (r + a - pad) % s == 0]
-                for r in range(s)]  # fmt: skip
-        offsets = sorted({o for phase in taps for _, o in phase})
-        low, high, span = -offsets[0], offsets[-1], len(offsets)
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(low, high), (low, high), (0, 0)])
-        patches = jnp.concatenate([_window(x, low + oa, low + ob, height, width)
-                                   for oa in offsets for ob in offsets], axis=-1)  # fmt: skip
-        weights = jnp.zeros((span, span, channels, s, s, self.features), kernel.dtype)
-        for r, row_taps in enumerate(taps):
-            for q, col_taps in enumerate(taps):
-                for a, oa in row_taps:
-                    for b, ob in col_taps:
-                        weights = weights.at[offsets.index(oa), offsets.index(ob), :, r,
-                                             q].set(kernel[a, b])  # fmt: skip
-        y = patches @ weights.reshape(span * span * channels, s * s * self.features)
-        y = jnp.moveaxis(y.reshape(*y.shape[:-1], s, s, self.features), -3, -4)  # H, r, W, q
-        return y.reshape(*y.shape[:-5], height * s, width * s, self.features) + bias
+        kernel, bias = self.parameters(x.shape[-1])
+        return conv_transpose(x, kernel, self.stride) + bias
 
 
 def conv_layers(backend: str | None = None) -> tuple[type, type]:
