@@ -89,6 +89,8 @@ def experiment_config_from_flags(**overrides: Any) -> ExperimentConfig:
                 ) from None
     if "models" in values:
         values["models"] = tuple(m.strip().lower() for m in values["models"])
+    if "score_alternatives" in values:
+        values["score_alternatives"] = tuple(s.strip() for s in values["score_alternatives"])
     if "hparams" in FLAGS and "hparams" not in overrides:
         for name, text in parse_assignments(FLAGS["hparams"].value or [], flag="hparams"):
             try:

@@ -86,6 +86,9 @@ class Group:
     # classes' training images, and each image's class.
     validation: np.ndarray | None = None
     validation_classes: np.ndarray | None = None
+    # With --score_alternatives on large images: each point's score, chosen from normal data
+    # ({"score", "why", "synthetic_auroc"}: jax_vae.health.choose_score); its columns only.
+    choices: list[dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -480,9 +483,17 @@ def _previews(grid: SweepConfig, split: data.OneClassSplit, groups: list[Group],
                     labels_)
 
 
-def variants(grid: SweepConfig) -> list[tuple[str, float]]:
-    """The (score, smoothing) pairs every trained model is scored with, in column order."""
-    return [(score, smoothing) for score in grid.scores for smoothing in grid.smoothings]
+def variants(grid: SweepConfig, image_shape: tuple | None = None) -> list[tuple[str, float]]:
+    """The (score, smoothing) pairs every trained model is scored with, in column order; for
+    a model of images of ``image_shape``, with the one score's ``--score_alternatives`` after
+    it where the images are larger than the benchmarks' (:func:`jax_vae.health.
+    score_candidates`; each model keeps one of them: :func:`_choose`)."""
+    pairs = [(score, smoothing) for score in grid.scores for smoothing in grid.smoothings]
+    if image_shape is None or not grid.base.score_alternatives:
+        return pairs
+    ((score, smoothing),) = pairs  # validate_sweep: one score and one smoothing.
+    return [(name, smoothing) for name in
+            health.score_candidates(image_shape, score, grid.base.score_alternatives)]
 
 
 def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: dict,
@@ -494,6 +505,7 @@ def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: di
     findings = _health(group, grid, split.train_images)
     for s, (score_name, smoothing) in enumerate(columns):
         for p, point in enumerate(group.points):
+            choice = {} if group.choices is None else {"score_choice": group.choices[p]}
             scores = [part[p, :, s] for part in group.scores]
             per_kind = {kind: separation_auroc(scores[1][split.test_classes == 0],
                                                scores[1][split.test_classes == k])
@@ -504,7 +516,8 @@ def _rows(group: Group, grid: SweepConfig, split: data.OneClassSplit, timing: di
                 for k in np.unique(group.validation_classes)}}  # fmt: skip
             rows.append({
                 "model": group.name, **point, "normal_class": group.normal,
-                "smoothing": smoothing, "score": score_name,
+                "smoothing": smoothing, "score": choice["score_choice"]["score"] if choice
+                else score_name, **choice,
                 **evaluate(labels, *scores, percentile=grid.base.threshold_percentile),
                 **({"kinds": per_kind} if per_kind else {}), **validation,
                 **timing,
@@ -646,7 +659,8 @@ def _train(grid, normal, model, split, *, tx, mesh, checkpointer, board, timings
 def model_scorer(model: registry.Model, grid: SweepConfig) -> scores.Scorer:
     """The scorer of one model kind for the grid's columns (:func:`variants`)."""
     base = grid.base
-    return scores.scorer(model, variants(grid), vae_score=base.vae_score,
+    return scores.scorer(model, variants(grid, model.module.image_shape),
+                         vae_score=base.vae_score,
                          mc_samples=base.mc_samples, likelihood=base.likelihood)  # fmt: skip
 
 
@@ -686,11 +700,40 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images:
             scorer.fn, scorer.inputs(one, fitted), others[0],
             key=jax.vmap(keys.validation_key)(key) if k > 1 else keys.validation_key(key),
             chunk_size=base.chunk_size, stacked=k > 1))  # fmt: skip
+    choices = None
+    names = [name for name, _ in variants(grid, group.model.module.image_shape)]
+    if len(names) > 1 and len(variants(grid)) == 1:  # --score_alternatives: one each.
+        columns, validation, choices = _choose(columns, validation, names)
+        for point, choice in zip(points, choices, strict=True):
+            name = _label(grid, group.normal, group.name) + (
+                f" seed={point['seed']}" if len(points) > 1 else "")  # fmt: skip
+            logging.info("%s: scored by %s: %s", name, choice["score"], choice["why"])
     first = jax.tree.map(lambda a: a[0], params) if keep_params else None
     kept = (jax.tree.map(np.asarray, fitted), stats) if keep_params and k == 1 else None
     return dataclasses.replace(group, scores=columns, history=history, params=first,
-                               fitted=kept, validation=validation,
+                               fitted=kept, validation=validation, choices=choices,
                                validation_classes=others[1] if others else None)  # fmt: skip
+
+
+def _choose(columns: scoring.Parts, validation: np.ndarray | None,
+            names: list[str]) -> tuple[scoring.Parts, np.ndarray | None, list[dict]]:  # fmt: skip
+    """Each point's score of its candidates (the columns, named ``names``), from the held-out
+    normals and their synthetic corruptions alone (:func:`jax_vae.health.choose_score`);
+    the columns [points, images, candidates] cut to each point's chosen one."""
+    picks, choices = [], []
+    for p in range(columns.val.shape[0]):
+        aurocs = {name: separation_auroc(columns.val[p, :, i], columns.synthetic[p, :, i])
+                  for i, name in enumerate(names)}  # fmt: skip
+        name, why = health.choose_score(aurocs)
+        picks.append(names.index(name))
+        choices.append({"score": name, "why": why, "synthetic_auroc": aurocs})
+    index = np.asarray(picks)[:, None, None]
+
+    def take(a):
+        return np.take_along_axis(np.asarray(a), index, axis=2)
+
+    return (scoring.Parts(*map(take, columns)),
+            None if validation is None else take(validation), choices)  # fmt: skip
 
 
 def _label(grid: SweepConfig, normal: int, name: str) -> str:

@@ -64,6 +64,7 @@ def write(result: Result, *, out: TextIO | None = None) -> dict[str, Any]:
         table = _run_header(result.grid.base) + format_table(models) + _kinds_table(models)
         if result.rows and result.rows[0]["auroc"] is None:
             table += _no_test_note(result)
+        table += _score_note(models)
         table += _threshold_note(models, result.grid.base.threshold_percentile)
         table += _health_note(result.rows)
         if "recommended" in record:
@@ -222,9 +223,23 @@ def _run_header(base) -> str:
         return ""
     beta = f", beta {base.beta:g}" if any(registry.reads(m, "beta") for m in base.models
                                          if m not in vocab.BASELINES) else ""  # fmt: skip
-    score = f", score {base.score}" if base.score != "residual" else ""
+    score = f", score {base.score}" if base.score != "residual" or base.score_alternatives \
+        else ""  # fmt: skip
+    if base.score_alternatives:
+        score += f" (or {', '.join(base.score_alternatives)} on images larger than 28x28)"
     return (f"preset {base.preset} on {base.dataset}: {', '.join(base.models)}{beta}, "
             f"{base.epochs} epochs, score smoothing {base.score_smoothing:g}{score}\n\n")
+
+
+def _score_note(models: dict[str, dict[str, Any]]) -> str:
+    """Each model's score where it was chosen after training (``--score_alternatives``)."""
+    chosen = {n: r["score_choice"] for n, r in models.items() if "score_choice" in r}
+    if not chosen:
+        return ""
+    lines = ["", "score of each model, chosen from the held-out normals and their synthetic "
+                 "corruptions:"]  # fmt: skip
+    lines += [f"{n.upper():<8}{c['score']}: {c['why']}" for n, c in chosen.items()]
+    return "\n".join(lines) + "\n"
 
 
 def format_table(model_results: dict[str, dict[str, Any]]) -> str:

@@ -143,7 +143,9 @@ class Board:
         smoothed = len({r.get("smoothing") for r in rows}) > 1
         rated = len({r.get("learning_rate") for r in rows} - {None}) > 1
         for row in rows:
-            w = self.writer(run_name(base, row, smoothed, rated, axes), base.epochs)
+            # A score chosen after training (--score_alternatives): the run its curves are in.
+            named = {**row, "score": base.score} if "score_choice" in row else row
+            w = self.writer(run_name(base, named, smoothed, rated, axes), base.epochs)
             # Without test images (a folder without test/) only what the held-out normals give.
             metrics = {f"final/{t}": float(row[t]) for t in FINAL_TAGS if row[t] is not None}
             for tag, value in metrics.items():

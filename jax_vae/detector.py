@@ -41,7 +41,8 @@ from jax_vae.checkpoints import Checkpointer, CheckpointError
 HOLD_OUT = 3  # The key of the held-out normals (0 training, 1 scoring: jax_vae.keys).
 SETTINGS = ("hidden_dims", "latent_dim", "architecture", "likelihood", "epochs", "batch_size",
             "learning_rate", "val_fraction", "threshold_percentile", "vae_score", "mc_samples",
-            "score_smoothing", "score", "image_shape", "threshold_folds")  # fmt: skip
+            "score_smoothing", "score", "score_alternatives", "image_shape",
+            "threshold_folds")  # fmt: skip
 
 
 class Detector:
@@ -53,6 +54,10 @@ class Detector:
       hparams: The hyperparameters its loss reads (e.g. ``{"beta": 1.0}``); defaults fill in.
       **settings: Any of ``SETTINGS``, with the commands' defaults and meaning
         (``hidden_dims``, ``epochs``, ``threshold_percentile``, ``score_smoothing`` ...).
+        ``score_alternatives``: scores ``fit`` may take instead of ``score`` on images larger
+        than 28x28, by their synthetic AUROC (:func:`jax_vae.health.choose_score`); by
+        default the anomaly map's (:data:`jax_vae.scores.MAP_SCORES`: small defects) where
+        ``vae_score`` is ``mean``, else none.
     """
 
     def __init__(self, model: str = "ae", *, hparams: dict | None = None, **settings: Any):
@@ -67,6 +72,10 @@ class Detector:
                     "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0,
                     "score": "residual", "threshold_folds": 0}  # fmt: skip
         self.settings = {**defaults, "image_shape": None, **settings}
+        if self.settings.get("score_alternatives") is None:
+            self.settings["score_alternatives"] = \
+                scores.MAP_SCORES if self.settings["vae_score"] == "mean" else ()  # fmt: skip
+        self.settings["score_alternatives"] = tuple(self.settings["score_alternatives"])
         rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
         self.name, self._hparams = model, hparams or {}
         self._build(self.settings["image_shape"] or (28, 28, 1))  # Checks the settings now.
@@ -76,6 +85,8 @@ class Detector:
         self.health: list[str] = []  # Training-health warnings (jax_vae.health), one line each.
         self.held_out: int | None = None  # Held-out normals that set the threshold ...
         self.fpr_interval: tuple[float, float] | None = None  # ... and the share it flags.
+        # The score's choice from its alternatives: {"score", "why", "synthetic_auroc"}.
+        self.score_choice: dict[str, Any] | None = None
         self._state: Any = None
         self._fitted: dict[str, Any] = {}  # What the score fit: banks, fusion statistics.
         self._stats: dict[str, Any] = {}
@@ -89,6 +100,11 @@ class Detector:
                                               "likelihood")})  # fmt: skip
         self.hparams = {**self.model.hparams, **self._hparams}
         scores.check_reconstruction("score", self.settings["score"], self.settings["vae_score"])
+        if self.settings["score_alternatives"]:
+            rules.choices("score_alternatives", self.settings["score_alternatives"],
+                          scores.names())  # fmt: skip
+        for name in self.settings["score_alternatives"]:
+            scores.check_reconstruction("score_alternatives", name, self.settings["vae_score"])
         self.scorer = scores.scorer(
             self.model, [(self.settings["score"], self.settings["score_smoothing"])],
             vae_score=self.settings["vae_score"], mc_samples=self.settings["mc_samples"],
@@ -136,6 +152,12 @@ class Detector:
         self.health = [f.message(self.name) for f in findings]
         for line in self.health:
             logging.warning("%s", line)
+        candidates = health.score_candidates(image_shape, self.settings["score"],
+                                             self.settings["score_alternatives"])  # fmt: skip
+        if len(candidates) > 1 and not folds:  # (Cross-fitted: no held-out normals to judge.)
+            self.score_choice = self._choose(candidates, fit, val)
+            self.settings["score"] = self.score_choice["score"]
+            self._build(image_shape)
         # The score fits the training images (a k-NN bank) and, a fusion, the held-out ones.
         self._fitted = self.scorer.fit(self.params, fit, key=self._score_key)
         if not folds:
@@ -146,6 +168,28 @@ class Detector:
         self.held_out = held
         self.fpr_interval = metrics.fpr_interval(held, percentile=percentile)
         return self
+
+    def _choose(self, candidates: tuple[str, ...], fit: np.ndarray,
+                val: np.ndarray) -> dict[str, Any]:  # fmt: skip
+        """Of the ``candidates`` scores, the one that separates the held-out normals ``val``
+        from their synthetic corruptions best (:func:`jax_vae.health.choose_score`; the
+        commands' run chooses the same way)."""
+        scorer = scores.scorer(
+            self.model, [(c, self.settings["score_smoothing"]) for c in candidates],
+            vae_score=self.settings["vae_score"], mc_samples=self.settings["mc_samples"],
+            likelihood=self.settings["likelihood"])  # fmt: skip
+        fitted = scorer.fit(self.params, fit, key=self._score_key)
+        synthetic = data.synthetic_anomalies(val, image_shape=self.settings["image_shape"])
+        val_parts, synthetic_parts = (
+            scoring.map_chunked(scorer.fn, scorer.inputs(self.params, fitted), x,
+                                key=self._score_key) for x in (val, synthetic))  # fmt: skip
+        stats = scorer.standardize(val_parts)
+        normal, corrupted = (scorer.combine(p, stats) for p in (val_parts, synthetic_parts))
+        aurocs = {c: metrics.separation_auroc(normal[:, i], corrupted[:, i])
+                  for i, c in enumerate(candidates)}  # fmt: skip
+        name, why = health.choose_score(aurocs)
+        logging.info("%s: scored by %s: %s", self.name, name, why)
+        return {"score": name, "why": why, "synthetic_auroc": aurocs}
 
     def _batch_size(self, n: int) -> int:
         return min(self.settings["batch_size"], n)
@@ -228,6 +272,7 @@ class Detector:
         record = {**{k: v for k, v in self.settings.items()}, "models": [self.model.name],
                   "detector": {"model": self.model.name, "threshold": self.threshold,
                                "held_out": self.held_out, "health": self.health,
+                               "score_choice": self.score_choice,
                                "hparams": {k: float(v) for k, v in self.hparams.items()},
                                "score_key": np.asarray(jax.random.key_data(
                                    self._score_key)).tolist()}}  # fmt: skip
@@ -278,6 +323,8 @@ class Detector:
                 raise CheckpointError(f"{directory}: not a finished run (no metrics.json with "
                                       f"{name}'s threshold)") from None  # fmt: skip
             slug = runs.model_slug(config["dataset"], config["normal_class"], name)
+            # A score chosen after training (--score_alternatives) replaces the configured one.
+            settings["score"] = found.get("score_choice", {}).get("score", settings["score"])
             hparams = {"beta": config["beta"], "kl_warmup_epochs": config["kl_warmup_epochs"],
                        **config.get("hparams", {})}  # fmt: skip
         detector = cls(name, **settings)  # A run's images: MNIST's 28x28x1 (the default).
@@ -306,6 +353,7 @@ class Detector:
         detector.params, detector._state, detector.threshold = state.params, state, threshold
         detector.health = list(found.get("health", ()))
         detector.held_out = found.get("held_out")
+        detector.score_choice = found.get("score_choice")
         if detector.held_out:
             detector.fpr_interval = metrics.fpr_interval(
                 detector.held_out, percentile=detector.settings["threshold_percentile"])

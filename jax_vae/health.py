@@ -37,6 +37,13 @@ RECENT = 2
 NO_LEARNING = 0.95
 # A loss still falling by this share per epoch at the end: more epochs may yet help.
 STILL_FALLING = 0.01
+# Images with more pixels than the benchmarks' 28x28: a defect may be small against the image,
+# and the anomaly map's largest values (jax_vae.scores.MAP_SCORES) see it where its mean does
+# not. On the benchmarks' images the mean residual ranks better (docs/benchmarks.md).
+LARGE_PIXELS = 28 * 28
+# An alternative score replaces the configured one only when it separates the held-out normals
+# from their synthetic corruptions better by more than this (AUROC): the simpler score wins ties.
+SCORE_MARGIN = 0.01
 
 
 class Finding(NamedTuple):
@@ -162,3 +169,41 @@ def recommend(candidates: Mapping[str, tuple[Sequence[Any], float | None]], *,
         return fallback, f"every model has training-health warnings{note}"
     return fallback, (f"no healthy model has a higher synthetic AUROC than {fallback} "
                       f"({scores}){note}")  # fmt: skip
+
+
+def score_candidates(image_shape: Sequence[int], score: str,
+                     alternatives: Sequence[str]) -> tuple[str, ...]:  # fmt: skip
+    """The scores a model may take on images of ``image_shape`` (height, width, channels):
+    ``score``, then the ``alternatives`` where the images have more than
+    :data:`LARGE_PIXELS` pixels (on smaller ones ``score`` alone)."""
+    height, width = image_shape[:2]
+    if height * width <= LARGE_PIXELS:
+        return (score,)
+    return (score, *(a for a in dict.fromkeys(alternatives) if a != score))
+
+
+def choose_score(aurocs: Mapping[str, float | None], *,
+                 margin: float = SCORE_MARGIN) -> tuple[str, str]:  # fmt: skip
+    """A model's score, from its candidates' synthetic AUROCs (held-out normals against their
+    synthetic corruptions; :func:`jax_vae.metrics.separation_auroc`). No test label is read.
+
+    Args:
+      aurocs: By score name, the configured score first, then the alternatives
+        (:func:`score_candidates`).
+      margin: How much higher an alternative's synthetic AUROC must be.
+
+    Returns:
+      (name, why): the first score, unless an alternative's synthetic AUROC is above its by
+      more than ``margin`` (then the alternative with the highest), and the reason in words.
+    """
+    def value(name: str) -> float:
+        v = aurocs[name]
+        return -np.inf if v is None or not np.isfinite(v) else float(v)
+
+    first, *others = aurocs
+    shown = ", ".join(f"{n} {aurocs[n]:.3f}" for n in aurocs if aurocs[n] is not None)
+    better = [n for n in others if value(n) > value(first) + margin]
+    if better:
+        best = max(better, key=value)
+        return best, f"synthetic AUROC above {first}'s by more than {margin:g} ({shown})"
+    return first, f"no other score's synthetic AUROC above it by more than {margin:g} ({shown})"

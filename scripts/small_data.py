@@ -52,16 +52,16 @@ def resized(images: np.ndarray, side: int) -> np.ndarray:
 
 
 def crops(photo: np.ndarray, n: int, columns: tuple[float, float], side: int,
-          rng: np.random.Generator) -> np.ndarray:
-    """``n`` random CROP x CROP crops of ``photo`` whose columns lie in the ``columns`` share
-    of its width, downsampled to ``side`` x ``side``."""
+          rng: np.random.Generator, crop: int = CROP) -> np.ndarray:  # fmt: skip
+    """``n`` random ``crop`` x ``crop`` crops of ``photo`` whose columns lie in the ``columns``
+    share of its width, resized to ``side`` x ``side``."""
     height, width = photo.shape[:2]
-    low, high = int(columns[0] * width), int(columns[1] * width) - CROP
+    low, high = int(columns[0] * width), int(columns[1] * width) - crop
     out = []
     for _ in range(n):
-        top, left = rng.integers(0, height - CROP + 1), rng.integers(low, high + 1)
-        crop = Image.fromarray(photo[top:top + CROP, left:left + CROP])
-        out.append(np.asarray(crop.resize((side, side), Image.BILINEAR)))
+        top, left = rng.integers(0, height - crop + 1), rng.integers(low, high + 1)
+        crop_ = Image.fromarray(photo[top:top + crop, left:left + crop])
+        out.append(np.asarray(crop_.resize((side, side), Image.BILINEAR)))
     return np.stack(out)
 
 
