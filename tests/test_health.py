@@ -166,3 +166,97 @@ def test_a_run_recommends_a_model_and_the_detector_loads_it(tmp_path):
     assert record["recommended"]["model"] == "ae"  # Both warned: the fallback.
     assert "recommended: AE" in (out / "results.txt").read_text()
     assert detector.Detector.load(str(out)).name == "ae"
+
+
+def test_map_scores_are_candidates_only_on_images_larger_than_the_benchmarks():
+    from jax_vae import scores  # noqa: PLC0415
+
+    assert health.score_candidates((28, 28, 1), "residual", scores.MAP_SCORES) == ("residual",)
+    assert health.score_candidates((16, 16, 3), "rapp", scores.MAP_SCORES) == ("rapp",)
+    assert health.score_candidates((29, 28, 3), "residual", scores.MAP_SCORES) == (
+        "residual", "residual_top", "residual_max")  # fmt: skip
+    assert health.score_candidates((64, 64, 1), "residual_max",
+                                   ("residual_top", "residual_max")) == (
+        "residual_max", "residual_top")  # fmt: skip
+    assert health.score_candidates((64, 64, 1), "residual", ()) == ("residual",)
+
+
+def test_an_alternative_score_must_beat_the_configured_one_by_the_margin():
+    assert health.choose_score({"residual": 0.80, "residual_top": 0.805})[0] == "residual"
+    assert health.choose_score({"residual": 0.80, "residual_top": 0.80 + health.SCORE_MARGIN})[
+        0] == "residual"  # Equal to the margin: kept.
+    name, why = health.choose_score({"residual": 0.80, "residual_top": 0.82,
+                                     "residual_max": 0.85})  # fmt: skip
+    assert name == "residual_max" and "residual 0.800" in why
+    assert health.choose_score({"residual": 0.80, "residual_top": 0.82,
+                                "residual_max": float("nan")})[0] == "residual_top"  # fmt: skip
+    assert health.choose_score({"residual": None, "residual_top": 0.5})[0] == "residual_top"
+    assert health.choose_score({"residual": 0.9})[0] == "residual"
+
+
+def _upscaled(images, side=32):
+    """28x28 digits [N, 784] (0-255) as side x side uint8 images [N, side, side] (nearest
+    pixels)."""
+    index = np.arange(side) * 28 // side
+    return np.round(np.asarray(images)).astype(np.uint8).reshape(-1, 28, 28)[:, index][:, :, index]
+
+
+def _map_score(detector_, images, name):
+    """residual_max or residual_top as NumPy computes them: the largest squared pixel error,
+    or the mean of the largest 1% of them."""
+    reconstruct = jax.vmap(detector_.model.reconstruct(), in_axes=(None, 0))
+    x = np.asarray(images, np.float64).reshape(len(images), -1) / 255
+    errors = np.sort((x - np.asarray(reconstruct(detector_.params, x.astype(np.float32)))) ** 2)
+    k = 1 if name == "residual_max" else max(1, round(0.01 * x.shape[1]))
+    return errors[:, -k:].mean(axis=1)
+
+
+@pytest.mark.slow
+def test_a_run_on_large_images_scores_each_model_by_its_chosen_score(tmp_path, split0, mnist,
+                                                                     monkeypatch):
+    """--score_alternatives: each model's score chosen from its synthetic AUROCs alone (here
+    with a margin below zero, so that an alternative is chosen), recorded, written to
+    scores.npz, and the one Detector.load and the library score with."""
+    from functools import partial  # noqa: PLC0415
+
+    monkeypatch.setattr(health, "choose_score", partial(health.choose_score, margin=-1.0))
+    test = np.concatenate([mnist.test_images[mnist.test_labels == 1][:60],
+                           mnist.test_images[mnist.test_labels == 7][:40]])
+    labels = np.r_[np.zeros(60), np.ones(40)].astype(np.int32)
+    np.savez(tmp_path / "big.npz", train_images=_upscaled(split0.train_images[:300] * 255),
+             test_images=_upscaled(test), test_labels=labels)  # fmt: skip
+    out = tmp_path / "run"
+    run_single(ExperimentConfig(
+        dataset="arrays", data_dir=str(tmp_path / "big.npz"), models=("ae",), epochs=2,
+        score_alternatives=("residual_top", "residual_max"), output_dir=str(out), **SIZES))
+    choice = json.loads((out / "metrics.json").read_text())["models"]["ae"]["score_choice"]
+    aurocs = choice["synthetic_auroc"]
+    assert list(aurocs) == ["residual", "residual_top", "residual_max"]
+    assert choice["score"] == max(["residual_top", "residual_max"], key=aurocs.get)
+    assert f"AE      {choice['score']}:" in (out / "results.txt").read_text()
+    loaded = detector.Detector.load(str(out))
+    assert loaded.settings["score"] == choice["score"] == loaded.score_choice["score"]
+    saved = np.load(out / "scores.npz")["ae_test"]
+    np.testing.assert_allclose(loaded.score(_upscaled(test)), saved, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(saved, _map_score(loaded, _upscaled(test), choice["score"]),
+                               rtol=1e-4)  # fmt: skip
+
+
+def test_the_detector_chooses_its_score_on_large_images_and_keeps_it(tmp_path, split0,
+                                                                     monkeypatch):
+    from functools import partial  # noqa: PLC0415
+
+    images = _upscaled(split0.train_images[:200] * 255)
+    plain = detector.Detector(epochs=2, **SIZES).fit(jax.random.key(0), images[:, :28, :28])
+    assert plain.score_choice is None and plain.settings["score"] == "residual"
+    monkeypatch.setattr(health, "choose_score", partial(health.choose_score, margin=-1.0))
+    d = detector.Detector(epochs=2, **SIZES).fit(jax.random.key(0), images)
+    assert d.settings["score"] in ("residual_top", "residual_max")
+    assert d.settings["score"] == d.score_choice["score"]
+    np.testing.assert_allclose(d.score(images[:20]), _map_score(d, images[:20],
+                                                                d.settings["score"]), rtol=1e-4)
+    d.save(str(tmp_path / "d"))
+    loaded = detector.Detector.load(str(tmp_path / "d"))
+    assert loaded.score_choice == d.score_choice
+    np.testing.assert_allclose(loaded.score(images[:20]), d.score(images[:20]), rtol=1e-6)
+    assert detector.Detector(vae_score="mc").settings["score_alternatives"] == ()
