@@ -55,9 +55,9 @@ class Detector:
       **settings: Any of ``SETTINGS``, with the commands' defaults and meaning
         (``hidden_dims``, ``epochs``, ``threshold_percentile``, ``score_smoothing`` ...).
         ``score_alternatives``: scores ``fit`` may take instead of ``score`` on images larger
-        than 28x28, by their synthetic AUROC (:func:`jax_vae.health.choose_score`); by
-        default the anomaly map's (:data:`jax_vae.scores.MAP_SCORES`: small defects) where
-        ``vae_score`` is ``mean``, else none.
+        than 28x28, by their synthetic AUROC (:func:`jax_vae.health.choose_score`); none by
+        default (the anomaly map's, so chosen, did worse than the residual on 3 of 7 tasks:
+        docs/benchmarks.md).
     """
 
     def __init__(self, model: str = "ae", *, hparams: dict | None = None, **settings: Any):
@@ -70,11 +70,9 @@ class Detector:
                     "val_fraction": spec.VAL_FRACTION,
                     "threshold_percentile": spec.THRESHOLD_PERCENTILE,
                     "vae_score": "mean", "mc_samples": 10, "score_smoothing": 0.0,
-                    "score": "residual", "threshold_folds": 0}  # fmt: skip
+                    "score": "residual", "score_alternatives": (),
+                    "threshold_folds": 0}  # fmt: skip
         self.settings = {**defaults, "image_shape": None, **settings}
-        if self.settings.get("score_alternatives") is None:
-            self.settings["score_alternatives"] = \
-                scores.MAP_SCORES if self.settings["vae_score"] == "mean" else ()  # fmt: skip
         self.settings["score_alternatives"] = tuple(self.settings["score_alternatives"])
         rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
         self.name, self._hparams = model, hparams or {}

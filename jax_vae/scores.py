@@ -80,8 +80,8 @@ BUILTIN = ("residual", "shift", "latent_knn", "pixel_knn", "shift_latent_knn", "
            "residual_max", "residual_top", "geom", "residual_geom")  # fmt: skip
 SHIFTS = 1  # The shift score: images shifted by up to one pixel each way (9 copies).
 NEIGHBOURS = 5  # The distances: the mean over the 5 nearest training images.
-# The anomaly map's image scores, for small defects on large images (jax_vae.health.
-# score_candidates): the alternatives --preset=best and Detector() weigh against the residual.
+# The anomaly map's image scores, for small defects on large images: the alternatives to the
+# residual tried by synthetic AUROC (--score_alternatives; docs/benchmarks.md).
 MAP_SCORES = ("residual_top", "residual_max")
 TOP = 0.01  # residual_top: the mean of the largest 1% of the anomaly map's values.
 RANK_TOLERANCE = 1e-5  # rapp_nap: directions with singular values below this share: dropped.

@@ -246,11 +246,16 @@ def test_the_detector_chooses_its_score_on_large_images_and_keeps_it(tmp_path, s
                                                                      monkeypatch):
     from functools import partial  # noqa: PLC0415
 
+    from jax_vae import scores  # noqa: PLC0415
+
     images = _upscaled(split0.train_images[:200] * 255)
     plain = detector.Detector(epochs=2, **SIZES).fit(jax.random.key(0), images[:, :28, :28])
     assert plain.score_choice is None and plain.settings["score"] == "residual"
+    assert detector.Detector(epochs=2, **SIZES).fit(jax.random.key(0), images).score_choice \
+        is None  # None by default.  # fmt: skip
     monkeypatch.setattr(health, "choose_score", partial(health.choose_score, margin=-1.0))
-    d = detector.Detector(epochs=2, **SIZES).fit(jax.random.key(0), images)
+    d = detector.Detector(epochs=2, score_alternatives=scores.MAP_SCORES, **SIZES).fit(
+        jax.random.key(0), images)  # fmt: skip
     assert d.settings["score"] in ("residual_top", "residual_max")
     assert d.settings["score"] == d.score_choice["score"]
     np.testing.assert_allclose(d.score(images[:20]), _map_score(d, images[:20],
@@ -259,4 +264,5 @@ def test_the_detector_chooses_its_score_on_large_images_and_keeps_it(tmp_path, s
     loaded = detector.Detector.load(str(tmp_path / "d"))
     assert loaded.score_choice == d.score_choice
     np.testing.assert_allclose(loaded.score(images[:20]), d.score(images[:20]), rtol=1e-6)
-    assert detector.Detector(vae_score="mc").settings["score_alternatives"] == ()
+    with pytest.raises(ValueError, match="score_alternatives=residual_top needs vae_score"):
+        detector.Detector("vae", vae_score="mc", score_alternatives=("residual_top",))
