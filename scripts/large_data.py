@@ -34,7 +34,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from small_data import TEST, TRAIN, crops, run  # noqa: E402
+from small_data import TEST, TRAIN, crops, evaluate  # noqa: E402
 
 from experiments.config import preset_values  # noqa: E402
 from jax_vae import data  # noqa: E402
@@ -103,17 +103,8 @@ def main(path: str) -> None:
         for kind, side, normal in TASKS:
             arrays = os.path.join(root, f"{kind}_{side}_{normal}.npz")
             make(kind, side, normal, arrays)
-            row = {"dataset": kind, "side": side, "normal_class": normal}
-            for label, settings in RUNS.items():
-                record = run(arrays, os.path.join(root, f"{label}_{kind}_{side}_{normal}"),
-                             **settings)  # fmt: skip
-                models = record["models"]
-                chosen = record.get("recommended", {}).get("model", next(iter(models)))
-                row[label] = {"model": chosen, "auroc": models[chosen]["auroc"],
-                              "models": {n: {"auroc": m["auroc"], "health": m["health"],
-                                             "synthetic_auroc": m["synthetic_auroc"],
-                                             "score_choice": m.get("score_choice")}
-                                         for n, m in models.items()}}  # fmt: skip
+            row = {"dataset": kind, "side": side, "normal_class": normal,
+                   **evaluate(arrays, root, f"{kind}_{side}_{normal}", RUNS)}
             results.append(row)
             best, rule = row["preset best"], row["preset best, map alternatives"]
             choice = rule["models"][rule["model"]]["score_choice"]

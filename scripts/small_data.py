@@ -103,6 +103,24 @@ def run(path, out, **settings):
     return record
 
 
+def evaluate(arrays: str, root: str, name: str, runs: dict) -> dict:
+    """Each of ``runs`` (label: settings) on an arrays file, in folders under ``root``: by
+    label, the recommended (else the only) model, its test AUROC, and each model's test and
+    synthetic AUROC, health findings and score choice."""
+    row = {}
+    for label, settings in runs.items():
+        record = run(arrays, os.path.join(root, f"{label}_{name}"), **settings)
+        models = record["models"]
+        chosen = record.get("recommended", {}).get("model", next(iter(models)))
+        row[label] = {"model": chosen, "auroc": models[chosen]["auroc"],
+                      "models": {n: {"auroc": m["auroc"], "health": m["health"],
+                                     "synthetic_auroc": m["synthetic_auroc"],
+                                     **({"score_choice": m["score_choice"]}
+                                        if "score_choice" in m else {})}
+                                 for n, m in models.items()}}  # fmt: skip
+    return row
+
+
 def main(path: str, only: tuple[str, ...] = ()) -> None:
     logging.set_verbosity("error")
     results = []
@@ -112,16 +130,8 @@ def main(path: str, only: tuple[str, ...] = ()) -> None:
                 continue
             arrays = os.path.join(root, f"{dataset}_{side}_{normal}.npz")
             make(dataset, side, normal, arrays)
-            row = {"dataset": dataset, "side": side, "normal_class": normal}
-            for label, settings in RUNS.items():
-                record = run(arrays, os.path.join(root, f"{label}_{dataset}_{side}_{normal}"),
-                             **settings)  # fmt: skip
-                models = record["models"]
-                chosen = record.get("recommended", {}).get("model", next(iter(models)))
-                row[label] = {"model": chosen, "auroc": models[chosen]["auroc"],
-                              "models": {n: {"auroc": m["auroc"], "health": m["health"],
-                                             "synthetic_auroc": m["synthetic_auroc"]}
-                                         for n, m in models.items()}}  # fmt: skip
+            row = {"dataset": dataset, "side": side, "normal_class": normal,
+                   **evaluate(arrays, root, f"{dataset}_{side}_{normal}", RUNS)}
             results.append(row)
             print(f"{dataset} {side}x{side} class {normal}: plain AE "  # noqa: T201
                   f"{row['plain AE']['auroc']:.4f}, preset best {row['preset best']['model']} "
