@@ -702,7 +702,7 @@ def _score(group: Group, grid: SweepConfig, images: scoring.Parts, train_images:
             chunk_size=base.chunk_size, stacked=k > 1))  # fmt: skip
     choices = None
     names = [name for name, _ in variants(grid, group.model.module.image_shape)]
-    if len(names) > 1 and len(variants(grid)) == 1:  # --score_alternatives: one each.
+    if len(names) > len(variants(grid)):  # --score_alternatives added some: one each.
         columns, validation, choices = _choose(columns, validation, names)
         for point, choice in zip(points, choices, strict=True):
             name = _label(grid, group.normal, group.name) + (
