@@ -720,14 +720,9 @@ def _choose(columns: scoring.Parts, validation: np.ndarray | None,
     """Each point's score of its candidates (the columns, named ``names``), from the held-out
     normals and their synthetic corruptions alone (:func:`jax_vae.health.choose_score`);
     the columns [points, images, candidates] cut to each point's chosen one."""
-    picks, choices = [], []
-    for p in range(columns.val.shape[0]):
-        aurocs = {name: separation_auroc(columns.val[p, :, i], columns.synthetic[p, :, i])
-                  for i, name in enumerate(names)}  # fmt: skip
-        name, why = health.choose_score(aurocs)
-        picks.append(names.index(name))
-        choices.append({"score": name, "why": why, "synthetic_auroc": aurocs})
-    index = np.asarray(picks)[:, None, None]
+    choices = [health.score_choice(names, columns.val[p], columns.synthetic[p])
+               for p in range(columns.val.shape[0])]  # fmt: skip
+    index = np.asarray([names.index(c["score"]) for c in choices])[:, None, None]
 
     def take(a):
         return np.take_along_axis(np.asarray(a), index, axis=2)

@@ -76,6 +76,7 @@ class Detector:
         self.settings["score_alternatives"] = tuple(self.settings["score_alternatives"])
         rules.percentile("threshold_percentile", self.settings["threshold_percentile"])
         self.name, self._hparams = model, hparams or {}
+        self._score = self.settings["score"]  # As configured: each fit chooses from it anew.
         self._build(self.settings["image_shape"] or (28, 28, 1))  # Checks the settings now.
         self.params: Any = None
         self.threshold: float | None = None
@@ -122,6 +123,7 @@ class Detector:
             )
         image_shape = data.image_shape_of(normal_images, self.settings["image_shape"])
         self.settings["image_shape"] = image_shape
+        self.settings["score"], self.score_choice = self._score, None
         self._build(image_shape)  # Any size and channel count: the model takes this one.
         images = data.as_images(normal_images, name="normal_images")
         n, folds = images.shape[0], self.settings["threshold_folds"]
@@ -182,12 +184,10 @@ class Detector:
             scoring.map_chunked(scorer.fn, scorer.inputs(self.params, fitted), x,
                                 key=self._score_key) for x in (val, synthetic))  # fmt: skip
         stats = scorer.standardize(val_parts)
-        normal, corrupted = (scorer.combine(p, stats) for p in (val_parts, synthetic_parts))
-        aurocs = {c: metrics.separation_auroc(normal[:, i], corrupted[:, i])
-                  for i, c in enumerate(candidates)}  # fmt: skip
-        name, why = health.choose_score(aurocs)
-        logging.info("%s: scored by %s: %s", self.name, name, why)
-        return {"score": name, "why": why, "synthetic_auroc": aurocs}
+        choice = health.score_choice(candidates, *(scorer.combine(p, stats) for p in
+                                                   (val_parts, synthetic_parts)))  # fmt: skip
+        logging.info("%s: scored by %s: %s", self.name, choice["score"], choice["why"])
+        return choice
 
     def _batch_size(self, n: int) -> int:
         return min(self.settings["batch_size"], n)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vae import losses
+from jax_vae import losses, metrics
 
 # A posterior carrying under 1 nat per image (KL to the prior, summed over the latents)
 # tells the decoder less than 1.44 bits about the image: the code is empty. Counting inactive
@@ -207,3 +207,14 @@ def choose_score(aurocs: Mapping[str, float | None], *,
         best = max(better, key=value)
         return best, f"synthetic AUROC above {first}'s by more than {margin:g} ({shown})"
     return first, f"no other score's synthetic AUROC above it by more than {margin:g} ({shown})"
+
+
+def score_choice(names: Sequence[str], normal: Any, corrupted: Any) -> dict[str, Any]:
+    """:func:`choose_score` from one model's scores [images, candidates] of held-out normals
+    and of their synthetic corruptions, the candidates' columns named ``names``: the record
+    a run and a detector keep, ``{"score", "why", "synthetic_auroc": {name: AUROC}}``."""
+    normal, corrupted = np.asarray(normal), np.asarray(corrupted)
+    aurocs = {name: metrics.separation_auroc(normal[:, i], corrupted[:, i])
+              for i, name in enumerate(names)}  # fmt: skip
+    name, why = choose_score(aurocs)
+    return {"score": name, "why": why, "synthetic_auroc": aurocs}

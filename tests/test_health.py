@@ -264,5 +264,7 @@ def test_the_detector_chooses_its_score_on_large_images_and_keeps_it(tmp_path, s
     loaded = detector.Detector.load(str(tmp_path / "d"))
     assert loaded.score_choice == d.score_choice
     np.testing.assert_allclose(loaded.score(images[:20]), d.score(images[:20]), rtol=1e-6)
+    d.fit(jax.random.key(0), images[:, :28, :28])  # A refit chooses anew, from the residual.
+    assert d.score_choice is None and d.settings["score"] == "residual"
     with pytest.raises(ValueError, match="score_alternatives=residual_top needs vae_score"):
         detector.Detector("vae", vae_score="mc", score_alternatives=("residual_top",))
