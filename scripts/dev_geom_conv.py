@@ -36,6 +36,7 @@ from jax_vae.train import core  # noqa: E402
 SHAPE = (28, 28, 1)
 CLASSES = {"mnist": (8, 2, 3), "fashion_mnist": (0, 2, 6)}
 ANOMALIES = 900
+CHUNK = 64  # Images scored at once: 72 transforms each.
 
 
 class ConvClassifier(nn.Module):
@@ -62,31 +63,30 @@ class ConvTask(transforms.Task):
 
 
 def conv_score(task):
+    """One image's score under the conv classifier: ``transforms.score`` with its module."""
     n = transforms.count(SHAPE)
 
-    def score(params, x):
+    def score(params, x, key=None):
         images = jax.vmap(transforms.transform, in_axes=(None, 0))(x.reshape(SHAPE), jnp.arange(n))
         logits = task.module.apply(params, images.reshape(n, -1))
         return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))
 
-    return jax.jit(jax.vmap(score, in_axes=(None, 0)))
+    return score
 
 
-def chunked(fn, params, x, size=64):
-    return np.concatenate(
-        [np.asarray(fn(params, jnp.asarray(x[i : i + size]))) for i in range(0, len(x), size)]
-    )
+def scored(fn, params, x):
+    return np.asarray(scoring.map_chunked(fn, params, x, chunk_size=CHUNK))
 
 
 def per_image_ms(channels):
     task = ConvTask(SHAPE, channels)
     params = task.init(jax.random.key(0), jnp.zeros((784,)))
-    fn, x = conv_score(task), jnp.asarray(np.random.default_rng(0).random((64, 784), np.float32))
-    fn(params, x).block_until_ready()
+    fn, x = conv_score(task), np.random.default_rng(0).random((CHUNK, 784), np.float32)
+    scored(fn, params, x)
     t = time.perf_counter()
     for _ in range(5):
-        fn(params, x).block_until_ready()
-    return (time.perf_counter() - t) / 5 / 64 * 1e3
+        scored(fn, params, x)
+    return (time.perf_counter() - t) / 5 / CHUNK * 1e3
 
 
 def run(name, ds, c, rng):
@@ -102,22 +102,16 @@ def run(name, ds, c, rng):
         jax.random.key(100 + c), split.train_images, {"beta": 1.0}, model=vae, epochs=60, hooks=()
     )
     error, reconstruct = scoring.make_residual_error(1.0, SHAPE), vae.reconstruct()
-    out = {
-        "residual": np.asarray(
-            jax.jit(jax.vmap(lambda v: error(v, reconstruct(r.params, v))))(jnp.asarray(x))
-        )
-    }
+    out = {"residual": scored(lambda p, v, key: error(v, reconstruct(p, v)), r.params, x)}
     t = time.perf_counter()
     fitted = transforms.fit(jax.random.key(c), jnp.asarray(split.train_images), SHAPE)
-    out["mlp"] = chunked(
-        jax.jit(jax.vmap(lambda p, v: transforms.score(p, v, SHAPE), in_axes=(None, 0))), fitted, x
-    )
+    out["mlp"] = scored(lambda p, v, key: transforms.score(p, v, SHAPE), fitted, x)
     seconds = {"mlp": time.perf_counter() - t}
     t, task = time.perf_counter(), ConvTask(SHAPE)
     state, _ = core.make_train(task, tx=core.ADAM, epochs=20, batch_size=128)(
         jax.random.key(c), jnp.asarray(split.train_images), {}
     )
-    out["conv"] = chunked(conv_score(task), state.params, x)
+    out["conv"] = scored(conv_score(task), state.params, x)
     seconds["conv"] = time.perf_counter() - t
 
     def z(s):
